@@ -1,0 +1,41 @@
+# The two commands: `make demo` runs the main job end to end, `make test` passes the tests.
+# Everything installs into .venv/ at the repository root; `make setup` is run by both when needed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# tf-keras writes the Keras 2 .h5 fixtures the converter must load. It is a test-only tool and its declared
+# dependency is the full 572 MB tensorflow wheel; --no-deps lets it use the tensorflow-cpu already installed.
+TF_KERAS := tf-keras==2.21.0
+
+.PHONY: setup test test-fast lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[convert,gradcam,dev]'
+	$(PY) -m pip install --quiet --no-deps '$(TF_KERAS)'
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+# Everything but the tests that train or convert real models.
+test-fast: setup
+	$(PY) -m pytest -m 'not slow'
+
+lint: setup
+	$(VENV)/bin/ruff check converter edge relay tests bench demo
+	$(VENV)/bin/mypy
+
+demo: setup
+	$(PY) -m demo
+
+bench: setup
+	$(PY) bench/models.py
+
+clean:
+	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache

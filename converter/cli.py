@@ -1,0 +1,154 @@
+"""``defect-convert``: make synthetic data, train a reference model, convert an ``.h5`` to TFLite with proof of parity.
+
+Every failure a user can cause (a missing file, a file that is not a Keras model, an unsupported model, an empty
+folder, an unwritable output) ends with one line on stderr and exit status 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from converter import synth
+from converter.architectures import ARCHITECTURES
+from converter.errors import UserError
+
+EXIT_BAD_INPUT = 2
+EXIT_PARITY = 3
+
+
+def _writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and prove it is writable before any slow work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot create output folder: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: output folder is not writable")
+    return path
+
+
+def _cmd_synth(a: argparse.Namespace) -> int:
+    out = _writable_dir(a.out)
+    if a.video:
+        truth = synth.write_video(out / a.video, parts=a.count, seed=a.seed, size=a.size, fps=a.fps)
+        print(f"wrote {out / a.video}: {len(truth)} parts, {sum(1 for t in truth if t['defect'])} defective")
+    else:
+        counts = synth.write_dataset(out, count=a.count, seed=a.seed, size=a.size, defect_rate=a.defect_rate)
+        print(f"wrote {out}: {counts['good']} good, {counts['defect']} defect (masks in {out / 'masks'})")
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from converter.dataset import open_folder
+    from converter.train import TrainSettings, train
+
+    out = a.out or Path("models") / f"{a.arch}.h5"
+    _writable_dir(out.parent)
+    folder = open_folder(a.data)
+    settings = TrainSettings(arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, val_split=a.val_split,
+                             learning_rate=a.learning_rate, patience=a.patience, seed=a.seed, limit=a.limit,
+                             weights=a.weights)
+    if a.weights and not a.weights.is_file():
+        raise UserError(f"{a.weights}: weights file not found")
+    r = train(folder, out, settings)
+    v = r["validation"]
+    print(f"saved {out}: validation accuracy {v['accuracy']:.4f}, precision {v['precision_defect']:.4f}, "
+          f"recall {v['recall_defect']:.4f}, ROC AUC {v['roc_auc']:.4f} ({r['epochs_run']} epochs)")
+    for line in folder.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    return 0
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from converter.export import ConvertSettings, convert_h5
+
+    if not a.model.exists():
+        raise UserError(f"{a.model}: file not found")
+    out_dir = _writable_dir(a.out_dir or a.model.parent)
+    settings = ConvertSettings(
+        quantize=a.quantize, name=a.name or a.model.stem, calibration=a.calibration,
+        calibration_count=a.calibration_count,
+        eval_folder=a.eval, eval_limit=a.eval_limit, min_agreement=a.min_agreement, int8_io=a.int8_io,
+        gradcam_layer=a.gradcam_layer, seed=a.seed)
+    result = convert_h5(a.model, out_dir, settings)
+    for line in result.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    for c in result.report["candidates"]:
+        figures = f"agreement {c['agreement']:.4f}, max |dp| {c['max_abs_dp']:.4f}, " \
+                  f"{c['size_bytes'] / 1e6:.2f} MB, {c['latency_ms_tflite']:.2f} ms" if "agreement" in c else ""
+        print(f"{c['quantization']:>8}: {c['verdict']:<9} {figures} {c.get('reason', '')}".rstrip())
+    if result.chosen is None:
+        print(f"defect-convert: no quantization met parity {a.min_agreement}; report in {result.report_path}",
+              file=sys.stderr)
+        return EXIT_PARITY
+    print(f"wrote {result.tflite_path} and {result.manifest_path} ({result.chosen}); report {result.report_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="defect-convert", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write synthetic parts (good/, defect/, masks/) or a conveyor video")
+    s.add_argument("out", type=Path)
+    s.add_argument("--count", type=int, default=200, help="parts to write (default 200)")
+    s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--defect-rate", type=float, default=0.5)
+    s.add_argument("--video", metavar="NAME.avi", help="write a conveyor video of --count parts instead")
+    s.add_argument("--fps", type=float, default=15.0)
+    s.set_defaults(func=_cmd_synth)
+
+    t = sub.add_parser("train", help="train a reference architecture on a folder with good/ and defect/")
+    t.add_argument("data", type=Path, help="folder with good/ and defect/ subfolders")
+    t.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
+    t.add_argument("--out", type=Path, help="output .h5 (default models/ARCH.h5)")
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--val-split", type=float, default=0.2)
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--patience", type=int, default=4, help="early stopping patience in epochs")
+    t.add_argument("--limit", type=int, help="use at most this many images (both classes, evenly)")
+    t.add_argument("--weights", type=Path, help="local ImageNet no-top weights file for the backbone")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_train)
+
+    c = sub.add_parser("convert", help="convert a Keras .h5 to TFLite with a manifest and a parity report")
+    c.add_argument("model", type=Path, help="Keras .h5 (written by Keras 3 or Keras 2 / tf.keras)")
+    c.add_argument("--quantize", choices=("auto", "int8", "dynamic", "float16", "float32"), default="auto",
+                   help="auto tries int8, dynamic, float16, float32 and keeps the first that meets parity")
+    c.add_argument("--calibration", type=Path, help="folder of representative images for int8 "
+                   "(default: synthetic parts)")
+    c.add_argument("--calibration-count", type=int, default=200)
+    c.add_argument("--eval", type=Path, help="labelled folder (good/, defect/) for the parity proof "
+                   "(default: held-out synthetic parts)")
+    c.add_argument("--eval-limit", type=int, help="evaluate on at most this many images")
+    c.add_argument("--min-agreement", type=float, default=0.99)
+    c.add_argument("--int8-io", choices=("uint8", "int8"), default="uint8", help="int8 models' input/output type")
+    c.add_argument("--gradcam-layer", help="layer for Grad-CAM (default: known per architecture, else last conv)")
+    c.add_argument("--name", help="model name (default: the .h5 file's stem)")
+    c.add_argument("--out-dir", type=Path, help="where to write (default: beside the .h5)")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from converter.errors import KNOWN_ERRORS
+
+    try:
+        return int(args.func(args))
+    except KNOWN_ERRORS as e:
+        print(f"defect-convert: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Errors the converter reports to the user as one line (exit status 2), gathered so the CLI can name them once."""
+
+from __future__ import annotations
+
+from converter.convert import ConversionError
+from converter.dataset import DatasetError
+from edge.images import ImageError
+from edge.manifest import ManifestError
+from edge.runtime import RuntimeUnavailableError
+
+
+class UserError(Exception):
+    """Bad input on the command line (a path that cannot be used): one line, exit status 2."""
+
+
+class ModelError(ValueError):
+    """The file is not a Keras model the product supports; the message says what is supported."""
+
+
+KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    UserError, ModelError, ConversionError, DatasetError, ImageError, ManifestError, RuntimeUnavailableError)

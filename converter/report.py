@@ -1,0 +1,113 @@
+"""Human-readable reports: training summaries and parity proofs as Markdown and PNG.
+
+Matplotlib is imported inside the functions with the file-only Agg backend: a unit or CI has no display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if np.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def confusion_png(cm: list[list[int]], path: Path, *, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=110)
+    arr = np.asarray(cm)
+    ax.imshow(arr, cmap="Blues")
+    for (i, j), v in np.ndenumerate(arr):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > arr.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["good", "defect"])
+    ax.set_yticks([0, 1], ["good", "defect"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def training_markdown(r: dict[str, Any]) -> str:
+    v = r["validation"]
+    (tn, fp), (fn, tp) = v["confusion"]
+    return "\n".join([
+        f"# Training report: {r['architecture']}",
+        "",
+        f"Data: `{r['data']}`; {r['images']['train']} training and {r['images']['validation']} validation images "
+        f"({r['images']['unreadable_skipped']} unreadable skipped); {r['epochs_run']} epochs in {r['seconds']} s.",
+        "",
+        "| validation | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v[k])} |" for k in ("accuracy", "precision_defect", "recall_defect", "roc_auc")],
+        "",
+        "| true \\ predicted | good | defect |",
+        "|---|---|---|",
+        f"| good | {tn} | {fp} |",
+        f"| defect | {fn} | {tp} |",
+        "",
+    ])
+
+
+def parity_png(p_keras: np.ndarray, p_tflite: np.ndarray, labels: np.ndarray, threshold: float, path: Path,
+               *, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    for cls, colour, name in ((0, "tab:green", "good"), (1, "tab:red", "defect")):
+        sel = labels == cls
+        ax.scatter(p_keras[sel], p_tflite[sel], s=8, alpha=0.6, c=colour, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    ax.axvline(threshold, color="black", lw=0.6, ls=":")
+    ax.axhline(threshold, color="black", lw=0.6, ls=":")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("p_defect, Keras")
+    ax.set_ylabel("p_defect, TFLite")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parity_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"# Parity report: {r['name']}",
+        "",
+        f"Source `{r['source']}`; evaluated on {r['eval']['n']} images from `{r['eval']['folder']}` "
+        f"({r['eval']['unreadable_skipped']} unreadable skipped). Decision: p_defect > {r['threshold']}.",
+        "",
+        "| quantization | verdict | agreement | acc. Keras | acc. TFLite | mean abs dp | max abs dp | AUC Keras "
+        "| AUC TFLite | size | latency TFLite | latency Keras |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in r["candidates"]:
+        if "agreement" not in c:
+            lines.append(f"| {c['quantization']} | {c['verdict']} | | | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {c['quantization']} | {c['verdict']} | {c['agreement']:.4f} | {c['accuracy_keras']:.4f} | "
+            f"{c['accuracy_tflite']:.4f} | {c['mean_abs_dp']:.4f} | {c['max_abs_dp']:.4f} | "
+            f"{_fmt(c['auc_keras'])} | {_fmt(c['auc_tflite'])} | {c['size_bytes'] / 1e6:.2f} MB "
+            f"(.h5 {r['source_size_bytes'] / 1e6:.2f} MB) | {c['latency_ms_tflite']:.2f} ms | "
+            f"{c['latency_ms_keras']:.1f} ms |")
+    lines += ["", f"Chosen: **{r['chosen'] or 'none'}** (minimum agreement {r['min_agreement']}).", ""]
+    for c in r["candidates"]:
+        if c.get("reason"):
+            lines.append(f"- {c['quantization']}: {c['reason']}")
+    return "\n".join(lines) + "\n"

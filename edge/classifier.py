@@ -1,0 +1,128 @@
+"""One frame in, one :class:`Prediction` out: the TFLite model plus the manifest that says how to read it.
+
+The converter's parity check runs models through this very class, so "the TFLite model agrees with Keras" is proven
+on the code path the unit uses on the line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edge import manifest as mf
+from edge.preprocess import Preprocessor, Roi
+from edge.runtime import Runtime, create_interpreter
+
+_NP_DTYPE = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
+
+
+class ModelMismatchError(ValueError):
+    """The .tflite's tensors are not what its manifest says."""
+
+
+def decide(p_defect: float, decision: mf.Decision) -> tuple[bool, float, bool]:
+    """(defective, confidence, low_confidence) for one probability: the product's single decision rule.
+
+    Defective means p > threshold, strictly, as the original app did; confidence is max(p, 1 - p).
+    """
+    lo, hi = decision.low_confidence_band
+    return p_defect > decision.threshold, max(p_defect, 1.0 - p_defect), lo <= p_defect <= hi
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    defective: bool
+    p_defect: float
+    confidence: float
+    threshold: float
+    low_confidence: bool
+    model: str
+    sha256: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "defective": self.defective, "p_defect": round(self.p_defect, 6),
+            "confidence": round(self.confidence, 6), "threshold": self.threshold,
+            "low_confidence": self.low_confidence, "model": self.model, "sha256": self.sha256,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+def _check_tensors(m: mf.Manifest, inp: dict[str, Any], out: dict[str, Any], where: Path) -> None:
+    want_shape = [1, m.input.height, m.input.width, 3]
+    problems = []
+    if list(inp["shape"]) != want_shape:
+        problems.append(f"input shape {list(inp['shape'])} != manifest {want_shape}")
+    if np.dtype(inp["dtype"]) != np.dtype(_NP_DTYPE[m.input.dtype]):
+        problems.append(f"input dtype {np.dtype(inp['dtype']).name} != manifest {m.input.dtype}")
+    scale, zp = inp["quantization"]
+    if m.input.dtype != "float32" and (abs(scale - m.input.scale) > 1e-9 or zp != m.input.zero_point):
+        problems.append(f"input quantization ({scale}, {zp}) != manifest ({m.input.scale}, {m.input.zero_point})")
+    width = 1 if m.output.kind == "sigmoid" else 2
+    if int(np.prod(out["shape"])) != width:
+        problems.append(f"output shape {list(out['shape'])} does not fit a {m.output.kind} head")
+    if np.dtype(out["dtype"]) != np.dtype(_NP_DTYPE[m.output.dtype]):
+        problems.append(f"output dtype {np.dtype(out['dtype']).name} != manifest {m.output.dtype}")
+    if problems:
+        raise ModelMismatchError(f"{where}: model does not match its manifest: {'; '.join(problems)}")
+
+
+class Classifier:
+    """A loaded model ready to classify frames. Not thread-safe: one inference thread owns it."""
+
+    def __init__(self, manifest_path: Path, *, num_threads: int | None = None, delegate: str | None = None,
+                 roi: Roi | None = None, frame_order: Literal["RGB", "BGR"] = "RGB",
+                 runtime: Runtime | None = None, decision: mf.Decision | None = None):
+        self.manifest_path = manifest_path
+        self.manifest = mf.load(manifest_path)
+        m = self.manifest
+        self.interpreter, self.runtime = create_interpreter(
+            mf.resolve(manifest_path, m.tflite), num_threads=num_threads, delegate=delegate, runtime=runtime)
+        inp = self.interpreter.get_input_details()
+        out = self.interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ModelMismatchError(f"{manifest_path}: model has {len(inp)} inputs and {len(out)} outputs; "
+                                     "supported: one image input and one output")
+        _check_tensors(m, inp[0], out[0], manifest_path)
+        self._input = self.interpreter.tensor(inp[0]["index"])
+        self._output_index = out[0]["index"]
+        self.preprocess = Preprocessor(m.input, roi=roi, frame_order=frame_order)
+        self.decision = decision or m.decision
+        self._out_scale = np.float32(m.output.scale) if m.output.dtype != "float32" else None
+        self._out_zp = m.output.zero_point
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def p_defect_from_output(self, raw: np.ndarray) -> float:
+        """Dequantize the output tensor and pick P(defective)."""
+        row = raw.reshape(-1)
+        v = (np.float32(row[self.manifest.output.defect_index]) - self._out_zp) * self._out_scale \
+            if self._out_scale is not None else row[self.manifest.output.defect_index]
+        return float(v)
+
+    def classify(self, frame: np.ndarray) -> Prediction:
+        t0 = time.perf_counter()
+        buf = self._input()  # a view of the interpreter's input: must be released before invoke()
+        self.preprocess(frame, out=buf[0])
+        del buf
+        t1 = time.perf_counter()
+        self.interpreter.invoke()
+        t2 = time.perf_counter()
+        p = self.p_defect_from_output(self.interpreter.get_tensor(self._output_index))
+        defective, confidence, low = decide(p, self.decision)
+        t3 = time.perf_counter()
+        return Prediction(
+            label=self.manifest.labels[1] if defective else self.manifest.labels[0], defective=defective,
+            p_defect=p, confidence=confidence, threshold=self.decision.threshold, low_confidence=low,
+            model=self.manifest.name, sha256=self.manifest.tflite.sha256,
+            timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                        "postprocess": (t3 - t2) * 1e3},
+        )

@@ -1,0 +1,50 @@
+"""Reading still images from disk as RGB frames, with one clear error for a file that is not one.
+
+Used by ``defect-edge classify``, the folder replay source and the converter's calibration and parity sets, so every
+part of the product agrees on what an image file is and how a corrupt one is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# OpenCV would print its own warning for every corrupt file; the product reports each in one line of its own.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+
+
+class ImageError(ValueError):
+    """An image file cannot be read or decoded."""
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode ``path`` into an H x W x 3 uint8 RGB array (grey images are expanded)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"{path}: not a decodable image ({data.size} bytes)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name so runs are repeatable."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def iter_readable(paths: list[Path], on_error: Callable[[Path, str], None]) -> Iterator[tuple[Path, np.ndarray]]:
+    """Yield (path, frame) for each readable image; call ``on_error(path, one_line_reason)`` for each that is not."""
+    for p in paths:
+        try:
+            yield p, read_rgb(p)
+        except ImageError as e:
+            on_error(p, str(e))

@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny models trained here, Keras 2 files written by tf-keras, and the real casting images.
+
+Models are small enough to train in seconds on 2 cores, but they are real trained Keras models converted by the real
+TFLite converter and run by the real LiteRT runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from converter import synth
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+CASTING = REPO.parent / "shared" / "data" / "casting"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY = 64  # input side of the tiny test models
+
+
+def build_tiny(keras: Any, size: int = TINY, *, outputs: int = 1) -> Any:
+    """A small CNN with the reference head (sigmoid) or a 2-class softmax head."""
+    k = keras
+    inp = k.Input((size, size, 3), name="image")
+    x = inp
+    for i, f in enumerate((8, 16, 32)):
+        x = k.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv_{i}")(x)
+        x = k.layers.MaxPooling2D(name=f"pool_{i}")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    act = "sigmoid" if outputs == 1 else "softmax"
+    out = k.layers.Dense(outputs, activation=act, name="prediction")(x)
+    return k.Model(inp, out, name="tiny")
+
+
+def synthetic_xy(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(synth.iter_parts(seed, count, size=size))
+    return (np.stack([p.image for p in parts]).astype(np.float32) / 255.0,
+            np.array([int(p.defective) for p in parts], np.float32))
+
+
+@pytest.fixture(scope="session")
+def keras_mod() -> Any:
+    from converter.tfimport import tf_keras
+
+    return tf_keras()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory: pytest.TempPathFactory, keras_mod: Any) -> Path:
+    """A tiny sigmoid CNN trained for a few epochs on synthetic parts, saved as legacy .h5 by Keras 3."""
+    k = keras_mod
+    k.utils.set_random_seed(3)
+    model = build_tiny(k)
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    x, y = synthetic_xy(400, TINY, seed=11)
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.h5"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_eval(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled folder of synthetic parts, the layout users give to --eval and --calibration."""
+    out = tmp_path_factory.mktemp("synth_eval")
+    synth.write_dataset(out, count=80, seed=21, size=TINY * 2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def keras2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MobileNetV2, EfficientNetB0 and a CNN saved by Keras 2 (tf-keras), with their own predictions."""
+    out = tmp_path_factory.mktemp("keras2")
+    proc = subprocess.run([sys.executable, str(FIXTURES / "keras2_writer.py"), str(out),
+                           "mobilenetv2", "efficientnetb0", "cnn"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def casting() -> Path:
+    if not (CASTING / "good").is_dir():
+        pytest.fail(f"the casting data set is expected at {CASTING} (../shared beside the checkout)")
+    return CASTING
