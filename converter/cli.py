@@ -47,13 +47,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from converter.train import TrainSettings, train
 
     out = a.out or Path("models") / f"{a.arch}.h5"
+    if a.weights and a.arch == "cnn":
+        raise UserError("the custom CNN has no pretrained backbone; --weights applies to mobilenetv2 and "
+                        "efficientnetb0")
+    if a.weights and not a.weights.is_file():
+        raise UserError(f"{a.weights}: weights file not found")
     _writable_dir(out.parent)
     folder = open_folder(a.data)
     settings = TrainSettings(arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, val_split=a.val_split,
                              learning_rate=a.learning_rate, patience=a.patience, seed=a.seed, limit=a.limit,
                              weights=a.weights)
-    if a.weights and not a.weights.is_file():
-        raise UserError(f"{a.weights}: weights file not found")
     r = train(folder, out, settings)
     v = r["validation"]
     print(f"saved {out}: validation accuracy {v['accuracy']:.4f}, precision {v['precision_defect']:.4f}, "

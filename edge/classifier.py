@@ -15,7 +15,7 @@ import numpy as np
 
 from edge import manifest as mf
 from edge.preprocess import Preprocessor, Roi
-from edge.runtime import Runtime, create_interpreter
+from edge.runtime import Runtime, create_interpreter, default_threads
 
 _NP_DTYPE = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
 
@@ -56,9 +56,10 @@ class Prediction:
 
 def _check_tensors(m: mf.Manifest, inp: dict[str, Any], out: dict[str, Any], where: Path) -> None:
     want_shape = [1, m.input.height, m.input.width, 3]
+    shape = [int(d) for d in inp["shape"]]
     problems = []
-    if list(inp["shape"]) != want_shape:
-        problems.append(f"input shape {list(inp['shape'])} != manifest {want_shape}")
+    if shape != want_shape:
+        problems.append(f"input shape {shape} != manifest {want_shape}")
     if np.dtype(inp["dtype"]) != np.dtype(_NP_DTYPE[m.input.dtype]):
         problems.append(f"input dtype {np.dtype(inp['dtype']).name} != manifest {m.input.dtype}")
     scale, zp = inp["quantization"]
@@ -66,7 +67,7 @@ def _check_tensors(m: mf.Manifest, inp: dict[str, Any], out: dict[str, Any], whe
         problems.append(f"input quantization ({scale}, {zp}) != manifest ({m.input.scale}, {m.input.zero_point})")
     width = 1 if m.output.kind == "sigmoid" else 2
     if int(np.prod(out["shape"])) != width:
-        problems.append(f"output shape {list(out['shape'])} does not fit a {m.output.kind} head")
+        problems.append(f"output shape {[int(d) for d in out['shape']]} does not fit a {m.output.kind} head")
     if np.dtype(out["dtype"]) != np.dtype(_NP_DTYPE[m.output.dtype]):
         problems.append(f"output dtype {np.dtype(out['dtype']).name} != manifest {m.output.dtype}")
     if problems:
@@ -82,8 +83,9 @@ class Classifier:
         self.manifest_path = manifest_path
         self.manifest = mf.load(manifest_path)
         m = self.manifest
+        self.threads = num_threads or default_threads()
         self.interpreter, self.runtime = create_interpreter(
-            mf.resolve(manifest_path, m.tflite), num_threads=num_threads, delegate=delegate, runtime=runtime)
+            mf.resolve(manifest_path, m.tflite), num_threads=self.threads, delegate=delegate, runtime=runtime)
         inp = self.interpreter.get_input_details()
         out = self.interpreter.get_output_details()
         if len(inp) != 1 or len(out) != 1:
@@ -110,8 +112,9 @@ class Classifier:
 
     def classify(self, frame: np.ndarray) -> Prediction:
         t0 = time.perf_counter()
+        region = self.preprocess.source(frame)  # raises FrameError before the interpreter's memory is touched
         buf = self._input()  # a view of the interpreter's input: must be released before invoke()
-        self.preprocess(frame, out=buf[0])
+        self.preprocess.fill(region, buf[0])
         del buf
         t1 = time.perf_counter()
         self.interpreter.invoke()

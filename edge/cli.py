@@ -1,14 +1,135 @@
-"""``defect-edge``: the edge unit's command line. The engine and daemon arrive with their issues."""
+"""``defect-edge``: the edge unit's command line.
+
+``defect-edge classify PATH...`` classifies images, folders and videos with a converted model, the way the unit
+does on the line, and prints a table (or JSON lines) and a summary. Exit status 0, or 2 when an input was bad (a
+missing path, an unreadable image, an unknown or corrupt model); good inputs are still classified.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+DEFAULT_MODEL = "mobilenetv2"
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("DEFECT_EDGE_MODELS", "models"))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def _cmd_classify(a: argparse.Namespace) -> int:
+    from edge.classifier import Classifier
+    from edge.images import IMAGE_SUFFIXES
+    from edge.models import manifest_path
+    from edge.pipeline import Pipeline, Result
+    from edge.sources.base import Camera
+    from edge.sources.replay import FolderReplay, VideoReplay
+
+    bad: list[str] = []
+    images: list[Path] = []
+    videos: list[Path] = []
+    for p in a.paths:
+        if p.is_dir():
+            images += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            (images if p.suffix.lower() in IMAGE_SUFFIXES else videos).append(p)
+        else:
+            bad.append(f"{p}: no such file or folder")
+    sources = ([FolderReplay(images)] if images else []) + [VideoReplay(v, fps=0.0) for v in videos]
+    clf_by_order: dict[str, Classifier] = {}
+    mpath = manifest_path(a.models_dir, a.model)
+    for order in {s.frame_order for s in sources} or {"RGB"}:
+        clf_by_order[order] = Classifier(mpath, num_threads=a.threads, frame_order=order)
+    clf = next(iter(clf_by_order.values()))
+    m = clf.manifest
+    print(f"model {m.name} ({m.quantization}, sha256 {m.tflite.sha256[:12]}) on {clf.runtime.name}, "
+          f"{clf.threads} thread(s)", file=sys.stderr)
+    results: list[Result] = []
+
+    def show(r: Result) -> None:
+        results.append(r)
+        p = r.prediction
+        if a.json:
+            print(json.dumps({"frame_id": r.frame_id, "origin": r.frame.origin, **p.as_dict(),
+                              "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}), flush=True)
+        else:
+            ms = sum(p.timings_ms.values())
+            print(f"{r.frame.origin[-44:]:<44} {p.label:<10} {p.p_defect:>8.4f} {p.confidence:>6.3f} "
+                  f"{'low' if p.low_confidence else '':<4} {ms:>7.2f}", flush=True)
+
+    if not a.json:
+        print(f"{'frame':<44} {'label':<10} {'p_defect':>8} {'conf':>6} {'':<4} {'ms':>7}")
+    for src in sources:
+        camera = Camera(src, stall_timeout=60.0)
+        if camera.frame_order not in clf_by_order:
+            continue
+        Pipeline(camera, clf_by_order[camera.frame_order], device_id="cli", queue_size=2,
+                 drop_when_behind=False).run(threading.Event(), show)
+        bad += getattr(src, "skipped", [])
+        if camera.stats.last_error:
+            bad.append(camera.stats.last_error)
+    for line in bad:
+        print(f"defect-edge: skipped: {line}", file=sys.stderr)
+    latency = [sum(r.prediction.timings_ms.values()) for r in results]
+    defects = sum(r.prediction.defective for r in results)
+    summary: dict[str, Any] = {
+        "frames": len(results), "defective": defects, "good": len(results) - defects,
+        "low_confidence": sum(r.prediction.low_confidence for r in results), "skipped": len(bad),
+        "defect_rate": round(defects / len(results), 4) if results else 0.0,
+        "latency_ms_p50": round(_percentile(latency, 0.5), 3), "latency_ms_p95": round(_percentile(latency, 0.95), 3),
+        "model": m.name, "quantization": m.quantization,
+    }
+    if a.json:
+        print(json.dumps({"summary": summary}))
+    else:
+        print(f"\n{summary['frames']} frames: {defects} defective, {summary['good']} good "
+              f"(defect rate {summary['defect_rate']:.1%}), {summary['low_confidence']} low confidence, "
+              f"{len(bad)} skipped; latency p50 {summary['latency_ms_p50']:.2f} ms, "
+              f"p95 {summary['latency_ms_p95']:.2f} ms (preprocess + inference + postprocess)")
+    return EXIT_BAD_INPUT if bad or not results else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="defect-edge", description="Defect inspection on the edge unit.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("classify", help="classify images, folders or videos and print the results")
+    c.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    c.add_argument("--model", default=DEFAULT_MODEL, help=f"model name in the models folder (default {DEFAULT_MODEL})")
+    c.add_argument("--models-dir", type=Path, default=default_models_dir(),
+                   help="folder of .tflite models with manifests (default $DEFECT_EDGE_MODELS or ./models)")
+    c.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    c.add_argument("--json", action="store_true", help="one JSON object per frame, then a summary object")
+    c.set_defaults(func=_cmd_classify)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("defect-edge: not built yet (the edge engine and daemon are the next issues)", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="defect-edge: %(message)s")
+    from edge.errors import USER_ERRORS
+
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as e:
+        print(f"defect-edge: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

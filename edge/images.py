@@ -6,14 +6,22 @@ part of the product agrees on what an image file is and how a corrupt one is rep
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-# OpenCV would print its own warning for every corrupt file; the product reports each in one line of its own.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+def quiet_opencv() -> None:
+    """OpenCV and its FFmpeg print their own warnings for every corrupt file or refused connection; the product
+    reports each in one line of its own instead."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read when a capture opens
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+quiet_opencv()
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 

@@ -83,6 +83,7 @@ class Preprocessor:
     def __init__(self, spec: InputSpec, *, roi: Roi | None = None, frame_order: Literal["RGB", "BGR"] = "RGB"):
         self.spec = spec
         self.roi = roi
+        self.frame_order = frame_order
         self.plan: Plan = _plan(spec)
         self._size = (spec.width, spec.height)
         self._interp = _INTERPOLATION[spec.resize]
@@ -115,9 +116,17 @@ class Preprocessor:
             raise FrameError(f"ROI {r.x},{r.y} {r.width}x{r.height} does not fit a {w}x{h} frame")
         return frame[r.y:r.y + r.height, r.x:r.x + r.width]
 
+    def source(self, frame: np.ndarray) -> np.ndarray:
+        """Check ``frame`` and return the region the model looks at (a view). Every :class:`FrameError` comes
+        from here, before any destination is touched: an exception whose traceback held a view of the interpreter's
+        input buffer would block every later ``invoke()``."""
+        return self._crop(self._as_rgb_frame(frame))
+
     def pixels(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Crop, resize and reorder ``frame`` into uint8 pixels of the model's size (``out`` if given)."""
-        src = self._crop(self._as_rgb_frame(frame))
+        return self._resized(self.source(frame), out)
+
+    def _resized(self, src: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         dst = self._pixels if out is None else out
         if src.shape[:2] == (self.spec.height, self.spec.width):
             np.copyto(dst, src)
@@ -132,18 +141,20 @@ class Preprocessor:
 
         Pass the interpreter's own input buffer as ``out`` to avoid every copy but the resize itself.
         """
-        if out is None:
-            out = np.empty(self.shape, self._dtype)
+        return self.fill(self.source(frame), np.empty(self.shape, self._dtype) if out is None else out)
+
+    def fill(self, src: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the model input for a region from :meth:`source` into ``out``."""
         if self.plan == "copy":
-            self.pixels(frame, out)
+            self._resized(src, out)
         elif self.plan == "flip_sign_bit":
-            np.bitwise_xor(self.pixels(frame), np.uint8(0x80), out=out.view(np.uint8))
+            np.bitwise_xor(self._resized(src, None), np.uint8(0x80), out=out.view(np.uint8))
         elif self.plan == "float":
-            np.multiply(self.pixels(frame), np.float32(self._factor), out=out, casting="unsafe")
+            np.multiply(self._resized(src, None), np.float32(self._factor), out=out, casting="unsafe")
             if self._offset:
                 out += np.float32(self._offset)
         else:
-            x = self.pixels(frame).astype(np.float32) * np.float32(self._factor) + np.float32(self._offset)
+            x = self._resized(src, None).astype(np.float32) * np.float32(self._factor) + np.float32(self._offset)
             q = np.rint(x / np.float32(self.spec.scale)) + self.spec.zero_point
             info = np.iinfo(np.dtype(self.spec.dtype))
             np.copyto(out, np.clip(q, info.min, info.max), casting="unsafe")

@@ -6,6 +6,7 @@ imports wins. ``num_threads`` is always passed: LiteRT silently uses one thread 
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 from dataclasses import dataclass
@@ -66,12 +67,15 @@ def _explain(runtime: Runtime, err: BaseException) -> str | None:
 def load_delegate(runtime: Runtime, library: str) -> Any:
     """Load a hardware delegate such as the Coral Edge TPU's ``libedgetpu.so.1``."""
     try:
+        # Load the library ourselves first: when it is missing, the runtime's own Delegate object fails half-built
+        # and raises again from its __del__.
+        ctypes.CDLL(library)
         return runtime.module.load_delegate(library)
     except (ValueError, OSError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise RuntimeUnavailableError(
-            f"delegate {library} could not be loaded ({str(e).strip().splitlines()[0] if str(e) else e!r}); "
-            "install its runtime (for a Coral Edge TPU: the libedgetpu1-std package) or remove the delegate setting"
-        ) from None
+            f"delegate {library} could not be loaded ({first}); install its runtime (for a Coral Edge TPU: the "
+            "libedgetpu1-std package) or remove the delegate setting") from None
 
 
 def create_interpreter(model_path: Path, *, num_threads: int | None = None, delegate: str | None = None,

@@ -30,8 +30,10 @@ def build_tiny(keras: Any, size: int = TINY, *, outputs: int = 1) -> Any:
     k = keras
     inp = k.Input((size, size, 3), name="image")
     x = inp
-    for i, f in enumerate((8, 16, 32)):
-        x = k.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv_{i}")(x)
+    for i, f in enumerate((16, 32, 64)):
+        x = k.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv_{i}")(x)
+        x = k.layers.BatchNormalization(momentum=0.9, name=f"bn_{i}")(x)
+        x = k.layers.ReLU(name=f"relu_{i}")(x)
         x = k.layers.MaxPooling2D(name=f"pool_{i}")(x)
     x = k.layers.GlobalAveragePooling2D(name="gap")(x)
     act = "sigmoid" if outputs == 1 else "softmax"
@@ -89,3 +91,35 @@ def casting() -> Path:
     if not (CASTING / "good").is_dir():
         pytest.fail(f"the casting data set is expected at {CASTING} (../shared beside the checkout)")
     return CASTING
+
+
+def casting_split(casting: Path, out: Path) -> tuple[Path, Path]:
+    """The data set's original train and test splits as labelled folders of symlinks (nothing is copied).
+
+    The 64 test images that are byte-identical to training images (duplicates_train_test.txt) are left out of the
+    test split, so it is truly held out.
+    """
+    leaked = {line.split("\t")[0] for line in (casting / "duplicates_train_test.txt").read_text().splitlines()
+              if line and not line.startswith("#")}
+    for split in ("train", "test"):
+        for cls in ("good", "defect"):
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+    for cls in ("good", "defect"):
+        for img in (casting / cls).iterdir():
+            split = img.name.split("__", 1)[0]
+            if split in ("train", "test") and f"{cls}/{img.name}" not in leaked:
+                (out / split / cls / img.name).symlink_to(img.resolve())
+    return out / "train", out / "test"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
+    """A unit's models folder: the tiny model converted to int8 (``tiny``) and to float32 (``tiny_f32``)."""
+    from converter.cli import main
+
+    out = tmp_path_factory.mktemp("models")
+    for name, quant in (("tiny", "int8"), ("tiny_f32", "float32")):
+        rc = main(["convert", str(tiny_h5), "--quantize", quant, "--name", name, "--out-dir", str(out),
+                   "--eval-limit", "40", "--calibration-count", "60", "--min-agreement", "0"])
+        assert rc == 0
+    return out

@@ -1,0 +1,105 @@
+"""Size and speed of every committed model at every quantization, against the original app's Keras `predict`.
+
+For each ``models/*.h5`` of a reference architecture, converts to float32, float16, dynamic and int8 (into a temporary
+folder, parity figures on synthetic parts included), then measures in this one run:
+- the ``.tflite`` size relative to the float32 one;
+- the median single-image latency of the TFLite interpreter's ``invoke()`` at 1 and 2 threads;
+- the median latency of Keras ``model.predict`` on one image (what the original app did per frame).
+Ratios, not absolute times, are the figures to compare across machines. Ends with one JSON line per model and
+quantization. Run: ``make bench`` or ``.venv/bin/python bench/models.py [--models DIR] [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from converter.architectures import ARCHITECTURES  # noqa: E402
+from converter.convert import QUANTIZATIONS  # noqa: E402
+from converter.export import ConvertSettings, convert_h5  # noqa: E402
+from converter.keras_compat import load_model  # noqa: E402
+from converter.synth import render  # noqa: E402
+from edge import manifest as mf  # noqa: E402
+from edge.preprocess import Preprocessor  # noqa: E402
+from edge.runtime import create_interpreter  # noqa: E402
+
+
+def median_ms(fn: Any, runs: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def invoke_ms(manifest_path: Path, frame: np.ndarray, threads: int, runs: int) -> float:
+    m = mf.load(manifest_path)
+    interp, _ = create_interpreter(mf.resolve(manifest_path, m.tflite), num_threads=threads)
+    idx = interp.get_input_details()[0]["index"]
+    interp.set_tensor(idx, Preprocessor(m.input)(frame)[None])
+    return median_ms(interp.invoke, runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, default=REPO / "models")
+    ap.add_argument("--runs", type=int, default=100, help="timed runs per TFLite measurement")
+    ap.add_argument("--keras-runs", type=int, default=30)
+    a = ap.parse_args()
+    frame = render(7, 0, size=256, defect="blowhole").image
+    rows: list[dict[str, Any]] = []
+    for h5 in sorted(a.models.glob("*.h5")):
+        if h5.stem not in ARCHITECTURES:
+            continue
+        model = load_model(h5)
+        size = ARCHITECTURES[h5.stem].size
+        x = Preprocessor(mf.InputSpec(height=size, width=size, dtype="float32"))(frame)[None]
+        keras_ms = median_ms(lambda m=model, x=x: m.predict(x, verbose=0), a.keras_runs)
+        with tempfile.TemporaryDirectory() as tmp:
+            sizes: dict[str, int] = {}
+            for q in QUANTIZATIONS:
+                settings = ConvertSettings(quantize=q, name=f"{h5.stem}_{q}", min_agreement=0.0, eval_limit=100,
+                                           calibration_count=200)
+                res = convert_h5(h5, Path(tmp), settings)
+                sizes[q] = res.tflite_path.stat().st_size
+                t1 = invoke_ms(res.manifest_path, frame, 1, a.runs)
+                t2 = invoke_ms(res.manifest_path, frame, 2, a.runs)
+                agreement = res.report["candidates"][0]["agreement"]
+                rows.append({"model": h5.stem, "quantization": q, "size_bytes": sizes[q], "invoke_ms_1t": t1,
+                             "invoke_ms_2t": t2, "keras_predict_ms": keras_ms, "agreement": agreement})
+        for r in rows:
+            if r["model"] == h5.stem:
+                r["size_vs_float32"] = r["size_bytes"] / sizes["float32"]
+                r["speedup_vs_keras_predict_1t"] = r["keras_predict_ms"] / r["invoke_ms_1t"]
+                r["speedup_vs_keras_predict_2t"] = r["keras_predict_ms"] / r["invoke_ms_2t"]
+
+    print(f"\n{'model':<15}{'quant':<9}{'size MB':>8}{'vs fp32':>8}{'invoke 1t':>11}{'invoke 2t':>11}"
+          f"{'predict':>10}{'x 1t':>8}{'x 2t':>8}{'parity':>8}")
+    for r in rows:
+        print(f"{r['model']:<15}{r['quantization']:<9}{r['size_bytes'] / 1e6:>8.2f}{r['size_vs_float32']:>8.2f}"
+              f"{r['invoke_ms_1t']:>9.2f}ms{r['invoke_ms_2t']:>9.2f}ms{r['keras_predict_ms']:>8.1f}ms"
+              f"{r['speedup_vs_keras_predict_1t']:>8.1f}{r['speedup_vs_keras_predict_2t']:>8.1f}"
+              f"{r['agreement']:>8.3f}")
+    print("(parity: agreement of decisions with Keras on 100 synthetic parts; x: speed-up over Keras predict)")
+    for r in rows:
+        print(json.dumps({k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in
+                          ("model", "quantization", "size_vs_float32", "speedup_vs_keras_predict_1t",
+                           "speedup_vs_keras_predict_2t")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Errors a user can cause and fix, reported by the edge's commands as one line (exit status 2)."""
+
+from __future__ import annotations
+
+from edge.classifier import ModelMismatchError
+from edge.manifest import ManifestError
+from edge.models import UnknownModelError
+from edge.runtime import RuntimeUnavailableError
+from edge.sources.base import SourceError
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SourceError)
