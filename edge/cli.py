@@ -59,11 +59,15 @@ def _cmd_classify(a: argparse.Namespace) -> int:
     m = clf.manifest
     print(f"model {m.name} ({m.quantization}, sha256 {m.tflite.sha256[:12]}) on {clf.runtime.name}, "
           f"{clf.threads} thread(s)", file=sys.stderr)
-    results: list[Result] = []
+    # Only what the summary needs: a Result holds its frame, and a long run must not keep every frame alive.
+    latency: list[float] = []
+    counts = {"defective": 0, "low_confidence": 0}
 
     def show(r: Result) -> None:
-        results.append(r)
         p = r.prediction
+        latency.append(sum(p.timings_ms.values()))
+        counts["defective"] += p.defective
+        counts["low_confidence"] += p.low_confidence
         if a.json:
             print(json.dumps({"frame_id": r.frame_id, "origin": r.frame.origin, **p.as_dict(),
                               "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}), flush=True)
@@ -85,12 +89,11 @@ def _cmd_classify(a: argparse.Namespace) -> int:
             bad.append(camera.stats.last_error)
     for line in bad:
         print(f"defect-edge: skipped: {line}", file=sys.stderr)
-    latency = [sum(r.prediction.timings_ms.values()) for r in results]
-    defects = sum(r.prediction.defective for r in results)
+    frames, defects = len(latency), counts["defective"]
     summary: dict[str, Any] = {
-        "frames": len(results), "defective": defects, "good": len(results) - defects,
-        "low_confidence": sum(r.prediction.low_confidence for r in results), "skipped": len(bad),
-        "defect_rate": round(defects / len(results), 4) if results else 0.0,
+        "frames": frames, "defective": defects, "good": frames - defects,
+        "low_confidence": counts["low_confidence"], "skipped": len(bad),
+        "defect_rate": round(defects / frames, 4) if frames else 0.0,
         "latency_ms_p50": round(_percentile(latency, 0.5), 3), "latency_ms_p95": round(_percentile(latency, 0.95), 3),
         "model": m.name, "quantization": m.quantization,
     }
@@ -101,7 +104,48 @@ def _cmd_classify(a: argparse.Namespace) -> int:
               f"(defect rate {summary['defect_rate']:.1%}), {summary['low_confidence']} low confidence, "
               f"{len(bad)} skipped; latency p50 {summary['latency_ms_p50']:.2f} ms, "
               f"p95 {summary['latency_ms_p95']:.2f} ms (preprocess + inference + postprocess)")
-    return EXIT_BAD_INPUT if bad or not results else 0
+    return EXIT_BAD_INPUT if bad or not frames else 0
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from edge.daemon import run
+
+    return run(a.config)
+
+
+def _cmd_check_config(a: argparse.Namespace) -> int:
+    from edge import config
+    from edge.classifier import Classifier
+    from edge.models import manifest_path
+    from edge.sources import source_from_spec
+
+    cfg = config.load(a.config)
+    src = source_from_spec(cfg.camera.source, fps=cfg.camera.fps, loop=cfg.camera.loop)
+    clf = Classifier(manifest_path(cfg.model.models_dir, cfg.model.name), num_threads=cfg.model.threads,
+                     delegate=cfg.model.delegate, frame_order=src.frame_order)
+    print(f"{a.config}: OK: device {cfg.device.id}, base topic {cfg.base_topic}, broker {cfg.mqtt.host}:"
+          f"{cfg.mqtt.port} (MQTT {cfg.mqtt.protocol}{', TLS' if cfg.mqtt.tls else ''}), model {clf.name} "
+          f"({clf.manifest.quantization}) on {clf.runtime.name}, camera {src.description}")
+    return 0
+
+
+def _cmd_export_feedback(a: argparse.Namespace) -> int:
+    from edge import config
+    from edge.history import History, export_feedback
+
+    cfg = config.load(a.config, check_files=False)
+    db = cfg.state.dir / "state.db"
+    if not db.is_file():
+        print(f"defect-edge: error: no unit database at {db}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    history = History(db)
+    try:
+        counts = export_feedback(history, a.out)
+    finally:
+        history.close()
+    print(f"wrote {counts['good']} good and {counts['defect']} defect frames to {a.out} (train with "
+          f"defect-convert train {a.out} --arch ...)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,12 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     c.add_argument("--json", action="store_true", help="one JSON object per frame, then a summary object")
     c.set_defaults(func=_cmd_classify)
+
+    r = sub.add_parser("run", help="run the unit: camera -> model -> MQTT (as systemd runs it)")
+    r.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))
+    r.set_defaults(func=_cmd_run)
+    k = sub.add_parser("check-config", help="validate edge.toml, load the model and resolve the camera, then exit")
+    k.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))
+    k.set_defaults(func=_cmd_check_config)
+    e = sub.add_parser("export-feedback", help="write operator-corrected frames as good/ and defect/ for retraining")
+    e.add_argument("out", type=Path)
+    e.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))
+    e.set_defaults(func=_cmd_export_feedback)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="defect-edge: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.WARNING,
+                        format="defect-edge: %(levelname)s %(name)s: %(message)s" if args.command == "run"
+                        else "defect-edge: %(message)s")
     from edge.errors import USER_ERRORS
 
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from edge.classifier import ModelMismatchError
+from edge.config import ConfigError
 from edge.manifest import ManifestError
 from edge.models import UnknownModelError
 from edge.runtime import RuntimeUnavailableError
 from edge.sources.base import SourceError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SourceError)
+    ConfigError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SourceError)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 _CANDIDATES: tuple[tuple[str, str], ...] = (
     ("ai_edge_litert", "ai_edge_litert.interpreter"),
     ("tflite_runtime", "tflite_runtime.interpreter"),
@@ -56,11 +58,14 @@ def default_threads() -> int:
 
 def _explain(runtime: Runtime, err: BaseException) -> str | None:
     text = str(err)
-    if "_ARRAY_API" in text or "compiled using NumPy 1.x" in text:
+    # tflite-runtime 2.14 under NumPy 2 raises SystemError("... returned a result with an exception set"); NumPy
+    # prints the telling "_ARRAY_API not found" itself, outside the exception.
+    numpy2 = int(np.__version__.split(".")[0]) >= 2
+    if "_ARRAY_API" in text or (runtime.name == "tflite_runtime" and numpy2 and isinstance(err, SystemError)):
         return f"{runtime.name} was built for NumPy 1.x and cannot run under NumPy 2; {_INSTALL_LITERT}"
     if "Didn't find op for builtin opcode" in text or "Op builtin_code out of range" in text:
-        return f"{runtime.name} is too old for the operators in this model ({text.strip().splitlines()[0]}); " \
-               f"{_INSTALL_LITERT}"
+        op = next(line for line in text.splitlines() if "builtin" in line).strip()
+        return f"{runtime.name} is too old for the operators in this model ({op}); {_INSTALL_LITERT}"
     return None
 
 
@@ -89,7 +94,7 @@ def create_interpreter(model_path: Path, *, num_threads: int | None = None, dele
     try:
         interpreter = rt.module.Interpreter(**kwargs)
         interpreter.allocate_tensors()
-    except (ValueError, RuntimeError, ImportError, AttributeError) as e:
+    except (ValueError, RuntimeError, ImportError, AttributeError, SystemError) as e:
         why = _explain(rt, e)
         if why:
             raise RuntimeUnavailableError(why) from None

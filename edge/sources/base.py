@@ -57,6 +57,9 @@ class FrameSource(ABC):
     @abstractmethod
     def open(self) -> None: ...
 
+    def wait_turn(self) -> None:  # noqa: B027 - an optional hook: live cameras have nothing to wait for
+        """Block until the next frame is due (replays at a set rate); kept out of the capture time."""
+
     @abstractmethod
     def read(self) -> tuple[np.ndarray, str] | None:
         """The next image and its origin, or None when none arrived within the backend's short poll interval."""
@@ -149,8 +152,9 @@ class Camera:
                     if not self._open(stop):
                         continue
                     last_frame = time.monotonic()
-                t0, wall = time.perf_counter(), time.time()
                 try:
+                    self.source.wait_turn()
+                    t0, wall = time.perf_counter(), time.time()
                     got = self.source.read()
                 except EndOfStream:
                     self.state = "ended"

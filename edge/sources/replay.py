@@ -79,8 +79,10 @@ class FolderReplay(FrameSource):
                 if len(self._bad) == len(self.paths):
                     raise EndOfStream from None
                 continue
-            self._pacer.wait()
             return image, path.name
+
+    def wait_turn(self) -> None:
+        self._pacer.wait()
 
     def close(self) -> None:
         """Nothing to release; a reopen continues where the replay was."""
@@ -125,9 +127,11 @@ class VideoReplay(FrameSource):
             ok, image = self._cap.read()
             if not ok:
                 raise SourceError(f"{self.path}: cannot rewind the video")
-        self._pacer.wait()
         self._index += 1
         return image, f"{self.path.name}#{self._index}"
+
+    def wait_turn(self) -> None:
+        self._pacer.wait()
 
     def close(self) -> None:
         if self._cap is not None:

@@ -1,0 +1,113 @@
+"""The unit's own history in SQLite, beside the outbox: results, start/stop/health events, operator feedback.
+
+The seed app logged latency, confidence, uptime and misclassifications to text files; here they are queryable and
+bounded (results by age and by count), and the unit keeps them with no broker at all. Feedback rows keep the frame
+as a JPEG, so frames an operator marked as misclassified become a retraining set (``defect-edge export-feedback``).
+Results are written in batches from a buffer: one commit per frame would cost more than inference.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.mqtt.outbox import connect
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    frame_id TEXT PRIMARY KEY, ts REAL NOT NULL, label TEXT NOT NULL, p_defect REAL NOT NULL,
+    confidence REAL NOT NULL, low_confidence INTEGER NOT NULL, model TEXT NOT NULL, timings TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_ts ON results (ts);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
+                                   detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, frame_id TEXT NOT NULL, predicted TEXT NOT NULL,
+    p_defect REAL NOT NULL, true_label TEXT NOT NULL, correct INTEGER NOT NULL, note TEXT NOT NULL,
+    model TEXT NOT NULL, image BLOB NOT NULL
+);
+"""
+
+
+class History:
+    def __init__(self, path: Path, *, retention_days: float = 30.0, max_rows: int = 1_000_000):
+        self.retention_s = retention_days * 86400
+        self.max_rows = max_rows
+        self._db = connect(path)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Any, ...]] = []
+
+    def add_result(self, frame_id: str, ts: float, label: str, p_defect: float, confidence: float,
+                   low_confidence: bool, model: str, timings: dict[str, float]) -> None:
+        """Buffered; written by :meth:`flush`."""
+        row = (frame_id, ts, label, p_defect, confidence, int(low_confidence), model,
+               json.dumps({k: round(v, 3) for k, v in timings.items()}))
+        with self._lock:
+            self._pending.append(row)
+
+    def flush(self) -> int:
+        with self._lock:
+            rows, self._pending = self._pending, []
+            if rows:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+        return len(rows)
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop results older than the retention or beyond the row cap; returns how many went."""
+        now = time.time() if now is None else now
+        with self._lock:
+            n = self._db.execute("DELETE FROM results WHERE ts < ?", (now - self.retention_s,)).rowcount
+            n += self._db.execute("DELETE FROM results WHERE frame_id IN (SELECT frame_id FROM results ORDER BY ts "
+                                  "DESC LIMIT -1 OFFSET ?)", (self.max_rows,)).rowcount
+        return n
+
+    def event(self, name: str, **detail: Any) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)",
+                             (time.time(), name, json.dumps(detail, default=str)))
+
+    def add_feedback(self, *, frame_id: str, predicted: str, p_defect: float, true_label: str, note: str,
+                     model: str, jpeg: bytes) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO feedback (ts, frame_id, predicted, p_defect, true_label, correct, note, model, image) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), frame_id, predicted, p_defect, true_label, int(predicted == true_label), note, model,
+                 jpeg))
+            return int(cur.lastrowid or 0)
+
+    def feedback(self) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute("SELECT id, ts, frame_id, predicted, p_defect, true_label, correct, note, model, "
+                                   "image FROM feedback ORDER BY id")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def count(self, table: str) -> int:
+        if table not in ("results", "events", "feedback"):
+            raise ValueError(table)
+        with self._lock:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._db.close()
+
+
+def export_feedback(history: History, out: Path) -> dict[str, int]:
+    """Write every feedback frame as ``good/`` or ``defect/`` JPEGs under ``out`` (the training layout)."""
+    counts = {"good": 0, "defect": 0}
+    for row in history.feedback():
+        cls = "defect" if row["true_label"] == "defective" else "good"
+        folder = out / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{row['frame_id']}.jpg").write_bytes(row["image"])
+        counts[cls] += 1
+    return counts

@@ -1,0 +1,66 @@
+"""Latency percentiles per stage, frame rates, and the board's own health readings for the ``metrics`` topic."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+class StageLatency:
+    """Per-stage latencies since the last report (bounded), summarised as p50/p95/p99 in ms."""
+
+    def __init__(self, cap: int = 20_000):
+        self.cap = cap
+        self._values: dict[str, list[float]] = defaultdict(list)
+        self._frames = 0
+        self._lock = threading.Lock()
+
+    def add(self, timings: dict[str, float]) -> None:
+        with self._lock:
+            self._frames += 1
+            for stage, ms in timings.items():
+                v = self._values[stage]
+                if len(v) < self.cap:
+                    v.append(ms)
+
+    def take(self) -> tuple[int, dict[str, dict[str, float]]]:
+        """(frames, {stage: {p50, p95, p99}}) since the last call, and start a new window."""
+        with self._lock:
+            values, self._values = self._values, defaultdict(list)
+            frames, self._frames = self._frames, 0
+        summary = {}
+        for stage, v in values.items():
+            p50, p95, p99 = np.percentile(np.asarray(v), [50, 95, 99])
+            summary[stage] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+        return frames, summary
+
+
+def cpu_temperature_c() -> float | None:
+    """The SoC temperature where the board exposes one (Raspberry Pi, Jetson), else None."""
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        try:
+            return round(int((zone / "temp").read_text().strip()) / 1000.0, 1)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []

@@ -1,0 +1,234 @@
+"""The unit's link to the broker: paho-mqtt 2.x, reconnecting forever, draining the outbox in order.
+
+On every connect (first or after an outage) it subscribes to its commands, publishes ``available=online`` and the
+retained ``status``, and starts sending the outbox from its oldest message. QoS 1 messages are only ever published
+from the outbox and deleted from it when the broker's PUBACK arrives, so an outage or a crash loses nothing; a
+message whose PUBACK was lost is sent again (QoS 1 means at least once; alerts carry a dedup key for that).
+
+Only the drainer thread touches the in-flight list: it keeps paho's ``MQTTMessageInfo`` of each message and checks
+``is_published()``. paho calls ``on_publish`` while holding its own mutex, so a callback that took a lock of ours
+while the drainer held it inside ``publish()`` would deadlock; here the callback only wakes the drainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge.config import EdgeConfig
+from edge.mqtt import topics
+from edge.mqtt.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, mqtt.MQTTMessage], None]
+RELOG_AFTER_S = 600.0
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    dropped_qos0: int = 0
+    sent: int = 0
+    acked: int = 0
+    last_error: str = ""
+
+
+def _reason(rc: Any) -> str:
+    return str(getattr(rc, "getName", lambda: rc)())
+
+
+class MqttLink:
+    def __init__(self, cfg: EdgeConfig, outbox: Outbox, *, on_command: CommandHandler,
+                 status: Callable[[], bytes], on_connect: Callable[[], None] = lambda: None):
+        self.cfg = cfg
+        self.base = cfg.base_topic
+        self.outbox = outbox
+        self.stats = LinkStats()
+        self._on_command = on_command
+        self._status = status
+        self._on_connect_hook = on_connect
+        self._connected = threading.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._restart = threading.Event()  # set on connect: send everything unacknowledged again, oldest first
+        self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # drainer thread only
+        self._last_sent = 0  # drainer thread only: highest outbox id handed to paho since the last connect
+        self._drainer: threading.Thread | None = None
+        self._logged_failure, self._logged_at = "", 0.0
+        m = cfg.mqtt
+        self.v5 = m.protocol == "5"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"defect-edge-{cfg.device.id}",
+                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+                                  clean_session=None if self.v5 else True)
+        self.client.enable_logger(logging.getLogger("paho"))
+        if m.username:
+            self.client.username_pw_set(m.username, cfg.mqtt_password() or None)
+        if m.tls:
+            self.client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                                keyfile=str(m.tls.key_file) if m.tls.key_file else None,
+                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self.client.tls_insecure_set(m.tls.insecure)
+        self.client.will_set(self.topic(topics.AVAILABLE), topics.OFFLINE, qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=max(1, round(m.reconnect_min_s)),
+                                        max_delay=max(1, round(m.reconnect_max_s)))
+        self.client.max_inflight_messages_set(m.max_inflight)
+        self.client.on_connect = self._handle_connect
+        self.client.on_connect_fail = self._handle_connect_fail
+        self.client.on_disconnect = self._handle_disconnect
+        self.client.on_publish = self._handle_publish
+        self.client.on_message = self._handle_message
+
+    def topic(self, *parts: str) -> str:
+        return "/".join((self.base, *parts))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        m = self.cfg.mqtt
+        # A clean session every time: a `trigger` queued by the broker while the unit was away must not fire late,
+        # and whatever was not acknowledged is in the outbox anyway.
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive,
+                                  clean_start=True if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
+        self.client.loop_start()
+        self._drainer = threading.Thread(target=self._drain, name="mqtt-outbox", daemon=True)
+        self._drainer.start()
+
+    def stop(self, *, flush_s: float = 2.0) -> None:
+        """Publish ``offline``, give the outbox ``flush_s`` to drain, then disconnect cleanly."""
+        deadline = time.monotonic() + flush_s
+        while self.connected and self.outbox.depth()[0] and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        if self._drainer:
+            self._drainer.join(timeout=2)  # nothing publishes from the outbox from here on
+        if self.connected:
+            info = self.client.publish(self.topic(topics.AVAILABLE), topics.OFFLINE, qos=1, retain=True)
+            info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+        self._connected.clear()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- publishing ------------------------------------------------------------------------------------------
+    def publish(self, suffix: str, payload: bytes, *, qos: int, kind: str, retain: bool = False) -> None:
+        """QoS 1: stored in the outbox, then sent. QoS 0: sent now if connected, else dropped and counted."""
+        topic = self.topic(suffix)
+        if qos == 0:
+            if not self.connected or self.client.publish(topic, payload, qos=0, retain=retain).rc != 0:
+                self.stats.dropped_qos0 += 1
+            return
+        self.outbox.put(topic, payload, qos=qos, retain=retain, kind=kind)
+        self._wake.set()
+
+    def publish_direct(self, topic: str, payload: bytes, *, properties: Properties | None = None) -> None:
+        """A QoS 1 message that is only meaningful now (a command reply to a v5 response topic)."""
+        if self.connected:
+            self.client.publish(topic, payload, qos=1, properties=properties)
+
+    def _collect_acks(self) -> None:
+        done = [row for info, row in self._inflight if info.is_published()]
+        if done:
+            self._inflight = [(info, row) for info, row in self._inflight if not info.is_published()]
+            self.outbox.ack(done)
+            self.stats.acked += len(done)
+
+    def _drain(self) -> None:
+        window = self.cfg.mqtt.max_inflight
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if self._restart.is_set():
+                self._restart.clear()
+                self._inflight, self._last_sent = [], 0
+            self._collect_acks()
+            while self.connected and not self._stop.is_set() and not self._restart.is_set():
+                room = window - len(self._inflight)
+                batch = self.outbox.pending(after_id=self._last_sent, limit=room) if room > 0 else []
+                if not batch:
+                    break
+                for msg in batch:
+                    info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        break  # the connection just dropped: the next connect starts again from the oldest
+                    self._inflight.append((info, msg.id))
+                    self._last_sent = msg.id
+                    self.stats.sent += 1
+                self._collect_acks()
+
+    # -- paho callbacks (network thread) ---------------------------------------------------------------------
+    def _failure(self, message: str) -> None:
+        """Count a failed connection attempt; log it once, not at every retry (again only if it changes, or after
+        ``RELOG_AFTER_S``), so a wrong password is one clear line rather than a flood."""
+        self.stats.connect_failures += 1
+        self.stats.last_error = message
+        now = time.monotonic()
+        if message != self._logged_failure or now - self._logged_at > RELOG_AFTER_S:
+            self._logged_failure, self._logged_at = message, now
+            log.error("mqtt %s:%d: %s; retrying with backoff", self.cfg.mqtt.host, self.cfg.mqtt.port, message)
+
+    def _handle_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
+                        _props: Properties | None) -> None:
+        if rc.is_failure:
+            self._failure(f"broker refused the connection: {_reason(rc)}")
+            return
+        self._logged_failure = ""
+        self.stats.connects += 1
+        self.stats.reconnects = self.stats.connects - 1
+        # MQTT delivers a live retained publish with retain=0; v5's "retain as published" keeps the flag, so a
+        # retained command is recognised (and ignored) even when it arrives while the unit is subscribed.
+        client.subscribe(self.topic(topics.CMD, "+"),
+                         options=SubscribeOptions(qos=1, retainAsPublished=True) if self.v5 else None,
+                         qos=0 if self.v5 else 1)
+        client.publish(self.topic(topics.AVAILABLE), topics.ONLINE, qos=1, retain=True)
+        client.publish(self.topic(topics.STATUS), self._status(), qos=1, retain=True)
+        self._restart.set()  # everything not acknowledged goes again, oldest first
+        self._connected.set()
+        self._wake.set()
+        log.info("mqtt connected to %s:%d as %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.base)
+        self._on_connect_hook()
+
+    def _handle_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
+        # paho calls this from inside its `except OSError` without passing the error; it is still the one in flight
+        err = sys.exc_info()[1]
+        self._failure(f"cannot connect: {err}" if err else "cannot connect")
+
+    def _handle_disconnect(self, _client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
+                           _props: Properties | None) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._stop.is_set():
+            self.stats.last_error = f"disconnected: {_reason(rc)}"
+            log.warning("mqtt %s; reconnecting with backoff", self.stats.last_error)
+
+    def _handle_publish(self, _client: mqtt.Client, _ud: Any, _mid: int, _rc: ReasonCode,
+                        _props: Properties) -> None:
+        self._wake.set()  # the drainer collects the acknowledgement; no lock is taken on paho's thread
+
+    def _handle_message(self, _client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        name = topics.command_name(self.base, msg.topic)
+        if name is None:
+            return
+        try:
+            self._on_command(name, msg)
+        except Exception:  # a command handler bug must never take down the network thread
+            log.exception("command %s failed", name)
