@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.timing import median_ms  # noqa: E402
 from converter.architectures import ARCHITECTURES  # noqa: E402
 from converter.convert import QUANTIZATIONS  # noqa: E402
 from converter.export import ConvertSettings, convert_h5  # noqa: E402
@@ -33,17 +32,6 @@ from converter.synth import render  # noqa: E402
 from edge import manifest as mf  # noqa: E402
 from edge.preprocess import Preprocessor  # noqa: E402
 from edge.runtime import create_interpreter  # noqa: E402
-
-
-def median_ms(fn: Any, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def invoke_ms(manifest_path: Path, frame: np.ndarray, threads: int, runs: int) -> float:

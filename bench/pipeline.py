@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.timing import median_ms  # noqa: E402
 from edge import manifest as mf  # noqa: E402
 from edge.classifier import Classifier  # noqa: E402
 from edge.images import list_images, read_rgb  # noqa: E402
@@ -44,17 +44,6 @@ print("PROBE", int(hwm) / 1024, "tensorflow" in sys.modules, rc, file=sys.stderr
 """
 
 
-def per_call_ms(fn, n: int) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(min(20, n)):
-        fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenetv2")
@@ -69,10 +58,10 @@ def main() -> None:
     # 1. engine vs bare invoke, 1 thread, frames in memory
     clf = Classifier(manifest_path, num_threads=1)
     it = iter(range(10**9))
-    engine_ms = per_call_ms(lambda: clf.classify(frames[next(it) % len(frames)]), 1000)
-    invoke_ms = per_call_ms(clf.interpreter.invoke, 1000)
-    pre_ms = per_call_ms(lambda: clf.preprocess(frames[next(it) % len(frames)]), 1000)
-    decode_ms = per_call_ms(lambda: read_rgb(paths[next(it) % len(paths)]), 300)
+    engine_ms = median_ms(lambda: clf.classify(frames[next(it) % len(frames)]), 1000)
+    invoke_ms = median_ms(clf.interpreter.invoke, 1000)
+    pre_ms = median_ms(lambda: clf.preprocess(frames[next(it) % len(frames)]), 1000)
+    decode_ms = median_ms(lambda: read_rgb(paths[next(it) % len(paths)]), 300)
 
     # 2. threaded replay from disk vs its limit
     pipe = Pipeline(Camera(FolderReplay(paths)), Classifier(manifest_path, num_threads=1), device_id="bench",
