@@ -38,6 +38,7 @@ from edge.mqtt.commands import (
     ThresholdArgs,
     TriggerArgs,
 )
+from edge.mqtt.homeassistant import discovery_messages
 from edge.mqtt.outbox import Outbox
 from edge.pipeline import Pipeline, Result
 from edge.preprocess import Roi
@@ -82,14 +83,16 @@ class Daemon:
                              stall_timeout=cfg.camera.stall_timeout_s)
         self.pipeline = Pipeline(self.camera, self._load_classifier(cfg.model.name), device_id=cfg.device.id,
                                  mode=cfg.inference.mode, target_fps=cfg.inference.target_fps,
-                                 queue_size=cfg.inference.queue_size)
+                                 queue_size=cfg.inference.queue_size,
+                                 drop_when_behind=self.camera.source.live)
         self.ring = FrameRing(max_frames=cfg.state.ring_frames, max_bytes=int(cfg.state.ring_max_mb * 1024 * 1024))
         a = cfg.alerts
         self.alerts = AlertPolicy(cfg.device.id, on_defect=a.on_defect, on_low_confidence=a.on_low_confidence,
                                   rearm_after_good_frames=a.rearm_after_good_frames, repeat_after_s=a.repeat_after_s)
         self.latency = StageLatency()
         self.router = CommandRouter(cfg.device.id, self, self._reply)
-        self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload)
+        self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload,
+                             discovery=self._discovery)
         self._swap_lock = threading.Lock()
         self._ready = False
         self._offline_since: float | None = None
@@ -128,6 +131,10 @@ class Daemon:
             camera={"source": cam.source.description, "state": cam.state, "frames": cam.stats.frames,
                     "reconnects": cam.stats.reconnects, "stalls": cam.stats.stalls,
                     "last_error": cam.stats.last_error}))
+
+    def _discovery(self) -> list[tuple[str, bytes]]:
+        return discovery_messages(self.cfg.homeassistant.prefix, self.link.base, self.cfg.device.id, _version(),
+                                  self.classifier.name)
 
     def _publish_alert(self, alert: Alert, ts: str) -> None:
         payload = topics.envelope(self.cfg.device.id, ts=ts, kind=alert.kind, frame_id=alert.frame_id,

@@ -381,3 +381,16 @@ def test_wrong_tls_ca_is_one_clear_line_and_retried(tmp_path: Path, models_dir: 
 
 def test_topics_module_names_every_command() -> None:
     assert set(topics.COMMANDS) == {"gradcam", "model", "threshold", "feedback", "trigger"}
+
+
+def test_home_assistant_discovery(tmp_path: Path, broker: Broker, models_dir: Path, daemons: list[Daemon]) -> None:
+    c = Collector(broker.port, "homeassistant/#")
+    d = start(daemons, tmp_path, config(tmp_path, broker.port, models_dir, homeassistant={"enabled": True}))
+    assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/config")]) == 6, 20), d.log()
+    cfgs = {t: json.loads(p) for t, p, _ in c.messages if t.endswith("/config")}
+    p_defect = cfgs["homeassistant/sensor/defect-edge-unit1/p_defect/config"]
+    assert p_defect["state_topic"] == f"{BASE}/result" and p_defect["availability_topic"] == f"{BASE}/available"
+    assert p_defect["unique_id"] == "defect-edge-unit1-p_defect"
+    c.publish("homeassistant/status", b"online")  # Home Assistant restarted
+    assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/config")]) >= 12, 10)
+    d.stop()

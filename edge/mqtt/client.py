@@ -54,14 +54,15 @@ def _reason(rc: Any) -> str:
 
 class MqttLink:
     def __init__(self, cfg: EdgeConfig, outbox: Outbox, *, on_command: CommandHandler,
-                 status: Callable[[], bytes], on_connect: Callable[[], None] = lambda: None):
+                 status: Callable[[], bytes], discovery: Callable[[], list[tuple[str, bytes]]] = list):
         self.cfg = cfg
         self.base = cfg.base_topic
         self.outbox = outbox
         self.stats = LinkStats()
         self._on_command = on_command
         self._status = status
-        self._on_connect_hook = on_connect
+        self._discovery = discovery
+        self._ha_status = f"{cfg.homeassistant.prefix}/status" if cfg.homeassistant.enabled else ""
         self._connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -201,11 +202,17 @@ class MqttLink:
                          qos=0 if self.v5 else 1)
         client.publish(self.topic(topics.AVAILABLE), topics.ONLINE, qos=1, retain=True)
         client.publish(self.topic(topics.STATUS), self._status(), qos=1, retain=True)
+        if self._ha_status:
+            client.subscribe(self._ha_status, qos=1)
+            self._announce()
         self._restart.set()  # everything not acknowledged goes again, oldest first
         self._connected.set()
         self._wake.set()
         log.info("mqtt connected to %s:%d as %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.base)
-        self._on_connect_hook()
+
+    def _announce(self) -> None:
+        for topic, payload in self._discovery():
+            self.client.publish(topic, payload, qos=1, retain=True)
 
     def _handle_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
         # paho calls this from inside its `except OSError` without passing the error; it is still the one in flight
@@ -225,6 +232,10 @@ class MqttLink:
         self._wake.set()  # the drainer collects the acknowledgement; no lock is taken on paho's thread
 
     def _handle_message(self, _client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._ha_status and msg.topic == self._ha_status:
+            if msg.payload == b"online":  # Home Assistant restarted: tell it about this unit again
+                self._announce()
+            return
         name = topics.command_name(self.base, msg.topic)
         if name is None:
             return

@@ -48,6 +48,8 @@ class FrameSource(ABC):
 
     #: the channel order ``read`` returns; preprocessing swaps once if the model wants the other one
     frame_order: FrameOrder = "BGR"
+    #: a live camera moves on without us (when inference is behind, the newest frame wins); a replay can wait
+    live: bool = True
 
     @property
     @abstractmethod

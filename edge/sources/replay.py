@@ -42,6 +42,7 @@ class FolderReplay(FrameSource):
     """Images from a folder (or an explicit list of files), in name order, as RGB frames."""
 
     frame_order: FrameOrder = "RGB"
+    live = False
 
     def __init__(self, paths: list[Path] | Path, *, fps: float = 0.0, loop: bool = False):
         self.paths = list_images(paths) if isinstance(paths, Path) else list(paths)
@@ -92,6 +93,7 @@ class VideoReplay(FrameSource):
     """A video file decoded with OpenCV; BGR frames, at the file's own rate unless ``fps`` is given."""
 
     frame_order: FrameOrder = "BGR"
+    live = False
 
     def __init__(self, path: Path, *, fps: float | None = None, loop: bool = False):
         self.path, self.loop = path, loop

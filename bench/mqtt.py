@@ -1,0 +1,153 @@
+"""What MQTT costs the unit, measured as ratios within one run against a local Mosquitto.
+
+1. fps_qos0_vs_engine / fps_qos1_vs_engine: frames per second of ``defect-edge run`` replaying casting JPEGs (results
+   published at QoS 0, then at QoS 1 through the outbox) ÷ the engine's threaded pipeline alone on the same frames,
+   same model and threads. Target >= 0.9.
+2. outbox_drain_msgs_per_s: 10,000 alerts queued during an outage, drained to the broker once it is back.
+3. daemon_rss_mb: the daemon process's peak resident memory (the first run, QoS 0).
+
+Run: ``.venv/bin/python bench/mqtt.py [--model mobilenetv2] [--frames 600]``. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge import config as edge_config  # noqa: E402
+from edge.classifier import Classifier  # noqa: E402
+from edge.images import list_images  # noqa: E402
+from edge.mqtt.client import MqttLink  # noqa: E402
+from edge.mqtt.outbox import Outbox  # noqa: E402
+from edge.pipeline import Pipeline, Result  # noqa: E402
+from edge.sources.base import Camera  # noqa: E402
+from edge.sources.replay import FolderReplay  # noqa: E402
+from tests.broker import Broker  # noqa: E402
+from tests.daemon_harness import write_toml  # noqa: E402
+
+CASTING = REPO.parent / "shared" / "data" / "casting"
+
+
+def engine_fps(folder: Path, manifest: Path) -> float:
+    pipe = Pipeline(Camera(FolderReplay(folder)), Classifier(manifest), device_id="bench", queue_size=2,
+                    drop_when_behind=False)
+    n = 0
+    first = last = 0.0
+
+    def done(_: Result) -> None:
+        nonlocal n, first, last
+        n += 1
+        last = time.perf_counter()
+        first = first or last
+
+    pipe.run(threading.Event(), done)
+    return (n - 1) / (last - first)
+
+
+def _epoch(ts: str) -> float:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def daemon_fps(work: Path, broker: Broker, folder: Path, models_dir: Path, model: str, qos: int) -> tuple[float, float]:
+    """(results per second as the subscriber received them, the daemon process's peak RSS in MB)."""
+    work.mkdir(parents=True, exist_ok=True)
+    # A C subscriber: a Python one would take CPU from the daemon on this 2-core machine and skew the ratio.
+    out = work / "results.jsonl"
+    with out.open("wb") as sink:
+        listener = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", "bench/unit/result", "-q", "1",
+                                     "-F", "%p"], stdout=sink)
+    time.sleep(0.5)
+    cfg = write_toml(work / "edge.toml", {
+        "device": {"id": "unit"},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "bench", "result_qos": qos},
+        "camera": {"source": str(folder)}, "model": {"name": model, "models_dir": str(models_dir)},
+        "inference": {"queue_size": 2}, "metrics": {"interval_s": 1}, "state": {"dir": str(work / "state")},
+        "alerts": {"snapshot": False}})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)], env=env, check=True,
+                   capture_output=True, timeout=900)  # the replay ends, so the daemon stops by itself
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far: this daemon
+    time.sleep(1.0)
+    listener.terminate()
+    listener.wait(5)
+    results = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    rss = peak_kb / 1024 if peak_kb > before else float("nan")
+    # Throughput between the first and last result's capture times: the daemon's rate, not its start-up.
+    times = sorted(_epoch(r["ts"]) for r in results)
+    return (len(times) - 1) / (times[-1] - times[0]), rss
+
+
+def drain_rate(work: Path, broker: Broker, messages: int) -> float:
+    cfg = edge_config.parse({"device": {"id": "drain"}, "camera": {"source": "0"},
+                             "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "bench"},
+                             "state": {"dir": str(work)}}, check_files=False)
+    box = Outbox(work / "state.db", max_bytes=512 * 1024 * 1024)
+    alert = json.dumps({"schema": 1, "device_id": "drain", "kind": "defect", "dedup_key": "x" * 40,
+                        "p_defect": 0.93, "ts": "2026-11-26T00:00:00.000Z"}).encode()
+    for _ in range(messages):
+        box.put("bench/drain/alert", alert, kind="alert")
+    link = MqttLink(cfg, box, on_command=lambda *_: None, status=lambda: b"{}")
+    t = time.perf_counter()
+    link.start()
+    while box.depth()[0]:
+        time.sleep(0.01)
+    rate = messages / (time.perf_counter() - t)
+    link.stop()
+    box.close()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mobilenetv2")
+    ap.add_argument("--models-dir", type=Path, default=REPO / "models")
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--outage-messages", type=int, default=10_000)
+    a = ap.parse_args()
+    paths = (list_images(CASTING / "good") + list_images(CASTING / "defect"))[:: 7348 // a.frames][:a.frames]
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        folder = tmp / "frames"
+        folder.mkdir()
+        for p in paths:
+            (folder / p.name).symlink_to(p.resolve())
+        broker = Broker(tmp / "broker").start()
+        try:
+            engine = engine_fps(folder, a.models_dir / f"{a.model}.json")
+            fps0, rss = daemon_fps(tmp / "q0", broker, folder, a.models_dir, a.model, 0)
+            fps1, _ = daemon_fps(tmp / "q1", broker, folder, a.models_dir, a.model, 1)
+            drain = drain_rate(tmp / "drain", broker, a.outage_messages)
+        finally:
+            broker.stop()
+    result = {"fps_qos0_vs_engine": fps0 / engine, "fps_qos1_vs_engine": fps1 / engine,
+              "outbox_drain_msgs_per_s": drain, "daemon_rss_mb": rss}
+    print(f"model {a.model}, {len(paths)} casting JPEGs replayed unpaced, default threads")
+    print(f"{'measure':<44}{'value':>12}{'target':>10}")
+    for name, value, target in (
+        ("engine alone (threaded pipeline) fps", f"{engine:.1f}", ""),
+        ("daemon fps, results at QoS 0", f"{fps0:.1f}", ""),
+        ("daemon fps, results at QoS 1 (outbox)", f"{fps1:.1f}", ""),
+        ("1a. QoS 0 / engine", f"{result['fps_qos0_vs_engine']:.3f}", ">= 0.9"),
+        ("1b. QoS 1 / engine", f"{result['fps_qos1_vs_engine']:.3f}", ">= 0.9"),
+        (f"2. outbox drain after {a.outage_messages} msgs (msg/s)", f"{drain:.0f}", ""),
+        ("3. daemon peak RSS (MB)", f"{rss:.1f}", ""),
+    ):
+        print(f"{name:<44}{value:>12}{target:>10}")
+    print(json.dumps({k: round(v, 4) for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""edge.toml: validated at start, every error in one message naming its key, the example documents every key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from edge import config
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples" / "edge.toml"
+
+
+def test_example_is_valid_and_documents_every_key() -> None:
+    cfg = config.load(EXAMPLE, check_files=False)
+    assert cfg.device.id == "station2" and cfg.base_topic == "defect-edge/station2"
+    text = EXAMPLE.read_text()
+    documented = set(re.findall(r"^#?\s*([a-z_0-9]+)\s*=", text, re.MULTILINE))
+
+    def keys(model: type, seen: set[str]) -> None:
+        for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+            seen.add(name)
+            ann = field.annotation
+            for sub in getattr(ann, "__args__", (ann,)):
+                if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                    keys(sub, seen)
+
+    every: set[str] = set()
+    keys(config.EdgeConfig, every)
+    sections = {"device", "mqtt", "camera", "model", "inference", "alerts", "metrics", "state", "homeassistant",
+                "tls", "roi"}
+    assert every - sections <= documented, every - sections - documented
+
+
+def test_all_errors_in_one_message_naming_each_key(tmp_path: Path) -> None:
+    p = tmp_path / "edge.toml"
+    p.write_text('[device]\nid = "bad/id"\n[mqtt]\nport = 70000\nprotocl = "5"\n[camera]\nfps = -1\n'
+                 '[model]\nthreshold = 2\n')
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{p}: ")
+    for part in ("device.id: must be 1-64 characters", "mqtt.port: Input should be less than or equal to 65535",
+                 "mqtt.protocl: unknown key", "camera.source: required key missing",
+                 "camera.fps: Input should be greater than or equal to 0",
+                 "model.threshold: Input should be less than or equal to 1"):
+        assert part in msg, msg
+
+
+def test_missing_files_and_bad_toml(tmp_path: Path) -> None:
+    p = tmp_path / "edge.toml"
+    p.write_text(f'[device]\nid = "u"\n[camera]\nsource = "0"\n[model]\nmodels_dir = "{tmp_path}/none"\n'
+                 f'[mqtt.tls]\nca_file = "{tmp_path}/ca.crt"\ncert_file = "{tmp_path}/c.crt"\n')
+    msg = str(pytest.raises(config.ConfigError, config.load, p).value)
+    assert "mqtt.tls.ca_file: " in msg and "cert_file and key_file go together" in msg
+    assert "model.models_dir: " in msg
+    p.write_text("[device\n")
+    assert "not valid TOML" in str(pytest.raises(config.ConfigError, config.load, p).value)
+    assert "configuration file not found" in str(pytest.raises(config.ConfigError, config.load,
+                                                               tmp_path / "x.toml").value)
+
+
+def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"device": {"id": "u"}, "camera": {"source": "0"}}
+    monkeypatch.delenv(config.PASSWORD_ENV, raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert config.parse({**base, "mqtt": {"password": "inline"}}, check_files=False).mqtt_password() == "inline"
+    (tmp_path / "mqtt_password").write_text("from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert config.parse(base, check_files=False).mqtt_password() == "from-credential"
+    monkeypatch.setenv(config.PASSWORD_ENV, "from-env")
+    assert config.parse(base, check_files=False).mqtt_password() == "from-env"
+    f = tmp_path / "pw"
+    f.write_text("from-file\n")
+    cfg = config.parse({**base, "mqtt": {"password_file": str(f)}}, check_files=False)
+    assert cfg.mqtt_password() == "from-file"
