@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # dependency is the full 572 MB tensorflow wheel; --no-deps lets it use the tensorflow-cpu already installed.
 TF_KERAS := tf-keras==2.21.0
 
-.PHONY: setup test test-fast lint demo bench clean
+.PHONY: setup system-deps test test-fast lint demo bench clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --no-deps '$(TF_KERAS)'
 	touch $@
 
-test: setup
+# Debian's mosquitto (the tests start their own brokers) and openssl. Installed when run as root (CI, a fresh unit);
+# otherwise the command to run is printed.
+system-deps:
+	@if [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's mosquitto"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null; \
+	else echo "the tests need Mosquitto: sudo apt-get install mosquitto mosquitto-clients" >&2; exit 1; fi
+
+test: setup system-deps
 	$(PY) -m pytest
 
 # Everything but the tests that train or convert real models.
-test-fast: setup
+test-fast: setup system-deps
 	$(PY) -m pytest -m 'not slow'
 
 lint: setup

@@ -173,7 +173,8 @@ class EdgeConfig(_Section):
         return m.password
 
 
-def _describe(err: ValidationError) -> str:
+def describe(err: ValidationError) -> str:
+    """Every validation error as ``key.path: problem``, in one line (the relay's configuration uses it too)."""
     parts = []
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"]) or "(top level)"
@@ -203,23 +204,28 @@ def parse(data: dict[str, Any], *, check_files: bool = True) -> EdgeConfig:
     try:
         cfg = EdgeConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e)) from None
+        raise ConfigError(describe(e)) from None
     problems = _check_files(cfg) if check_files else []
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg
 
 
-def load(path: Path, *, check_files: bool = True) -> EdgeConfig:
-    """Read and validate ``path``; :class:`ConfigError` names the file and every bad key."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``, or a one-line :class:`ConfigError` naming the file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load(path: Path, *, check_files: bool = True) -> EdgeConfig:
+    """Read and validate ``path``; :class:`ConfigError` names the file and every bad key."""
+    data = read_toml(path)
     try:
         return parse(data, check_files=check_files)
     except ConfigError as e:

@@ -1,14 +1,38 @@
-"""``defect-relay``: alerts to e-mail beside the central broker. Not built yet; see the relay issue."""
+"""``defect-relay``: alerts from the fleet's units to e-mail and webhooks, beside the central broker."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("defect-relay: not built yet (the relay is a later issue)", file=sys.stderr)
-    return 2
+    p = argparse.ArgumentParser(prog="defect-relay", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the relay"), ("check-config", "validate relay.toml and exit")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--config", type=Path, default=Path("/etc/defect-edge/relay.toml"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="defect-relay: %(levelname)s %(name)s: %(message)s")
+    from relay import config
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        print(f"defect-relay: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.command == "check-config":
+        print(f"{args.config}: OK: relay {cfg.id}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, SMTP {cfg.smtp.host}:"
+              f"{cfg.smtp.port} ({cfg.smtp.security}), {len(cfg.routes)} route(s)")
+        return 0
+    from relay.service import Relay
+
+    return Relay(cfg).run()
 
 
 if __name__ == "__main__":

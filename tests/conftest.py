@@ -123,3 +123,13 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
                    "--eval-limit", "40", "--calibration-count", "60", "--min-agreement", "0"])
         assert rc == 0
     return out
+
+
+@pytest.fixture
+def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real Mosquitto on a free loopback port, stopped after the test."""
+    from tests.broker import Broker
+
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()

@@ -28,9 +28,9 @@ def toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def write_toml(path: Path, config: dict[str, dict[str, Any]]) -> Path:
-    lines = []
-    for section, values in config.items():
+def write_toml(path: Path, config: dict[str, Any]) -> Path:
+    lines = [f"{k} = {toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for section, values in ((k, v) for k, v in config.items() if isinstance(v, dict)):
         lines.append(f"[{section}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
         for k, v in values.items():

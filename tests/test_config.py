@@ -53,13 +53,15 @@ def test_missing_files_and_bad_toml(tmp_path: Path) -> None:
     p = tmp_path / "edge.toml"
     p.write_text(f'[device]\nid = "u"\n[camera]\nsource = "0"\n[model]\nmodels_dir = "{tmp_path}/none"\n'
                  f'[mqtt.tls]\nca_file = "{tmp_path}/ca.crt"\ncert_file = "{tmp_path}/c.crt"\n')
-    msg = str(pytest.raises(config.ConfigError, config.load, p).value)
-    assert "mqtt.tls.ca_file: " in msg and "cert_file and key_file go together" in msg
-    assert "model.models_dir: " in msg
+    with pytest.raises(config.ConfigError) as e:
+        config.load(p)
+    assert "mqtt.tls.ca_file: " in str(e.value) and "cert_file and key_file go together" in str(e.value)
+    assert "model.models_dir: " in str(e.value)
     p.write_text("[device\n")
-    assert "not valid TOML" in str(pytest.raises(config.ConfigError, config.load, p).value)
-    assert "configuration file not found" in str(pytest.raises(config.ConfigError, config.load,
-                                                               tmp_path / "x.toml").value)
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.load(p)
+    with pytest.raises(config.ConfigError, match="configuration file not found"):
+        config.load(tmp_path / "x.toml")
 
 
 def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

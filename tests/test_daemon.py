@@ -47,13 +47,6 @@ ALERT_STREAM = {"model": {"threshold": 0.0}, "alerts": {"on_low_confidence": Fal
 
 
 @pytest.fixture
-def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def daemons():  # type: ignore[no-untyped-def]
     started: list[Daemon] = []
     yield started

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, TlsConfig
 from edge.mqtt import topics
 from edge.mqtt.outbox import Outbox
 
@@ -46,6 +46,15 @@ class LinkStats:
     sent: int = 0
     acked: int = 0
     last_error: str = ""
+
+
+def apply_tls(client: mqtt.Client, tls: TlsConfig) -> None:
+    """TLS with certificate verification (and a client certificate when given); edge and relay alike."""
+    client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                   certfile=str(tls.cert_file) if tls.cert_file else None,
+                   keyfile=str(tls.key_file) if tls.key_file else None,
+                   cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.tls_insecure_set(tls.insecure)
 
 
 def _reason(rc: Any) -> str:
@@ -80,11 +89,7 @@ class MqttLink:
         if m.username:
             self.client.username_pw_set(m.username, cfg.mqtt_password() or None)
         if m.tls:
-            self.client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                                keyfile=str(m.tls.key_file) if m.tls.key_file else None,
-                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            self.client.tls_insecure_set(m.tls.insecure)
+            apply_tls(self.client, m.tls)
         self.client.will_set(self.topic(topics.AVAILABLE), topics.OFFLINE, qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=max(1, round(m.reconnect_min_s)),
                                         max_delay=max(1, round(m.reconnect_max_s)))

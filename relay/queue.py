@@ -1,0 +1,150 @@
+"""The relay's durable state in SQLite (WAL): nothing it has accepted is lost to a restart or an SMTP outage.
+
+- ``alerts``: every accepted alert, keyed by its dedup key (QoS 1 may deliver twice: the second is a no-op), stored
+  before the MQTT acknowledgement; then marked as mailed or digested.
+- ``evidence``: snapshot and Grad-CAM JPEGs by frame id, attached when they arrive within the evidence wait.
+- ``outgoing``: composed mails and webhook posts, retried with exponential backoff; after too many attempts or too
+  long they move to the dead-letter state and are reported.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    dedup_key TEXT PRIMARY KEY, device_id TEXT NOT NULL, kind TEXT NOT NULL, frame_id TEXT, payload TEXT NOT NULL,
+    received REAL NOT NULL, state TEXT NOT NULL DEFAULT 'new', outgoing_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, received);
+CREATE TABLE IF NOT EXISTS evidence (
+    frame_id TEXT NOT NULL, kind TEXT NOT NULL, data BLOB NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (frame_id, kind)
+);
+CREATE TABLE IF NOT EXISTS outgoing (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, target TEXT NOT NULL, body BLOB NOT NULL,
+    created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', last_error TEXT NOT NULL DEFAULT '', sent REAL
+);
+CREATE INDEX IF NOT EXISTS outgoing_due ON outgoing (state, next_attempt);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    id: int
+    channel: str  # smtp | webhook
+    target: str  # comma-separated recipients, or the webhook URL
+    body: bytes  # the whole RFC 5322 message, or the JSON document
+    created: float
+    attempts: int
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+
+    def _q(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def count(self, name: str, n: int = 1) -> None:
+        self._q("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", name, n, n)
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self._q("SELECT name, value FROM counters")}
+
+    # -- intake (paho's thread, before the PUBACK) ---------------------------------------------------------------
+    def accept_alert(self, dedup_key: str, device_id: str, kind: str, frame_id: str | None, payload: str) -> bool:
+        """Store an alert durably; False when its dedup key was seen before."""
+        with self._lock:
+            cur = self._db.execute("INSERT OR IGNORE INTO alerts (dedup_key, device_id, kind, frame_id, payload, "
+                                   "received) VALUES (?, ?, ?, ?, ?, ?)",
+                                   (dedup_key, device_id, kind, frame_id, payload, time.time()))
+            fresh = cur.rowcount == 1
+        self.count("alerts_accepted" if fresh else "alerts_duplicate")
+        return fresh
+
+    def add_evidence(self, frame_id: str, kind: str, data: bytes) -> None:
+        self._q("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?)", frame_id, kind, data, time.time())
+
+    def evidence(self, frame_id: str | None) -> dict[str, bytes]:
+        if not frame_id:
+            return {}
+        return {k: bytes(d) for k, d in self._q("SELECT kind, data FROM evidence WHERE frame_id = ?", frame_id)}
+
+    # -- scheduling ----------------------------------------------------------------------------------------------
+    def new_alerts(self) -> list[dict[str, Any]]:
+        rows = self._q("SELECT dedup_key, device_id, kind, frame_id, payload, received FROM alerts "
+                       "WHERE state = 'new' ORDER BY received, rowid")
+        return [dict(zip(("dedup_key", "device_id", "kind", "frame_id", "payload", "received"), r, strict=True))
+                for r in rows]
+
+    def enqueue(self, keys: list[str], state: str, items: list[tuple[str, str, bytes]]) -> None:
+        """In one transaction: queue the outgoing items and mark the alerts they carry (so neither is lost)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                first = None
+                for channel, target, body in items:
+                    cur = self._db.execute("INSERT INTO outgoing (channel, target, body, created, next_attempt) "
+                                           "VALUES (?, ?, ?, ?, ?)", (channel, target, body, now, now))
+                    first = first or cur.lastrowid
+                self._db.executemany("UPDATE alerts SET state = ?, outgoing_id = ? WHERE dedup_key = ?",
+                                     [(state, first, k) for k in keys])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def mark(self, keys: list[str], state: str) -> None:
+        with self._lock:
+            self._db.executemany("UPDATE alerts SET state = ? WHERE dedup_key = ?", [(state, k) for k in keys])
+
+    # -- delivery ------------------------------------------------------------------------------------------------
+    def due(self, limit: int = 20) -> list[Outgoing]:
+        rows = self._q("SELECT id, channel, target, body, created, attempts FROM outgoing WHERE state = 'pending' "
+                       "AND next_attempt <= ? ORDER BY id LIMIT ?", time.time(), limit)
+        return [Outgoing(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+    def delivered(self, item_id: int) -> None:
+        self._q("UPDATE outgoing SET state = 'sent', sent = ?, attempts = attempts + 1 WHERE id = ?", time.time(),
+                item_id)
+
+    def failed(self, item: Outgoing, error: str, *, retry_in: float | None) -> None:
+        """Schedule another attempt in ``retry_in`` seconds, or move to the dead letters when None."""
+        if retry_in is None:
+            self._q("UPDATE outgoing SET state = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?",
+                    error[:500], item.id)
+        else:
+            self._q("UPDATE outgoing SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?",
+                    time.time() + retry_in, error[:500], item.id)
+
+    def outgoing_counts(self) -> dict[str, int]:
+        return {f"{ch}_{st}": int(n) for ch, st, n in
+                self._q("SELECT channel, state, COUNT(*) FROM outgoing GROUP BY channel, state")}
+
+    def dead_letters(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._q("SELECT id, channel, target, attempts, last_error, created FROM outgoing WHERE state = 'dead' "
+                       "ORDER BY id DESC LIMIT ?", limit)
+        return [dict(zip(("id", "channel", "target", "attempts", "last_error", "created"), r, strict=True))
+                for r in rows]
+
+    def prune_evidence(self, older_than_s: float) -> None:
+        self._q("DELETE FROM evidence WHERE received < ?", time.time() - older_than_s)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,176 @@
+"""``defect-relay run``: alerts from the fleet to e-mail and webhooks, beside the central broker (DESIGN §8).
+
+Threads: paho's network thread (validates and stores each message, then acknowledges it: manual ack, so an alert
+the relay could not store is redelivered by the broker), the scheduler (routing, evidence, storms), and the sender
+(SMTP and webhooks with retries and dead letters). Subscriptions are MQTT v5 shared subscriptions, so relays in
+one group split the fleet and each alert is handled by one of them; they are renewed on every connect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.mqtt import topics
+from edge.mqtt.client import apply_tls
+from relay import mailer, webhook
+from relay.config import RelayConfig
+from relay.intake import Rejected, parse_alert, route_topic
+from relay.queue import Outgoing, Store
+from relay.storm import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    def __init__(self, cfg: RelayConfig):
+        self.cfg = cfg
+        self.store = Store(cfg.state.dir / "relay.db")
+        self.scheduler = Scheduler(cfg, self.store)
+        self.stop_event = threading.Event()
+        self._wake_sender = threading.Event()
+        self.base = f"{cfg.status_prefix}/{cfg.id}"
+        m = cfg.mqtt
+        self.v5 = m.protocol == "5"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"defect-relay-{cfg.id}",
+                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+                                  clean_session=None if self.v5 else True, manual_ack=True)
+        if m.username:
+            self.client.username_pw_set(m.username, cfg.secret("mqtt") or None)
+        if m.tls:
+            apply_tls(self.client, m.tls)
+        self.client.will_set(f"{self.base}/{topics.AVAILABLE}", topics.OFFLINE, qos=1, retain=True)
+        self.client.reconnect_delay_set(1, 60)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.started = time.time()
+
+    def subscriptions(self) -> list[str]:
+        p = self.cfg.mqtt.edge_prefix
+        plain = [f"{p}/+/{topics.ALERT}", f"{p}/+/{topics.SNAPSHOT}/+", f"{p}/+/{topics.GRADCAM}/+"]
+        return [f"$share/{self.cfg.mqtt.shared_group}/{t}" for t in plain] if self.v5 else plain
+
+    # -- intake (paho's network thread) --------------------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _p: Properties | None) -> None:
+        if rc.is_failure:
+            log.error("mqtt %s:%d refused the connection: %s; retrying", self.cfg.mqtt.host, self.cfg.mqtt.port, rc)
+            return
+        for t in self.subscriptions():
+            client.subscribe(t, qos=1)
+        client.publish(f"{self.base}/{topics.AVAILABLE}", topics.ONLINE, qos=1, retain=True)
+        self.publish_status()
+        log.info("relay connected to %s:%d, subscribed to %s", self.cfg.mqtt.host, self.cfg.mqtt.port,
+                 ", ".join(self.subscriptions()))
+
+    def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.intake(msg.topic, bytes(msg.payload))
+        except Rejected as e:
+            self.store.count(f"rejected_{e.reason}")
+            log.warning("rejected message on %s: %s", msg.topic[:120], e)
+        except Exception:  # could not store it: do not acknowledge, so the broker delivers it again
+            log.exception("could not store message on %s; it will be redelivered", msg.topic[:120])
+            return
+        client.ack(msg.mid, msg.qos)
+
+    def intake(self, topic: str, payload: bytes) -> None:
+        where = route_topic(self.cfg.mqtt.edge_prefix, topic)
+        if where.what == "alert":
+            alert = parse_alert(where.device_id, payload, self.cfg.limits.max_alert_bytes)
+            self.store.accept_alert(alert["dedup_key"], where.device_id, alert["kind"], alert.get("frame_id"),
+                                    json.dumps(alert))
+            return
+        if len(payload) > self.cfg.limits.max_image_bytes:
+            raise Rejected("oversize", f"{where.what} of {len(payload)} bytes > {self.cfg.limits.max_image_bytes}")
+        if payload[:2] != b"\xff\xd8":
+            raise Rejected("not_jpeg", f"{where.what} for {where.frame_id} is not a JPEG")
+        assert where.frame_id is not None
+        self.store.add_evidence(where.frame_id, where.what, payload)
+
+    # -- delivery ------------------------------------------------------------------------------------------------
+    def deliver(self, item: Outgoing) -> None:
+        d = self.cfg.delivery
+        try:
+            if item.channel == "smtp":
+                mailer.send(self.cfg, item.target.split(","), item.body, self.cfg.secret("smtp"))
+            else:
+                webhook.post(item.target, item.body)
+        except mailer.PermanentError as e:
+            self.store.failed(item, str(e), retry_in=None)
+            log.error("%s %d dead-lettered: %s", item.channel, item.id, e)
+            self.publish_status()
+            return
+        except mailer.TransientError as e:
+            too_old = time.time() - item.created > d.max_age_s
+            if item.attempts + 1 >= d.max_attempts or too_old:
+                self.store.failed(item, str(e), retry_in=None)
+                log.error("%s %d dead-lettered after %d attempts: %s", item.channel, item.id, item.attempts + 1, e)
+                self.publish_status()
+            else:
+                delay = min(d.backoff_max_s, d.backoff_initial_s * 2 ** item.attempts)
+                self.store.failed(item, str(e), retry_in=delay)
+                log.warning("%s %d failed (%s); retry in %.0f s", item.channel, item.id, e, delay)
+            return
+        self.store.delivered(item.id)
+
+    def _scheduler_loop(self) -> None:
+        while not self.stop_event.wait(0.25):
+            try:
+                self.scheduler.tick()
+                self._wake_sender.set()
+            except Exception:
+                log.exception("scheduler failed; retrying")
+
+    def _sender_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self._wake_sender.wait(1.0)
+            self._wake_sender.clear()
+            try:
+                for item in self.store.due():
+                    if self.stop_event.is_set():
+                        break
+                    self.deliver(item)
+            except Exception:
+                log.exception("sender failed; retrying")
+
+    # -- own topics ----------------------------------------------------------------------------------------------
+    def status_payload(self) -> dict[str, Any]:
+        return topics.envelope(self.cfg.id, started_at=topics.iso(self.started),
+                               uptime_s=round(time.time() - self.started, 1), counters=self.store.counters(),
+                               outgoing=self.store.outgoing_counts(), dead_letters=self.store.dead_letters())
+
+    def publish_status(self) -> None:
+        self.client.publish(f"{self.base}/{topics.STATUS}", topics.dumps(self.status_payload()), qos=1, retain=True)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        m = self.cfg.mqtt
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive)
+        self.client.loop_start()
+        threads = [threading.Thread(target=f, name=n, daemon=True)
+                   for f, n in ((self._scheduler_loop, "scheduler"), (self._sender_loop, "sender"))]
+        for t in threads:
+            t.start()
+        next_metrics = time.monotonic() + self.cfg.metrics_interval_s
+        while not self.stop_event.wait(0.5):
+            if time.monotonic() >= next_metrics:
+                next_metrics += self.cfg.metrics_interval_s
+                self.client.publish(f"{self.base}/{topics.METRICS}", topics.dumps(self.status_payload()), qos=0)
+                self.store.prune_evidence(older_than_s=3600)
+        for t in threads:
+            t.join(timeout=5)
+        self.client.publish(f"{self.base}/{topics.AVAILABLE}", topics.OFFLINE, qos=1, retain=True).wait_for_publish(2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.store.close()
+        return 0
