@@ -131,6 +131,17 @@ class StateConfig(_Section):
     ring_max_mb: float = Field(default=128.0, gt=0)
 
 
+class GradcamConfig(_Section):
+    enabled: bool = True
+    method: Literal["gradcam", "gradcam++"] = "gradcam"  # for automatic heatmaps; cmd/gradcam may ask either
+    auto_on: list[Literal["defect", "low_confidence"]] = []  # alert kinds that get a heatmap automatically
+    threads: int = Field(default=1, ge=1, le=64)  # TensorFlow threads in the worker: inference keeps its cores
+    idle_timeout_s: float = Field(default=300.0, gt=0)  # stop the worker (and free its memory) when idle
+    request_timeout_s: float = Field(default=30.0, gt=0)  # a worker silent this long is killed and restarted
+    alpha: float = Field(default=0.45, ge=0, le=1)  # heatmap weight in the overlay
+    jpeg_quality: int = Field(default=90, ge=10, le=100)
+
+
 class HomeAssistantConfig(_Section):
     enabled: bool = False
     prefix: str = "homeassistant"
@@ -145,6 +156,7 @@ class EdgeConfig(_Section):
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
     state: StateConfig = StateConfig()
+    gradcam: GradcamConfig = GradcamConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from edge.alerts import Alert, AlertPolicy
 from edge.classifier import Classifier
 from edge.config import EdgeConfig
 from edge.errors import USER_ERRORS
+from edge.gradcam.service import GradcamService, Outcome
 from edge.history import History
 from edge.metrics import StageLatency, cpu_temperature_c, load_average, rss_mb
 from edge.models import manifest_path
@@ -93,6 +94,12 @@ class Daemon:
         self.router = CommandRouter(cfg.device.id, self, self._reply)
         self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload,
                              discovery=self._discovery)
+        g, roi = cfg.gradcam, cfg.camera.roi
+        self.gradcam = GradcamService(lambda: self.classifier.manifest_path, self._gradcam_done,
+                                      roi=Roi(roi.x, roi.y, roi.width, roi.height) if roi else None,
+                                      threads=g.threads, idle_timeout_s=g.idle_timeout_s,
+                                      request_timeout_s=g.request_timeout_s, alpha=g.alpha,
+                                      jpeg_quality=g.jpeg_quality) if g.enabled else None
         self._swap_lock = threading.Lock()
         self._ready = False
         self._offline_since: float | None = None
@@ -130,7 +137,9 @@ class Daemon:
                    "threshold": clf.decision.threshold, "low_confidence_band": list(clf.decision.low_confidence_band)},
             camera={"source": cam.source.description, "state": cam.state, "frames": cam.stats.frames,
                     "reconnects": cam.stats.reconnects, "stalls": cam.stats.stalls,
-                    "last_error": cam.stats.last_error}))
+                    "last_error": cam.stats.last_error},
+            gradcam={"state": self.gradcam.state, "pid": self.gradcam.pid, **self.gradcam.counts}
+            if self.gradcam else {"state": "disabled"}))
 
     def _discovery(self) -> list[tuple[str, bytes]]:
         return discovery_messages(self.cfg.homeassistant.prefix, self.link.base, self.cfg.device.id, _version(),
@@ -159,6 +168,9 @@ class Daemon:
             if self.cfg.alerts.snapshot:
                 image = jpeg(r.frame.image, self.camera.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
                 self.link.publish(f"{topics.SNAPSHOT}/{r.frame_id}", image, qos=1, kind="image")
+            if self.gradcam and alert.kind in self.cfg.gradcam.auto_on:
+                self.gradcam.request(r.frame_id, r.frame.image, self.camera.frame_order, self.cfg.gradcam.method,
+                                     {"p_defect_tflite": p.p_defect, "auto": alert.kind})
         self.history.add_result(r.frame_id, r.frame.captured_at, p.label, p.p_defect, p.confidence,
                                 p.low_confidence, p.model, r.timings_ms)
         self._published_results += 1
@@ -211,7 +223,31 @@ class Daemon:
         return {"feedback_id": row, "frame_id": item.frame_id, "correct": item.prediction.label == args.label}
 
     def cmd_gradcam(self, args: GradcamArgs) -> dict[str, Any]:
-        raise CommandError("Grad-CAM is not available on this unit yet")
+        if self.gradcam is None:
+            raise CommandError("Grad-CAM is disabled on this unit (gradcam.enabled = false)")
+        item = self.ring.get(args.frame_id)
+        if item is None:
+            raise CommandError(f"frame {args.frame_id[:80]!r} is unknown or no longer buffered "
+                               f"(the unit keeps its last {self.cfg.state.ring_frames} frames)")
+        if not self.gradcam.request(item.frame_id, item.image, item.frame_order, args.method,
+                                    {"p_defect_tflite": item.prediction.p_defect, "request_id": args.request_id}):
+            raise CommandError("too many Grad-CAM requests waiting; try again shortly")
+        return {"queued": True, "frame_id": item.frame_id, "method": args.method,
+                "result_topics": [f"{topics.GRADCAM}/{item.frame_id}", topics.GRADCAM]}
+
+    def _gradcam_done(self, o: Outcome) -> None:
+        """The worker's answer: the overlay on gradcam/<frame_id>, and a JSON event on gradcam either way."""
+        if o.ok:
+            self.link.publish(f"{topics.GRADCAM}/{o.frame_id}", o.jpeg, qos=1, kind="image")
+            self.history.add_heatmap(o.frame_id, o.method, o.jpeg)
+        event = topics.envelope(self.cfg.device.id, frame_id=o.frame_id, method=o.method, ok=o.ok,
+                                layer=self.classifier.manifest.gradcam.layer, model=self.classifier.name,
+                                p_defect_keras=None if o.p_defect_keras is None else round(o.p_defect_keras, 6),
+                                p_defect_tflite=round(o.context["p_defect_tflite"], 6),
+                                timings_ms={k: round(v, 3) for k, v in o.timings_ms.items()},
+                                request_id=o.context.get("request_id"), auto=o.context.get("auto"),
+                                **({} if o.ok else {"error": o.error}))
+        self.link.publish(topics.GRADCAM, topics.dumps(event), qos=1, kind="event")
 
     # -- housekeeping ----------------------------------------------------------------------------------------
     def _metrics(self) -> None:
@@ -304,6 +340,8 @@ class Daemon:
             self.request_stop()
             deadline = time.monotonic() + STOP_WITHIN_S
             housekeeping.join(timeout=1.0)
+            if self.gradcam:
+                self.gradcam.stop()
             self.history.event("stop", frames=self._published_results)
             self.history.close()
             self.link.stop(flush_s=max(0.5, deadline - time.monotonic() - 1.0))

@@ -24,6 +24,10 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_ts ON results (ts);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
                                    detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS heatmaps (
+    frame_id TEXT NOT NULL, method TEXT NOT NULL, ts REAL NOT NULL, image BLOB NOT NULL,
+    PRIMARY KEY (frame_id, method)
+);
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, frame_id TEXT NOT NULL, predicted TEXT NOT NULL,
     p_defect REAL NOT NULL, true_label TEXT NOT NULL, correct INTEGER NOT NULL, note TEXT NOT NULL,
@@ -82,6 +86,12 @@ class History:
                  jpeg))
             return int(cur.lastrowid or 0)
 
+    def add_heatmap(self, frame_id: str, method: str, jpeg: bytes) -> None:
+        """Kept beside the feedback data: why the model called a frame what it did."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO heatmaps VALUES (?, ?, ?, ?)", (frame_id, method, time.time(),
+                                                                                     jpeg))
+
     def feedback(self) -> list[dict[str, Any]]:
         with self._lock:
             cur = self._db.execute("SELECT id, ts, frame_id, predicted, p_defect, true_label, correct, note, model, "
@@ -89,8 +99,14 @@ class History:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    def heatmaps_of(self, frame_ids: list[str]) -> list[tuple[str, str, bytes]]:
+        with self._lock:
+            return [(f, m, bytes(i)) for f, m, i in self._db.execute(
+                f"SELECT frame_id, method, image FROM heatmaps WHERE frame_id IN ({','.join('?' * len(frame_ids))})",
+                frame_ids)] if frame_ids else []
+
     def count(self, table: str) -> int:
-        if table not in ("results", "events", "feedback"):
+        if table not in ("results", "events", "feedback", "heatmaps"):
             raise ValueError(table)
         with self._lock:
             return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
@@ -110,4 +126,7 @@ def export_feedback(history: History, out: Path) -> dict[str, int]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{row['frame_id']}.jpg").write_bytes(row["image"])
         counts[cls] += 1
+    for frame_id, method, jpeg in history.heatmaps_of([r["frame_id"] for r in history.feedback()]):
+        (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+        (out / "heatmaps" / f"{frame_id}.{method}.jpg").write_bytes(jpeg)
     return counts

@@ -1,0 +1,98 @@
+"""The Grad-CAM worker process: TensorFlow, the Keras model and one compiled gradient function, loaded once.
+
+It runs in its own process (multiprocessing "spawn"), so the daemon never imports TensorFlow and a crash here cannot
+touch inference. TensorFlow's threads are limited (default 1) so inference keeps its cores. Messages:
+requests ``(request_id, frame, frame_order, method)`` or None to stop; replies ``("ready", seconds)``,
+``("fatal", message)``, ``("done", request_id, jpeg, p_defect, compute_ms, render_ms)``, ``("error", request_id, msg)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import signal
+import time
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INSTALL_HINT = "TensorFlow is not installed on this unit: install the gradcam extra (pip install " \
+               "'defect-inspection[gradcam]')"
+
+
+def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: int) -> tuple[Any, Any]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise RuntimeError(INSTALL_HINT) from None
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from converter.keras_compat import load_model
+    from edge import manifest as mf
+    from edge.gradcam.cam import GradCam
+    from edge.preprocess import Preprocessor, Roi
+
+    m = mf.load(manifest_path)
+    h5 = mf.resolve(manifest_path, m.source)
+    if not h5.is_file():
+        raise RuntimeError(f"the Keras model {h5} named by {manifest_path.name} is missing (Grad-CAM needs the .h5)")
+    if mf.sha256_file(h5) != m.source.sha256:
+        raise RuntimeError(f"{h5.name} does not match the sha256 in {manifest_path.name} (a different model?)")
+    model = load_model(h5)
+    cam = GradCam(model, m.gradcam.layer, defect_index=m.output.defect_index)
+    spec = m.input.model_copy(update={"dtype": "float32", "scale": 0.0, "zero_point": 0})
+    region = Roi(*roi) if roi else None
+    pre = {order: Preprocessor(spec, roi=region, frame_order=order) for order in ("RGB", "BGR")}
+    cam(pre["RGB"](np.zeros((spec.height, spec.width, 3), np.uint8)))  # trace and compile once, before "ready"
+    return cam, pre
+
+
+def _die_with_parent() -> None:
+    """A daemon killed with SIGKILL cannot stop its worker: ask the kernel to (Linux), and poll as a fallback."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def worker_main(requests: Queue, replies: Queue, manifest_path: str, roi: tuple[int, int, int, int] | None,
+                threads: int, alpha: float, jpeg_quality: int) -> None:
+    _die_with_parent()
+    parent = os.getppid()
+    t0 = time.perf_counter()
+    try:
+        cam, pre = setup(Path(manifest_path), roi, threads)
+    except Exception as e:  # one line back to the daemon, whatever went wrong
+        replies.put(("fatal", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
+        return
+    import cv2
+
+    from edge.gradcam.overlay import blend, encode, full_frame_heatmap
+    from edge.preprocess import Roi
+
+    region = Roi(*roi) if roi else None
+    replies.put(("ready", time.perf_counter() - t0))
+    while True:
+        try:
+            req = requests.get(timeout=5.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return  # orphaned
+            continue
+        if req is None:
+            return
+        request_id, frame, order, method = req
+        try:
+            t1 = time.perf_counter()
+            heat = cam(pre[order](frame), method)
+            t2 = time.perf_counter()
+            bgr = frame if order == "BGR" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+            jpeg = encode(blend(bgr, full_frame_heatmap(heat.cam, frame.shape[:2], region), alpha=alpha),
+                          jpeg_quality=jpeg_quality)
+            t3 = time.perf_counter()
+            replies.put(("done", request_id, jpeg, heat.p_defect, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
+        except Exception as e:
+            replies.put(("error", request_id, f"Grad-CAM failed: {e}"[:300]))
