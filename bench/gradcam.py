@@ -1,0 +1,168 @@
+"""Grad-CAM quality and cost, measured in one run on this machine.
+
+Quality, per committed model and method, on a fixed set of synthetic defective parts (the generator knows each
+defect's mask):
+- pointing game: share of images whose heatmap maximum falls inside the defect mask dilated by 5 px; chance is the
+  share of the image that dilated mask covers;
+- deletion faithfulness: mean drop of the Keras p_defect when the hottest 10 % of pixels are blurred, against
+  blurring a random 10 %.
+Cost, for ``--model`` (default mobilenetv2, the demo's): warm heatmap time ÷ one compiled Keras forward pass; cold
+first request (worker process start + TensorFlow import + model load + first heatmap); and the daemon's frames per
+second during a burst of 20 heatmap requests ÷ its frames per second without them (target >= 0.7 on 2 cores).
+
+Run: ``.venv/bin/python bench/gradcam.py [--parts 40]``. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.timing import median_ms  # noqa: E402
+from converter import synth  # noqa: E402
+from edge.gradcam.overlay import full_frame_heatmap  # noqa: E402
+from edge.gradcam.quality import blur_pixels, chance, pointing_hit, random_share, top_share  # noqa: E402
+from edge.gradcam.service import GradcamService  # noqa: E402
+from tests.broker import Broker  # noqa: E402
+from tests.daemon_harness import write_toml  # noqa: E402
+
+CASTING = REPO.parent / "shared" / "data" / "casting"
+
+
+def quality(model_name: str, parts: int) -> dict[str, dict[str, float]]:
+    from edge.gradcam.worker import setup
+
+    cam, pre = setup(REPO / "models" / f"{model_name}.json", None, 2)
+    rng = np.random.default_rng(0)
+    out = {}
+    for method in ("gradcam", "gradcam++"):
+        hits, chances, drops, rand_drops = [], [], [], []
+        for i in range(parts):
+            part = synth.render(9100, i, size=256, defect=synth.DEFECT_KINDS[i % len(synth.DEFECT_KINDS)])
+            h = cam(pre["RGB"](part.image), method)
+            heat = full_frame_heatmap(h.cam, part.image.shape[:2], None)
+            hits.append(pointing_hit(heat, part.mask))
+            chances.append(chance(part.mask))
+            for chosen, sink in ((top_share(heat, 0.1), drops), (random_share(heat.shape, 0.1, rng), rand_drops)):
+                sink.append(h.p_defect - cam(pre["RGB"](blur_pixels(part.image, chosen)), method).p_defect)
+        out[method] = {"pointing_game": float(np.mean(hits)), "pointing_chance": float(np.mean(chances)),
+                       "deletion_drop": float(np.mean(drops)), "random_drop": float(np.mean(rand_drops))}
+    return out
+
+
+def speed(model_name: str) -> tuple[float, float]:
+    """(warm heatmap ÷ compiled forward, cold first request in s)."""
+    from converter.keras_compat import load_model
+    from converter.tfimport import tf_keras
+    from edge import manifest as mf
+    from edge.gradcam.worker import setup
+
+    path = REPO / "models" / f"{model_name}.json"
+    done = threading.Event()
+    t = time.perf_counter()
+    service = GradcamService(lambda: path, lambda _o: done.set(), threads=1)
+    service.request("cold", synth.render(1, 1).image, "RGB", "gradcam")
+    done.wait(300)
+    cold = time.perf_counter() - t
+    service.stop()
+    tf, _ = tf_keras()
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    cam, pre = setup(path, None, 1)
+    x = pre["RGB"](synth.render(1, 2, defect="crack").image)
+    model = load_model(mf.resolve(path, mf.load(path).source))
+    forward = tf.function(lambda v: model(v, training=False))
+    fwd_ms = median_ms(lambda: forward(x[None]), 50)
+    cam_ms = median_ms(lambda: cam(x, "gradcam"), 50)
+    return cam_ms / fwd_ms, cold
+
+
+def burst_ratio(model_name: str, tmp: Path) -> tuple[float, float, float]:
+    """(fps without heatmaps, fps during a burst of 20, their ratio) of a running daemon."""
+    from tests.broker import Collector
+
+    broker = Broker(tmp / "broker").start()
+    frames = tmp / "frames"
+    frames.mkdir()
+    for p in sorted((CASTING / "defect").iterdir())[:200]:
+        (frames / p.name).symlink_to(p.resolve())
+    cfg = write_toml(tmp / "edge.toml", {
+        "device": {"id": "unit"}, "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "bench"},
+        "camera": {"source": str(frames), "loop": True, "fps": 0},
+        "model": {"name": model_name, "models_dir": str(REPO / "models")},
+        "alerts": {"on_defect": False, "on_low_confidence": False}, "metrics": {"interval_s": 1},
+        "state": {"dir": str(tmp / "state"), "ring_frames": 400}, "gradcam": {"threads": 1}})
+    c = Collector(broker.port, "bench/unit/result", "bench/unit/gradcam/+", persistent=False)
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        c.wait(lambda m: len(m) > 50, 60)
+        stamp: list[float] = []  # arrival times of everything the listener hears
+        orig = c.client.on_message
+
+        def on_message(client: Any, ud: Any, msg: Any) -> None:
+            stamp.append(time.time())
+            orig(client, ud, msg)
+
+        c.client.on_message = on_message
+        time.sleep(1.0)
+        n0, t0 = len(stamp), time.time()
+        time.sleep(6.0)
+        base_fps = (len(stamp) - n0) / (time.time() - t0)
+        ids = [json.loads(p)["frame_id"] for t, p, _ in list(c.messages) if t.endswith("/result")][-20:]
+        c.publish("bench/unit/cmd/gradcam", json.dumps({"frame_id": ids[0]}))  # the cold start, not measured
+        c.wait(lambda m: any("/gradcam/" in t for t, _, _ in m), 120)
+        n1, t1, heat0 = len(stamp), time.time(), len([1 for t, _, _ in c.messages if "/gradcam/" in t])
+        for fid in ids[1:] + ids[:1]:
+            c.client.publish("bench/unit/cmd/gradcam", json.dumps({"frame_id": fid}), qos=1)
+        c.wait(lambda m: len([1 for t, _, _ in m if "/gradcam/" in t]) >= heat0 + 20, 300)
+        burst_fps = (len(stamp) - n1 - 20) / (time.time() - t1)  # results only: the 20 heatmaps are not frames
+        return base_fps, burst_fps, burst_fps / base_fps
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        c.close()
+        broker.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mobilenetv2")
+    ap.add_argument("--parts", type=int, default=40)
+    a = ap.parse_args()
+    models = [m for m in ("mobilenetv2", "cnn", "efficientnetb0") if (REPO / "models" / f"{m}.json").is_file()]
+    q = {m: quality(m, a.parts) for m in models}
+    warm_vs_forward, cold = speed(a.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        base_fps, burst_fps, ratio = burst_ratio(a.model, Path(tmp))
+    print(f"{'model':<16}{'method':<11}{'pointing':>9}{'chance':>8}{'deletion':>10}{'random':>8}")
+    for m, by_method in q.items():
+        for method, r in by_method.items():
+            print(f"{m:<16}{method:<11}{r['pointing_game']:>9.3f}{r['pointing_chance']:>8.3f}"
+                  f"{r['deletion_drop']:>10.3f}{r['random_drop']:>8.3f}")
+    print(f"\n{a.model}: warm heatmap / compiled forward {warm_vs_forward:.2f}; cold first request {cold:.1f} s; "
+          f"daemon fps {base_fps:.1f} without heatmaps, {burst_fps:.1f} during 20 requests "
+          f"(ratio {ratio:.2f}, target >= 0.7)")
+    main_q = q[a.model]["gradcam"]
+    print(json.dumps({"model": a.model, **{k: round(v, 4) for k, v in main_q.items()},
+                      "warm_vs_forward": round(warm_vs_forward, 3), "cold_start_s": round(cold, 2),
+                      "fps_ratio_during_burst": round(ratio, 3),
+                      "per_model": {m: {meth: {k: round(v, 4) for k, v in r.items()} for meth, r in bm.items()}
+                                    for m, bm in q.items()}}))
+
+
+if __name__ == "__main__":
+    main()
