@@ -45,7 +45,7 @@ CASTING = REPO.parent / "shared" / "data" / "casting"
 def quality(model_name: str, parts: int) -> dict[str, dict[str, float]]:
     from edge.gradcam.worker import setup
 
-    cam, pre = setup(REPO / "models" / f"{model_name}.json", None, 2)
+    cam, pre = setup(REPO / "models" / f"{model_name}.json", None, 1)  # the worker's default: 1 TF thread
     rng = np.random.default_rng(0)
     out = {}
     for method in ("gradcam", "gradcam++"):
@@ -79,8 +79,7 @@ def speed(model_name: str) -> tuple[float, float]:
     cold = time.perf_counter() - t
     service.stop()
     tf, _ = tf_keras()
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    cam, pre = setup(path, None, 1)
+    cam, pre = setup(path, None, 1)  # 1 thread, as the worker runs (TF allows setting it once per process)
     x = pre["RGB"](synth.render(1, 2, defect="crack").image)
     model = load_model(mf.resolve(path, mf.load(path).source))
     forward = tf.function(lambda v: model(v, training=False))

@@ -30,7 +30,7 @@ def test_example_is_valid_and_documents_every_key() -> None:
     every: set[str] = set()
     keys(config.EdgeConfig, every)
     sections = {"device", "mqtt", "camera", "model", "inference", "alerts", "metrics", "state", "homeassistant",
-                "tls", "roi"}
+                "tls", "roi", "gradcam"}
     assert every - sections <= documented, every - sections - documented
 
 
