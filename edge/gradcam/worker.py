@@ -30,8 +30,11 @@ def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: i
         import tensorflow as tf
     except ImportError:
         raise RuntimeError(INSTALL_HINT) from None
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    # TensorFlow takes these only before its first operation: always so in the worker process; a one-off CLI or
+    # a test that already ran TensorFlow keeps the setting it has.
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     from converter.keras_compat import load_model
     from edge import manifest as mf
     from edge.gradcam.cam import GradCam
