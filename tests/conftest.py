@@ -133,3 +133,12 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     b = Broker(tmp_path / "broker").start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def daemons():  # type: ignore[no-untyped-def]
+    """Edge daemons a test started (tests/daemon_harness.py), killed after it whatever happened."""
+    started: list[Any] = []
+    yield started
+    for d in started:
+        d.kill()

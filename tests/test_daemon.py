@@ -46,14 +46,6 @@ def config(tmp: Path, port: int, models_dir: Path, **over: dict[str, Any]) -> di
 ALERT_STREAM = {"model": {"threshold": 0.0}, "alerts": {"on_low_confidence": False, "repeat_after_s": 0.2}}
 
 
-@pytest.fixture
-def daemons():  # type: ignore[no-untyped-def]
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def start(daemons: list[Daemon], tmp: Path, cfg: dict[str, dict[str, Any]], **kw: Any) -> Daemon:
     d = Daemon(tmp, cfg, **kw).start()
     daemons.append(d)

@@ -171,11 +171,3 @@ def test_tensorflow_not_installed(tmp_path: Path, broker: Broker, models_dir: Pa
     assert d.alive()
     d.stop()
 
-
-@pytest.fixture
-def daemons():  # type: ignore[no-untyped-def]
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
