@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 import venv
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,32 @@ def test_tensorflow_not_installed(tmp_path: Path, broker: Broker, models_dir: Pa
     assert d.alive()
     d.stop()
 
+
+
+def _spawned_workers() -> set[int]:
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"multiprocessing.spawn" in (proc / "cmdline").read_bytes():
+                    pids.add(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_daemon_killed_while_its_worker_starts_leaves_no_worker(tmp_path: Path, broker: Broker, models_dir: Path,
+                                                                 daemons: list[Daemon]) -> None:
+    before = _spawned_workers()
+    c = Collector(broker.port, f"{BASE}/result", f"{BASE}/cmd/gradcam/reply")
+    d = Daemon(tmp_path, gradcam_config(tmp_path, broker.port, models_dir)).start()
+    daemons.append(d)
+    assert c.wait(lambda m: any(t.endswith("/result") for t, _, _ in m), 30), d.log()
+    c.publish(f"{BASE}/cmd/gradcam", json.dumps({"frame_id": json.loads(c.on("/result")[-1])["frame_id"]}))
+    assert c.wait(lambda m: any(t.endswith("/reply") for t, _, _ in m), 10)
+    d.signal(signal.SIGKILL)  # the worker is still importing TensorFlow
+    d.proc.wait(10)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 15
+    while _spawned_workers() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _spawned_workers() - before, "the worker went with its daemon"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -101,7 +102,7 @@ class GradcamService:
         self._requests, self._replies = self._ctx.Queue(), self._ctx.Queue()
         self._proc = self._ctx.Process(target=worker_main, name="defect-edge-gradcam", daemon=True,
                                        args=(self._requests, self._replies, str(path), self.roi, self.threads,
-                                             self.alpha, self.jpeg_quality))
+                                             self.alpha, self.jpeg_quality, os.getpid()))
         self._proc.start()
         try:
             kind, *rest = self._replies.get(timeout=STARTUP_TIMEOUT_S)

@@ -62,9 +62,11 @@ def _die_with_parent() -> None:
 
 
 def worker_main(requests: Queue, replies: Queue, manifest_path: str, roi: tuple[int, int, int, int] | None,
-                threads: int, alpha: float, jpeg_quality: int) -> None:
+                threads: int, alpha: float, jpeg_quality: int, parent: int) -> None:
+    """``parent`` is the daemon's pid, passed in: read here, a parent that died during the spawn would read as 1."""
     _die_with_parent()
-    parent = os.getppid()
+    if os.getppid() != parent:
+        return  # the daemon died before the kernel was asked to take us with it
     t0 = time.perf_counter()
     try:
         cam, pre = setup(Path(manifest_path), roi, threads)
