@@ -31,6 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.data import casting_sample, link_into  # noqa: E402
 from bench.timing import median_ms  # noqa: E402
 from converter import synth  # noqa: E402
 from edge.gradcam.overlay import full_frame_heatmap  # noqa: E402
@@ -38,8 +39,6 @@ from edge.gradcam.quality import blur_pixels, chance, pointing_hit, random_share
 from edge.gradcam.service import GradcamService  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.daemon_harness import write_toml  # noqa: E402
-
-CASTING = REPO.parent / "shared" / "data" / "casting"
 
 
 def quality(model_name: str, parts: int) -> dict[str, dict[str, float]]:
@@ -93,10 +92,7 @@ def burst_ratio(model_name: str, tmp: Path) -> tuple[float, float, float]:
     from tests.broker import Collector
 
     broker = Broker(tmp / "broker").start()
-    frames = tmp / "frames"
-    frames.mkdir()
-    for p in sorted((CASTING / "defect").iterdir())[:200]:
-        (frames / p.name).symlink_to(p.resolve())
+    frames = link_into(casting_sample(200), tmp / "frames")
     cfg = write_toml(tmp / "edge.toml", {
         "device": {"id": "unit"}, "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "bench"},
         "camera": {"source": str(frames), "loop": True, "fps": 0},

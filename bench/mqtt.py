@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.data import casting_sample, link_into  # noqa: E402
 from edge import config as edge_config  # noqa: E402
 from edge.classifier import Classifier  # noqa: E402
-from edge.images import list_images  # noqa: E402
 from edge.mqtt.client import MqttLink  # noqa: E402
 from edge.mqtt.outbox import Outbox  # noqa: E402
 from edge.pipeline import Pipeline, Result  # noqa: E402
@@ -36,8 +36,6 @@ from edge.sources.base import Camera  # noqa: E402
 from edge.sources.replay import FolderReplay  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.daemon_harness import write_toml  # noqa: E402
-
-CASTING = REPO.parent / "shared" / "data" / "casting"
 
 
 def engine_fps(folder: Path, manifest: Path) -> float:
@@ -117,13 +115,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--outage-messages", type=int, default=10_000)
     a = ap.parse_args()
-    paths = (list_images(CASTING / "good") + list_images(CASTING / "defect"))[:: 7348 // a.frames][:a.frames]
+    paths = casting_sample(a.frames)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        folder = tmp / "frames"
-        folder.mkdir()
-        for p in paths:
-            (folder / p.name).symlink_to(p.resolve())
+        folder = link_into(paths, tmp / "frames")
         broker = Broker(tmp / "broker").start()
         try:
             engine = engine_fps(folder, a.models_dir / f"{a.model}.json")

@@ -25,15 +25,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.data import casting_sample, link_into  # noqa: E402
 from bench.timing import median_ms  # noqa: E402
 from edge import manifest as mf  # noqa: E402
 from edge.classifier import Classifier  # noqa: E402
-from edge.images import list_images, read_rgb  # noqa: E402
+from edge.images import read_rgb  # noqa: E402
 from edge.pipeline import Pipeline, Result  # noqa: E402
 from edge.sources.base import Camera  # noqa: E402
 from edge.sources.replay import FolderReplay  # noqa: E402
-
-CASTING = REPO.parent / "shared" / "data" / "casting"
 
 RSS_PROBE = """
 import sys
@@ -52,7 +51,7 @@ def main() -> None:
     ap.add_argument("--keras-frames", type=int, default=100)
     a = ap.parse_args()
     manifest_path = a.models_dir / f"{a.model}.json"
-    paths = (list_images(CASTING / "good") + list_images(CASTING / "defect"))[:: max(1, 7348 // a.frames)][:a.frames]
+    paths = casting_sample(a.frames)
     frames = [read_rgb(p) for p in paths[:200]]
 
     # 1. engine vs bare invoke, 1 thread, frames in memory
@@ -97,9 +96,8 @@ def main() -> None:
 
     # 4. peak RSS of a classify process over the same frames, and proof TensorFlow stays out
     with tempfile.TemporaryDirectory() as tmp:
-        for p in paths:
-            (Path(tmp) / p.name).symlink_to(p.resolve())
-        proc = subprocess.run([sys.executable, "-c", RSS_PROBE, tmp, a.model, str(a.models_dir)],
+        frames_dir = link_into(paths, Path(tmp) / "frames")
+        proc = subprocess.run([sys.executable, "-c", RSS_PROBE, str(frames_dir), a.model, str(a.models_dir)],
                               capture_output=True, text=True, cwd=REPO, timeout=600)
     probe = next(line for line in proc.stderr.splitlines() if line.startswith("PROBE")).split()
     rss_mb, tf_imported = float(probe[1]), probe[2] == "True"

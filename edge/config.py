@@ -173,16 +173,22 @@ class EdgeConfig(_Section):
         return topics.base(self.mqtt.prefix, self.device.id)
 
     def mqtt_password(self) -> str:
-        """The broker password from the file, the environment, a systemd credential, or the config, in that order."""
-        m = self.mqtt
-        if m.password_file:
-            return m.password_file.read_text().strip()
-        if os.environ.get(PASSWORD_ENV):
-            return os.environ[PASSWORD_ENV]
-        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        if cred_dir and (Path(cred_dir) / PASSWORD_CREDENTIAL).is_file():
-            return (Path(cred_dir) / PASSWORD_CREDENTIAL).read_text().strip()
-        return m.password
+        return read_secret(self.mqtt.password_file, PASSWORD_ENV, PASSWORD_CREDENTIAL, self.mqtt.password)
+
+
+def read_secret(file: Path | None, env: str, credential: str, inline: str) -> str:
+    """A secret from its file, the environment, a systemd credential (LoadCredential=), or the config, in that order.
+
+    The unit and the relay look their passwords up the same way, so an operator learns one rule.
+    """
+    if file:
+        return file.read_text().strip()
+    if os.environ.get(env):
+        return os.environ[env]
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (Path(cred_dir) / credential).is_file():
+        return (Path(cred_dir) / credential).read_text().strip()
+    return inline
 
 
 def describe(err: ValidationError) -> str:

@@ -41,7 +41,3 @@ class FrameRing:
     def get(self, frame_id: str) -> Buffered | None:
         with self._lock:
             return self._frames.get(frame_id)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._frames)

@@ -7,13 +7,12 @@ Secrets: the broker password from ``mqtt.password_file`` / ``$DEFECT_RELAY_MQTT_
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge.config import ConfigError, TlsConfig, describe, read_toml
+from edge.config import ConfigError, TlsConfig, describe, read_secret, read_toml
 from edge.mqtt import topics
 
 __all__ = ["ConfigError", "RelayConfig", "load", "parse"]
@@ -134,15 +133,8 @@ class RelayConfig(_Section):
 
     def secret(self, key: Literal["mqtt", "smtp"]) -> str:
         section = self.mqtt if key == "mqtt" else self.smtp
-        if section.password_file:
-            return section.password_file.read_text().strip()
-        env = f"DEFECT_RELAY_{key.upper()}_PASSWORD"
-        if os.environ.get(env):
-            return os.environ[env]
-        cred = os.environ.get("CREDENTIALS_DIRECTORY")
-        if cred and (Path(cred) / f"{key}_password").is_file():
-            return (Path(cred) / f"{key}_password").read_text().strip()
-        return section.password
+        return read_secret(section.password_file, f"DEFECT_RELAY_{key.upper()}_PASSWORD", f"{key}_password",
+                           section.password)
 
 
 def parse(data: dict[str, Any]) -> RelayConfig:

@@ -39,10 +39,6 @@ def base(prefix: str, device_id: str) -> str:
     return f"{prefix}/{device_id}"
 
 
-def topic(prefix: str, device_id: str, *parts: str) -> str:
-    return "/".join((prefix, device_id, *parts))
-
-
 def command_name(base_topic: str, full_topic: str) -> str | None:
     """``model`` for ``<base>/cmd/model``; None for anything else (replies included)."""
     head = f"{base_topic}/{CMD}/"
