@@ -18,7 +18,10 @@ def quiet_opencv() -> None:
     """OpenCV and its FFmpeg print their own warnings for every corrupt file or refused connection; the product
     reports each in one line of its own instead."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read when a capture opens
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # OpenCV 5 moved it to cv2.utils.logging; 4.x (4.11 is the last with NumPy 1 wheels, which a Raspberry Pi with
+    # Debian's picamera2 needs) has cv2.setLogLevel. LOG_LEVEL_ERROR is 2 in both.
+    logging = getattr(cv2.utils, "logging", None)
+    (logging if logging is not None else cv2).setLogLevel(2)
 
 
 quiet_opencv()
