@@ -123,7 +123,7 @@ class MetricsConfig(_Section):
 
 
 class StateConfig(_Section):
-    dir: Path = Path("/var/lib/defect-edge")
+    dir: Path = Field(default_factory=lambda: state_directory(Path("/var/lib/defect-edge")))
     outbox_max_mb: float = Field(default=64.0, gt=0)
     results_retention_days: float = Field(default=30.0, gt=0)
     results_max_rows: int = Field(default=1_000_000, ge=1000)
@@ -155,7 +155,7 @@ class EdgeConfig(_Section):
     inference: InferenceConfig = InferenceConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
-    state: StateConfig = StateConfig()
+    state: StateConfig = Field(default_factory=StateConfig)  # reads $STATE_DIRECTORY when loaded, not imported
     gradcam: GradcamConfig = GradcamConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
@@ -187,8 +187,19 @@ def read_secret(file: Path | None, env: str, credential: str, inline: str) -> st
         return os.environ[env]
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir and (Path(cred_dir) / credential).is_file():
-        return (Path(cred_dir) / credential).read_text().strip()
+        # `make install` leaves an empty file, because LoadCredential= refuses a missing one: empty means none given.
+        return (Path(cred_dir) / credential).read_text().strip() or inline
     return inline
+
+
+def state_directory(default: Path) -> Path:
+    """systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``, its first entry) when run by systemd, else ``default``.
+
+    Each instance of ``defect-edge@.service`` gets its own ``/var/lib/defect-edge/<instance>``, and only that directory
+    is writable under ``ProtectSystem=strict``: a configuration that leaves ``state.dir`` unset lands there.
+    """
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(given) if given else default
 
 
 def describe(err: ValidationError) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge.config import ConfigError, TlsConfig, describe, read_secret, read_toml
+from edge.config import ConfigError, TlsConfig, describe, read_secret, read_toml, state_directory
 from edge.mqtt import topics
 
 __all__ = ["ConfigError", "RelayConfig", "load", "parse"]
@@ -103,7 +103,7 @@ class LimitsConfig(_Section):
 
 
 class StateConfig(_Section):
-    dir: Path = Path("/var/lib/defect-relay")
+    dir: Path = Field(default_factory=lambda: state_directory(Path("/var/lib/defect-relay")))
 
 
 class TemplatesConfig(_Section):
@@ -120,7 +120,7 @@ class RelayConfig(_Section):
     storm: StormConfig = StormConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     limits: LimitsConfig = LimitsConfig()
-    state: StateConfig = StateConfig()
+    state: StateConfig = Field(default_factory=StateConfig)  # reads $STATE_DIRECTORY when loaded, not imported
     templates: TemplatesConfig = TemplatesConfig()
     metrics_interval_s: float = Field(default=30.0, ge=1)
 

@@ -69,6 +69,9 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv(config.PASSWORD_ENV, raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert config.parse({**base, "mqtt": {"password": "inline"}}, check_files=False).mqtt_password() == "inline"
+    (tmp_path / "mqtt_password").write_text("")  # as `make install` leaves it
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert config.parse({**base, "mqtt": {"password": "inline"}}, check_files=False).mqtt_password() == "inline"
     (tmp_path / "mqtt_password").write_text("from-credential\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     assert config.parse(base, check_files=False).mqtt_password() == "from-credential"
@@ -78,3 +81,13 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     f.write_text("from-file\n")
     cfg = config.parse({**base, "mqtt": {"password_file": str(f)}}, check_files=False)
     assert cfg.mqtt_password() == "from-file"
+
+
+def test_state_dir_defaults_to_systemds_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each defect-edge@ instance gets its own StateDirectory=, the only place it may write."""
+    base = {"device": {"id": "u"}, "camera": {"source": "0"}}
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert config.parse(base, check_files=False).state.dir == Path("/var/lib/defect-edge")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/defect-edge/station2:/var/lib/other")
+    assert config.parse(base, check_files=False).state.dir == Path("/var/lib/defect-edge/station2")
+    assert config.parse({**base, "state": {"dir": "/srv/x"}}, check_files=False).state.dir == Path("/srv/x")
