@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # dependency is the full 572 MB tensorflow wheel; --no-deps lets it use the tensorflow-cpu already installed.
 TF_KERAS := tf-keras==2.21.0
 
-.PHONY: setup system-deps test test-fast lint demo bench clean
+.PHONY: setup system-deps test test-fast lint demo bench install clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,16 @@ demo: setup
 
 bench: setup
 	$(PY) bench/models.py
+
+# A unit or the relay's host, as the systemd units expect it (systemd/install.sh says what goes where):
+#   sudo make install                           the venv in /opt/defect-edge, units, /etc/defect-edge, system users
+#   make install DESTDIR=/tmp/pkg               the same tree under DESTDIR, for a package or an image build
+# Also: PREFIX, SYSCONFDIR, UNITDIR, SYSUSERSDIR, EXTRAS=gradcam, SYSTEM_SITE_PACKAGES=auto|yes|no, PIP_ARGS.
+PREFIX ?= /opt/defect-edge
+install:
+	PYTHON='$(PYTHON)' PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' SYSCONFDIR='$(SYSCONFDIR)' UNITDIR='$(UNITDIR)' \
+	  SYSUSERSDIR='$(SYSUSERSDIR)' EXTRAS='$(EXTRAS)' SYSTEM_SITE_PACKAGES='$(SYSTEM_SITE_PACKAGES)' \
+	  PIP_ARGS='$(PIP_ARGS)' sh systemd/install.sh
 
 clean:
 	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache
