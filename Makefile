@@ -57,4 +57,4 @@ install:
 	  PIP_ARGS='$(PIP_ARGS)' sh systemd/install.sh
 
 clean:
-	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var/demo var/mail .pytest_cache .mypy_cache .ruff_cache

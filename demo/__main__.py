@@ -1,9 +1,13 @@
 """`make demo`: the product end to end on this machine, with embedded defaults, for a fixed time or until Ctrl-C.
 
-Starts a local Mosquitto, a local SMTP sink that writes every mail to ``var/demo/mail/*.eml``, the relay, and the
-edge daemon replaying a synthetic production-line video with the committed MobileNetV2 int8 model and automatic
-Grad-CAM heatmaps on defect alerts. Shows a live view of what the unit reports, then stops everything it started
-and prints where the mails (with snapshots and heatmaps attached) and the unit's database are.
+Starts a local Mosquitto (installing Debian's package when run as root; where neither is possible, amqtt, an embedded
+Python broker, saying so), a local SMTP sink that writes every mail to ``var/mail/*.eml``, the relay, and the edge
+daemon replaying a synthetic production-line video with the committed MobileNetV2 int8 model and automatic Grad-CAM
+heatmaps on defect alerts. Shows a live view of what the unit reports, then stops everything it started and prints
+where the mails (with snapshots and heatmaps attached) and the unit's database are.
+
+``DEMO_SECONDS`` (75) sets how long it runs, ``DEMO_DIR`` (``var/``) where it writes, and ``DEMO_BROKER``
+(``auto``, ``mosquitto`` or ``amqtt``) which broker it starts.
 """
 
 from __future__ import annotations
@@ -23,25 +27,50 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-VAR = REPO / "var" / "demo"
+VAR = Path(os.environ.get("DEMO_DIR") or REPO / "var").resolve()
+RUN = VAR / "demo"  # broker, unit and relay state, the video, the logs
+MAIL = VAR / "mail"
 SECONDS = float(os.environ.get("DEMO_SECONDS", "75"))
+BROKER = os.environ.get("DEMO_BROKER", "auto")
 
 
-def ensure_mosquitto() -> str:
+def find_mosquitto() -> str | None:
+    """Mosquitto's path; Debian's package is installed first when running as root and it is absent."""
     found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if found:
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
         return found
-    if os.geteuid() == 0:
-        print("installing Debian's mosquitto ...", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "mosquitto"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        return "/usr/sbin/mosquitto"
-    sys.exit("the demo needs Mosquitto: sudo apt-get install mosquitto (or run make demo as root)")
+    print("installing Debian's mosquitto ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    ok = subprocess.run(["apt-get", "update", "-qq"], env=env).returncode == 0 and subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "mosquitto"], env=env).returncode == 0
+    return "/usr/sbin/mosquitto" if ok else None
+
+
+def start_broker(port: int, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A broker on 127.0.0.1:port and the MQTT protocol the unit and relay must speak to it.
+
+    amqtt speaks only MQTT 3.1.1, so with it the relay subscribes without a shared subscription (one relay here).
+    """
+    exe = find_mosquitto() if BROKER in ("auto", "mosquitto") else None
+    if exe:
+        conf = write(folder / "mosquitto.conf", f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                     f"persistence false\nuser {os.environ.get('USER') or 'root'}\n")
+        return subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), "5"
+    if BROKER == "mosquitto":
+        sys.exit("DEMO_BROKER=mosquitto, but Mosquitto is not installed: sudo apt-get install mosquitto")
+    why = "DEMO_BROKER=amqtt" if BROKER == "amqtt" else \
+        "Mosquitto is not installed and cannot be installed here (as root, Debian's package would be)"
+    print(f"{why}: using amqtt, an embedded Python broker speaking MQTT 3.1.1", flush=True)
+    conf = write(folder / "amqtt.yaml", f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+                 "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
+    with (folder / "amqtt.log").open("wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "amqtt"), "-c", str(conf)], stdout=log,
+                                stderr=subprocess.STDOUT)
+    return proc, "3.1.1"
 
 
 class MailSink:
-    """aiosmtpd handler: each mail to var/demo/mail/NNN.eml."""
+    """aiosmtpd handler: each mail to var/mail/NNN.eml."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -65,33 +94,34 @@ def main() -> int:
     from converter import synth
     from tests.broker import Collector, free_port, wait_port
 
-    if VAR.exists():
-        shutil.rmtree(VAR)
-    for sub in ("mail", "broker", "edge", "relay"):
-        (VAR / sub).mkdir(parents=True)
-    video = VAR / "line.avi"
+    for folder in (RUN, MAIL):
+        if folder.exists():
+            shutil.rmtree(folder)
+    MAIL.mkdir(parents=True)
+    for sub in ("broker", "edge", "relay"):
+        (RUN / sub).mkdir(parents=True)
+    video = RUN / "line.avi"
     print("writing a production-line video of synthetic parts ...", flush=True)
     truth = synth.write_video(video, parts=16, seed=7, size=256, fps=12, frames_per_part=24, defect_rate=0.4)
     mqtt_port, smtp_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    sink = MailSink(VAR / "mail")
+    sink = MailSink(MAIL)
     smtp = Controller(sink, hostname="127.0.0.1", port=smtp_port)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        conf = write(VAR / "broker" / "mosquitto.conf", f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\n"
-                     f"persistence false\nuser {os.environ.get('USER') or 'root'}\n")
-        procs.append(subprocess.Popen([ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        broker, protocol = start_broker(mqtt_port, RUN / "broker")
+        procs.append(broker)
         wait_port(mqtt_port)
         smtp.start()
-        relay_conf = write(VAR / "relay" / "relay.toml", f"""
+        relay_conf = write(RUN / "relay" / "relay.toml", f"""
 metrics_interval_s = 5
 [mqtt]
 host = "127.0.0.1"
 port = {mqtt_port}
+protocol = "{protocol}"
 [smtp]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -103,17 +133,18 @@ digest_window_s = 20
 [delivery]
 evidence_wait_s = 30
 [state]
-dir = "{VAR / 'relay'}"
+dir = "{RUN / 'relay'}"
 [[routes]]
 devices = ["*"]
 recipients = ["line-lead@demo.local"]
 """)
-        edge_conf = write(VAR / "edge" / "edge.toml", f"""
+        edge_conf = write(RUN / "edge" / "edge.toml", f"""
 [device]
 id = "station1"
 [mqtt]
 host = "127.0.0.1"
 port = {mqtt_port}
+protocol = "{protocol}"
 [camera]
 source = "{video}"
 fps = 12
@@ -130,10 +161,10 @@ method = "gradcam++"
 [metrics]
 interval_s = 2
 [state]
-dir = "{VAR / 'edge'}"
+dir = "{RUN / 'edge'}"
 """)
         for module, cfg, log in (("relay.cli", relay_conf, "relay.log"), ("edge.cli", edge_conf, "edge.log")):
-            with (VAR / log).open("wb") as out:
+            with (RUN / log).open("wb") as out:
                 procs.append(subprocess.Popen([sys.executable, "-m", module, "run", "--config", str(cfg)],
                                               stdout=out, stderr=subprocess.STDOUT, env=env))
         watch = Collector(mqtt_port, "defect-edge/#", persistent=False)
@@ -225,16 +256,16 @@ def live(watch: Any, sink: MailSink, stop: threading.Event, truth: list[dict[str
 
 
 def summary(sink: MailSink) -> None:
-    mails = sorted((VAR / "mail").glob("*.eml"))
-    print(f"\n{len(mails)} mails in {VAR / 'mail'}:")
+    mails = sorted(MAIL.glob("*.eml"))
+    print(f"\n{len(mails)} mails in {MAIL}:")
     for path in mails:
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         files = [p.get_filename() for p in msg.walk() if p.get_content_maintype() == "image"]
         print(f"  {path.name}: {msg['Subject']}  [{', '.join(files) or 'no attachment'}]")
     with_heat = sum(1 for p in mails if b".gradcam.jpg" in p.read_bytes())
     print(f"{with_heat} of them carry a Grad-CAM heatmap")
-    print(f"the unit's database (results, events, heatmaps, outbox): {VAR / 'edge' / 'state.db'}")
-    print(f"logs: {VAR / 'edge.log'}, {VAR / 'relay.log'}")
+    print(f"the unit's database (results, events, heatmaps, outbox): {RUN / 'edge' / 'state.db'}")
+    print(f"logs: {RUN / 'edge.log'}, {RUN / 'relay.log'}")
 
 
 if __name__ == "__main__":
