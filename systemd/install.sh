@@ -8,10 +8,13 @@
 #   $UNITDIR                (/usr/local/lib/systemd/system)  the three units, pointing at $PREFIX and $SYSCONFDIR
 #   $SYSUSERSDIR            (/usr/local/lib/sysusers.d)      the defect-edge and defect-relay system users
 #
-# EXTRAS=gradcam adds TensorFlow for heatmaps on the unit (about 500 MB). SYSTEM_SITE_PACKAGES=auto (default) gives
-# the venv the system's packages when Debian's python3-picamera2 is installed (a Raspberry Pi), and then keeps the
-# system's NumPy: picamera2's simplejpeg is compiled against it and fails with "numpy.dtype size changed" under a
-# newer one. PIP_ARGS passes options to pip (e.g. --no-index --find-links DIR on a plant network).
+# EXTRAS=gradcam adds TensorFlow for heatmaps on the unit (about 500 MB). PIP_ARGS passes options to pip (e.g.
+# --no-index --find-links DIR on a plant network). SYSTEM_SITE_PACKAGES=auto (default) gives the venv the system's
+# packages when the system has what pip cannot provide:
+#   - Debian's python3-picamera2 (a Raspberry Pi). A system NumPy 1.x is then kept at 1.x: picamera2's simplejpeg is
+#     compiled against it and fails with "numpy.dtype size changed" under NumPy 2.
+#   - an OpenCV built with GStreamer (JetPack's, for CSI cameras through nvarguscamerasrc). pip's
+#     opencv-python-headless, built without GStreamer, is then removed from the venv so the system's is imported.
 #
 # With DESTDIR (a package build, or the test) everything lands under DESTDIR, the venv is relocated to PREFIX (the
 # #! lines of its scripts and the paths in its byte code), and this machine is left alone: no users, no daemon-reload.
@@ -38,8 +41,11 @@ case "$PREFIX" in /*) ;; *) echo "install: PREFIX must be an absolute path, not 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || {
   echo "install: $PYTHON is missing or older than 3.10 (JetPack 5 has 3.8: use JetPack 6)" >&2; exit 2; }
 
+system_has() { "$PYTHON" -c "$1" >/dev/null 2>&1; }
+has_picamera2='import importlib.util, sys; sys.exit(importlib.util.find_spec("picamera2") is None)'
+has_gstreamer_opencv='import re, sys, cv2; sys.exit(not re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()))'
 if [ "$SYSTEM_SITE_PACKAGES" = auto ]; then
-  if "$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("picamera2") is None)' 2>/dev/null
+  if system_has "$has_picamera2" || system_has "$has_gstreamer_opencv"
   then SYSTEM_SITE_PACKAGES=yes; else SYSTEM_SITE_PACKAGES=no; fi
 fi
 
@@ -49,9 +55,12 @@ trap 'rm -rf "$work"' EXIT
 constraints="$work/constraints.txt"
 if [ "$SYSTEM_SITE_PACKAGES" = yes ]; then
   system_numpy=$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)
-  say "venv with the system's site packages (picamera2); keeping the system's NumPy ${system_numpy:-(none)}"
   grep -v -i -E '^(numpy|opencv-python-headless)==' "$src/constraints.txt" > "$constraints"
-  [ -z "$system_numpy" ] || echo "numpy==$system_numpy" >> "$constraints"
+  case "$system_numpy" in
+    1.*) echo "numpy<2" >> "$constraints"
+         say "venv with the system's site packages; the system's NumPy is $system_numpy, so NumPy stays 1.x" ;;
+    *)   say "venv with the system's site packages" ;;
+  esac
   "$PYTHON" -m venv --system-site-packages "$venv"
 else
   cp "$src/constraints.txt" "$constraints"
@@ -67,6 +76,11 @@ pip install $PIP_ARGS --no-compile -c "$constraints" "$wheel${EXTRAS:+[$EXTRAS]}
 # Reinstalled every time, so a second `make install` of the same version still updates the code.
 # shellcheck disable=SC2086
 pip install $PIP_ARGS --no-compile --no-deps --force-reinstall "$wheel"
+
+if [ "$SYSTEM_SITE_PACKAGES" = yes ] && system_has "$has_gstreamer_opencv"; then
+  say "using the system's OpenCV (built with GStreamer) instead of pip's opencv-python-headless"
+  pip uninstall --yes opencv-python-headless
+fi
 
 if [ -n "$DESTDIR" ]; then
   # Relocate: the venv will run from $PREFIX, not from where it was built.

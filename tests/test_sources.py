@@ -202,10 +202,21 @@ def test_specs_choose_the_backend(folder: Path) -> None:
     cv = source_from_spec("rtsp://user:secret@10.0.0.9/stream")
     assert type(cv).__name__ == "OpenCVCamera" and "secret" not in cv.description
     assert type(source_from_spec("/dev/video0")).__name__ == "OpenCVCamera"
+    assert type(source_from_spec("/dev/v4l/by-id/usb-046d_HD_Pro_Webcam-video-index0")).__name__ == "OpenCVCamera"
     assert type(source_from_spec("videotestsrc ! appsink")).__name__ == "OpenCVCamera"
     assert isinstance(source_from_spec(str(folder)), FolderReplay)
     with pytest.raises(SourceError, match="no such file or folder"):
         source_from_spec(str(folder / "nope"))
+
+
+def test_gstreamer_pipeline_without_gstreamer_says_so() -> None:
+    """pip's OpenCV has no GStreamer: a Jetson CSI pipeline must fail with the reason, not "cannot open"."""
+    from edge.sources.opencv import OpenCVCamera, has_gstreamer
+
+    if has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer, so the pipeline would open")
+    with pytest.raises(SourceError, match=r"was built without GStreamer .* JetPack's OpenCV"):
+        OpenCVCamera("videotestsrc ! videoconvert ! appsink").open()
 
 
 def test_network_camera_unplugged_and_plugged_back() -> None:

@@ -1,4 +1,5 @@
-"""OpenCV capture: a USB/V4L2 camera (index or ``/dev/videoN``), a GStreamer pipeline, or an RTSP/HTTP stream.
+"""OpenCV capture: a USB/V4L2 camera (index, ``/dev/videoN`` or ``/dev/v4l/by-id/...``), a GStreamer pipeline, or an
+RTSP/HTTP stream.
 
 Jetson CSI cameras come through GStreamer, e.g. ``nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1920,height=1080
 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1``. Network streams get
@@ -18,6 +19,11 @@ from edge.sources.base import FrameOrder, FrameSource, SourceError
 quiet_opencv()
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@]+@")
+
+
+def has_gstreamer() -> bool:
+    """Whether this OpenCV was built with GStreamer. pip's opencv-python-headless is not; JetPack's OpenCV is."""
+    return bool(re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()))
 
 
 def redact(target: str) -> str:
@@ -41,7 +47,7 @@ class OpenCVCamera(FrameSource):
 
     def _api(self) -> int:
         t = self.target
-        if isinstance(t, int) or t.startswith("/dev/video"):
+        if isinstance(t, int) or t.startswith("/dev/"):
             return cv2.CAP_V4L2
         if " ! " in t:
             return cv2.CAP_GSTREAMER
@@ -51,6 +57,9 @@ class OpenCVCamera(FrameSource):
 
     def open(self) -> None:
         api = self._api()
+        if api == cv2.CAP_GSTREAMER and not has_gstreamer():
+            raise SourceError(f"{self.description}: this OpenCV {cv2.__version__} was built without GStreamer (pip's "
+                              "opencv-python-headless never is); on a Jetson use JetPack's OpenCV (README: cameras)")
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms] \
             if api == cv2.CAP_FFMPEG else []
         cap = cv2.VideoCapture(self.target, api, params)
