@@ -136,6 +136,7 @@ class GradcamConfig(_Section):
     method: Literal["gradcam", "gradcam++"] = "gradcam"  # for automatic heatmaps; cmd/gradcam may ask either
     auto_on: list[Literal["defect", "low_confidence"]] = []  # alert kinds that get a heatmap automatically
     threads: int = Field(default=1, ge=1, le=64)  # TensorFlow threads in the worker: inference keeps its cores
+    nice: int = Field(default=10, ge=0, le=19)  # the worker's CPU priority below inference's
     idle_timeout_s: float = Field(default=300.0, gt=0)  # stop the worker (and free its memory) when idle
     request_timeout_s: float = Field(default=30.0, gt=0)  # a worker silent this long is killed and restarted
     alpha: float = Field(default=0.45, ge=0, le=1)  # heatmap weight in the overlay

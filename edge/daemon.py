@@ -97,7 +97,7 @@ class Daemon:
         g, roi = cfg.gradcam, cfg.camera.roi
         self.gradcam = GradcamService(lambda: self.classifier.manifest_path, self._gradcam_done,
                                       roi=Roi(roi.x, roi.y, roi.width, roi.height) if roi else None,
-                                      threads=g.threads, idle_timeout_s=g.idle_timeout_s,
+                                      threads=g.threads, nice=g.nice, idle_timeout_s=g.idle_timeout_s,
                                       request_timeout_s=g.request_timeout_s, alpha=g.alpha,
                                       jpeg_quality=g.jpeg_quality) if g.enabled else None
         self._swap_lock = threading.Lock()

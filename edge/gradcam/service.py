@@ -52,13 +52,13 @@ class _Job:
 
 class GradcamService:
     def __init__(self, manifest_path: Callable[[], Path], on_done: Callable[[Outcome], None], *,
-                 roi: Roi | None = None, threads: int = 1, idle_timeout_s: float = 300.0,
+                 roi: Roi | None = None, threads: int = 1, nice: int = 10, idle_timeout_s: float = 300.0,
                  request_timeout_s: float = 30.0, alpha: float = 0.45, jpeg_quality: int = 90,
                  max_queue: int = 32):
         self._manifest_path = manifest_path
         self._on_done = on_done
         self.roi = (roi.x, roi.y, roi.width, roi.height) if roi else None
-        self.threads, self.alpha, self.jpeg_quality = threads, alpha, jpeg_quality
+        self.threads, self.nice, self.alpha, self.jpeg_quality = threads, nice, alpha, jpeg_quality
         self.idle_timeout_s, self.request_timeout_s = idle_timeout_s, request_timeout_s
         self._jobs: queue.Queue[_Job | None] = queue.Queue(max_queue)
         self._ctx = mp.get_context("spawn")
@@ -102,7 +102,7 @@ class GradcamService:
         self._requests, self._replies = self._ctx.Queue(), self._ctx.Queue()
         self._proc = self._ctx.Process(target=worker_main, name="defect-edge-gradcam", daemon=True,
                                        args=(self._requests, self._replies, str(path), self.roi, self.threads,
-                                             self.alpha, self.jpeg_quality, os.getpid()))
+                                             self.alpha, self.jpeg_quality, os.getpid(), self.nice))
         self._proc.start()
         try:
             kind, *rest = self._replies.get(timeout=STARTUP_TIMEOUT_S)
@@ -112,7 +112,11 @@ class GradcamService:
         if kind != "ready":
             self._stop_worker()
             return str(rest[0])
-        log.info("gradcam worker %d ready in %.1f s for %s", self._proc.pid, rest[0], path.name)
+        seconds, niceness = rest
+        log.info("gradcam worker %d ready in %.1f s for %s (nice %d)", self._proc.pid, seconds, path.name, niceness)
+        if niceness < self.nice:
+            log.warning("gradcam worker runs at nice %d, not %d: heatmaps compete with inference for CPU (a "
+                        "SystemCallFilter= without setpriority?)", niceness, self.nice)
         self._loaded, self.state = path, "ready"
         return None
 
