@@ -11,6 +11,12 @@ cmd=${1:?usage: make-credentials.sh ca DIR HOST | user DIR NAME}
 dir=${2:?directory}
 mkdir -p "$dir"
 umask 077
+
+# Mosquitto 2 reads its key, password file and ACL after dropping to its own user: when run as root, give that
+# user's group read access to what the broker needs (and nothing else: ca.key and the *.password files stay root's).
+for_broker() {
+  if [[ $(id -u) == 0 ]] && getent group mosquitto >/dev/null; then chgrp mosquitto "$@" && chmod 640 "$@"; fi
+}
 case "$cmd" in
   ca)
     host=${3:?server host name or IP}
@@ -23,6 +29,7 @@ case "$cmd" in
       -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
     rm -f "$dir/server.csr" "$dir/server.ext"
     chmod 644 "$dir/ca.crt" "$dir/server.crt"
+    for_broker "$dir/server.key"
     echo "CA and server certificate for $host in $dir (keep ca.key offline)"
     ;;
   user)
@@ -31,6 +38,7 @@ case "$cmd" in
     pw=$(openssl rand -base64 24)
     if [[ -f "$dir/passwd" ]]; then mosquitto_passwd -b "$dir/passwd" "$name" "$pw"
     else mosquitto_passwd -b -c "$dir/passwd" "$name" "$pw"; fi
+    for_broker "$dir/passwd"
     printf '%s\n' "$pw" > "$dir/$name.password"
     echo "user $name added to $dir/passwd; password in $dir/$name.password"
     ;;
