@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.mqtt import topics
+
+if TYPE_CHECKING:
+    from edge.preprocess import Roi
+    from edge.sources import FrameSource
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,6 +96,19 @@ class CameraConfig(_Section):
     stall_timeout_s: float = Field(default=10.0, gt=0)
     offline_alert_after_s: float = Field(default=30.0, ge=0)
     roi: RoiConfig | None = None
+
+    def frame_source(self) -> FrameSource:
+        """The backend these settings describe (not opened yet); the daemon and check-config share it."""
+        from edge.sources import source_from_spec
+
+        return source_from_spec(self.source, fps=self.fps, loop=self.loop, width=self.width, height=self.height)
+
+    def region(self) -> Roi | None:
+        """The ROI as preprocessing takes it."""
+        from edge.preprocess import Roi
+
+        r = self.roi
+        return Roi(r.x, r.y, r.width, r.height) if r else None
 
 
 class ModelConfig(_Section):

@@ -42,9 +42,8 @@ from edge.mqtt.commands import (
 from edge.mqtt.homeassistant import discovery_messages
 from edge.mqtt.outbox import Outbox
 from edge.pipeline import Pipeline, Result
-from edge.preprocess import Roi
 from edge.ringbuffer import Buffered, FrameRing
-from edge.sources import Camera, source_from_spec
+from edge.sources import Camera
 from edge.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -79,9 +78,7 @@ class Daemon:
         self.outbox = Outbox(db, max_bytes=int(cfg.state.outbox_max_mb * 1024 * 1024))
         self.history = History(db, retention_days=cfg.state.results_retention_days,
                                max_rows=cfg.state.results_max_rows)
-        self.camera = Camera(source_from_spec(cfg.camera.source, fps=cfg.camera.fps, loop=cfg.camera.loop,
-                                              width=cfg.camera.width, height=cfg.camera.height),
-                             stall_timeout=cfg.camera.stall_timeout_s)
+        self.camera = Camera(cfg.camera.frame_source(), stall_timeout=cfg.camera.stall_timeout_s)
         self.pipeline = Pipeline(self.camera, self._load_classifier(cfg.model.name), device_id=cfg.device.id,
                                  mode=cfg.inference.mode, target_fps=cfg.inference.target_fps,
                                  queue_size=cfg.inference.queue_size,
@@ -94,9 +91,9 @@ class Daemon:
         self.router = CommandRouter(cfg.device.id, self, self._reply)
         self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload,
                              discovery=self._discovery)
-        g, roi = cfg.gradcam, cfg.camera.roi
+        g = cfg.gradcam
         self.gradcam = GradcamService(lambda: self.classifier.manifest_path, self._gradcam_done,
-                                      roi=Roi(roi.x, roi.y, roi.width, roi.height) if roi else None,
+                                      roi=cfg.camera.region(),
                                       threads=g.threads, nice=g.nice, idle_timeout_s=g.idle_timeout_s,
                                       request_timeout_s=g.request_timeout_s, alpha=g.alpha,
                                       jpeg_quality=g.jpeg_quality) if g.enabled else None
@@ -111,10 +108,9 @@ class Daemon:
 
     # -- model -----------------------------------------------------------------------------------------------
     def _load_classifier(self, name: str) -> Classifier:
-        m, roi = self.cfg.model, self.cfg.camera.roi
+        m = self.cfg.model
         clf = Classifier(manifest_path(m.models_dir, name), num_threads=m.threads, delegate=m.delegate,
-                         roi=Roi(roi.x, roi.y, roi.width, roi.height) if roi else None,
-                         frame_order=self.camera.frame_order)
+                         roi=self.cfg.camera.region(), frame_order=self.camera.frame_order)
         if m.threshold is not None or m.low_confidence_band is not None:
             clf.decision = clf.decision.model_copy(update={
                 k: v for k, v in (("threshold", m.threshold), ("low_confidence_band", m.low_confidence_band))

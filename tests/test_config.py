@@ -91,3 +91,36 @@ def test_state_dir_defaults_to_systemds_state_directory(monkeypatch: pytest.Monk
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/defect-edge/station2:/var/lib/other")
     assert config.parse(base, check_files=False).state.dir == Path("/var/lib/defect-edge/station2")
     assert config.parse({**base, "state": {"dir": "/srv/x"}}, check_files=False).state.dir == Path("/srv/x")
+
+
+def test_check_config_reads_and_classifies_one_frame(models_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """What a plant engineer runs before starting the unit: config, model, and one real frame through both."""
+    import cv2
+
+    from converter import synth
+    from edge.cli import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "part.png"), synth.render(3, 0, size=200, defect="crack").image[:, :, ::-1])
+    cfg = tmp_path / "edge.toml"
+
+    def write(source: str, roi: str = "") -> None:
+        cfg.write_text(f'[device]\nid = "u"\n[camera]\nsource = "{source}"\nstall_timeout_s = 2\n{roi}'
+                       f'[model]\nname = "tiny"\nmodels_dir = "{models_dir}"\n')
+
+    write(str(frames))
+    assert main(["check-config", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"{cfg}: OK: device u" in out and "model tiny (int8)" in out
+    assert re.search(r"a 200x200 frame in \d+\.\d s, called (good|defective) \(p_defect 0\.\d{3}\)", out), out
+
+    write("/dev/video99")  # no such camera: the configuration is fine, the camera is not
+    assert main(["check-config", "--config", str(cfg)]) == 1
+    assert "cannot open" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(cfg), "--no-camera"]) == 0
+
+    write(str(frames), "[camera.roi]\nx = 100\ny = 100\nwidth = 150\nheight = 150\n")
+    assert main(["check-config", "--config", str(cfg)]) == 1
+    assert "does not fit a 200x200 frame" in capsys.readouterr().err

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.sources.base import Camera, EndOfStream, Frame, FrameSource, SourceError
+from edge.sources.base import Camera, EndOfStream, Frame, FrameSource, SourceError, first_frame
 
-__all__ = ["Camera", "EndOfStream", "Frame", "FrameSource", "SourceError", "source_from_spec"]
+__all__ = ["Camera", "EndOfStream", "Frame", "FrameSource", "SourceError", "first_frame", "source_from_spec"]
 
 
 def source_from_spec(spec: str, *, fps: float = 0.0, loop: bool = False, width: int | None = None,

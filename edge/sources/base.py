@@ -70,6 +70,23 @@ class FrameSource(ABC):
     def close(self) -> None: ...
 
 
+def first_frame(source: FrameSource, timeout: float) -> np.ndarray:
+    """Open ``source``, return its first image and close it: proof, before a unit starts, that the camera delivers.
+
+    Raises :class:`SourceError` (or :class:`EndOfStream` for an empty replay) with the reason.
+    """
+    source.open()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = source.read()
+            if got is not None:
+                return got[0]
+        raise SourceError(f"{source.description}: no frame within {timeout:.0f} s")
+    finally:
+        source.close()
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with a ceiling: 0.5 s, 1 s, 2 s ... 30 s, reset by success."""
