@@ -104,6 +104,8 @@ def test_broker_outage_loses_no_alert(tmp_path: Path, broker: Broker, models_dir
                                  outage_started + 10)[0][0] == 0, 30, "the outbox to drain")
     rc, _ = d.stop()
     assert rc == 0
+    log = d.log()
+    assert log.count("cannot connect") == 1 and "Client is not connected" not in log, "an outage is one line"
     raised = [json.loads(x)["frame_id"] for (x,) in d.query("SELECT detail FROM events WHERE kind = 'alert' "
                                                              "ORDER BY id")]
     assert c.wait(lambda m: {json.loads(p)["frame_id"] for t, p, _ in m if t.endswith("/alert")} >= set(raised), 20)

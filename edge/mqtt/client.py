@@ -57,6 +57,17 @@ def apply_tls(client: mqtt.Client, tls: TlsConfig) -> None:
     client.tls_insecure_set(tls.insecure)
 
 
+class _OutageNoise(logging.Filter):
+    """paho logs "Client is not connected" at every reconnect attempt of an outage; the link reports it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+_PAHO_LOG = logging.getLogger("paho")
+_PAHO_LOG.addFilter(_OutageNoise())
+
+
 def _reason(rc: Any) -> str:
     return str(getattr(rc, "getName", lambda: rc)())
 
@@ -85,7 +96,7 @@ class MqttLink:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"defect-edge-{cfg.device.id}",
                                   protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
                                   clean_session=None if self.v5 else True)
-        self.client.enable_logger(logging.getLogger("paho"))
+        self.client.enable_logger(_PAHO_LOG)
         if m.username:
             self.client.username_pw_set(m.username, cfg.mqtt_password() or None)
         if m.tls:
