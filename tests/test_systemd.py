@@ -34,10 +34,11 @@ class Installed:
     log: str  # what the second `make install` printed
 
 
-def make_install(stage: Path, prefix: Path, tmp: Path) -> str:
+def make_install(stage: Path, prefix: Path, tmp: Path, *extra: str) -> str:
+    """`make install` into ``stage``, with every system path under ``tmp``; what it printed."""
     proc = subprocess.run(["make", "--no-print-directory", "install", f"DESTDIR={stage}", f"PREFIX={prefix}",
-                           f"SYSCONFDIR={tmp / 'etc'}", f"UNITDIR={tmp / 'units'}", f"SYSUSERSDIR={tmp / 'sysusers'}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+                           f"SYSCONFDIR={tmp / 'etc'}", f"UNITDIR={tmp / 'units'}", f"SYSUSERSDIR={tmp / 'sysusers'}",
+                           *extra], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -176,12 +177,9 @@ def test_raspberry_pi_install_keeps_the_system_numpy(tmp_path: Path, casting: Pa
         pytest.skip(f"NumPy {BOOKWORM_NUMPY} has no wheel for this Python (Bookworm's is 3.11)")
     assert pip.returncode == 0, pip.stderr[-2000:]
     prefix = tmp_path / "opt"
-    proc = subprocess.run(["make", "--no-print-directory", "install", f"DESTDIR={tmp_path / 'stage'}",
-                           f"PREFIX={prefix}", f"PYTHON={system / 'bin/python'}", "SYSTEM_SITE_PACKAGES=yes",
-                           f"SYSCONFDIR={tmp_path}", f"UNITDIR={tmp_path}/u", f"SYSUSERSDIR={tmp_path}/s"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert f"the system's NumPy is {BOOKWORM_NUMPY}, so NumPy stays 1.x" in proc.stdout
+    out = make_install(tmp_path / "stage", prefix, tmp_path, f"PYTHON={system / 'bin/python'}",
+                       "SYSTEM_SITE_PACKAGES=yes")
+    assert f"the system's NumPy is {BOOKWORM_NUMPY}, so NumPy stays 1.x" in out
     py = tmp_path / "stage" / prefix.relative_to("/") / ".venv/bin/python"  # run in place: its #! says PREFIX
     versions = subprocess.run([str(py), "-c", "import numpy, cv2; print(numpy.__version__, cv2.__version__)"],
                               capture_output=True, text=True, timeout=60, cwd=tmp_path)
