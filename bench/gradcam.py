@@ -10,7 +10,7 @@ Cost, for ``--model`` (default mobilenetv2, the demo's): warm heatmap time ÷ on
 first request (worker process start + TensorFlow import + model load + first heatmap); and the daemon's frames per
 second during a burst of 20 heatmap requests ÷ its frames per second without them (target >= 0.7 on 2 cores).
 
-Run: ``.venv/bin/python bench/gradcam.py [--parts 40]``. The last line is one JSON object.
+Run: ``.venv/bin/python -m bench.gradcam [--parts 40]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -28,17 +28,15 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.data import casting_sample, link_into  # noqa: E402
-from bench.timing import median_ms  # noqa: E402
-from converter import synth  # noqa: E402
-from edge.gradcam.overlay import full_frame_heatmap  # noqa: E402
-from edge.gradcam.quality import blur_pixels, chance, pointing_hit, random_share, top_share  # noqa: E402
-from edge.gradcam.service import GradcamService  # noqa: E402
-from tests.broker import Broker  # noqa: E402
-from tests.daemon_harness import write_toml  # noqa: E402
+from bench.timing import median_ms
+from converter import synth
+from edge.gradcam.overlay import full_frame_heatmap
+from edge.gradcam.quality import blur_pixels, chance, pointing_hit, random_share, top_share
+from edge.gradcam.service import GradcamService
+from harness import REPO
+from harness.broker import Broker
+from harness.daemon import write_toml
+from harness.data import casting_sample, link_into
 
 
 def quality(model_name: str, parts: int) -> dict[str, dict[str, float]]:
@@ -64,10 +62,9 @@ def quality(model_name: str, parts: int) -> dict[str, dict[str, float]]:
 
 def speed(model_name: str) -> tuple[float, float]:
     """(warm heatmap ÷ compiled forward, cold first request in s)."""
-    from converter.keras_compat import load_model
-    from converter.tfimport import tf_keras
     from edge import manifest as mf
     from edge.gradcam.worker import setup
+    from edge.tfload import load_model, tf_keras
 
     path = REPO / "models" / f"{model_name}.json"
     done = threading.Event()
@@ -89,7 +86,7 @@ def speed(model_name: str) -> tuple[float, float]:
 
 def burst_ratio(model_name: str, tmp: Path) -> tuple[float, float, float]:
     """(fps without heatmaps, fps during a burst of 20, their ratio) of a running daemon."""
-    from tests.broker import Collector
+    from harness.broker import Collector
 
     broker = Broker(tmp / "broker").start()
     frames = link_into(casting_sample(200), tmp / "frames")

@@ -6,32 +6,29 @@ folder, parity figures on synthetic parts included), then measures in this one r
 - the median single-image latency of the TFLite interpreter's ``invoke()`` at 1 and 2 threads;
 - the median latency of Keras ``model.predict`` on one image (what the original app did per frame).
 Ratios, not absolute times, are the figures to compare across machines. Ends with one JSON line per model and
-quantization. Run: ``make bench`` or ``.venv/bin/python bench/models.py [--models DIR] [--runs N]``.
+quantization. Run: ``make bench`` or ``.venv/bin/python -m bench.models [--models DIR] [--runs N]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.timing import median_ms  # noqa: E402
-from converter.architectures import ARCHITECTURES  # noqa: E402
-from converter.convert import QUANTIZATIONS  # noqa: E402
-from converter.export import ConvertSettings, convert_h5  # noqa: E402
-from converter.keras_compat import load_model  # noqa: E402
-from converter.synth import render  # noqa: E402
-from edge import manifest as mf  # noqa: E402
-from edge.preprocess import Preprocessor  # noqa: E402
-from edge.runtime import create_interpreter  # noqa: E402
+from bench.timing import median_ms
+from converter.architectures import ARCHITECTURES
+from converter.convert import QUANTIZATIONS
+from converter.export import ConvertSettings, convert_h5
+from converter.synth import render
+from edge import manifest as mf
+from edge.preprocess import Preprocessor
+from edge.runtime import create_interpreter
+from edge.tfload import load_model
+from harness import REPO
 
 
 def invoke_ms(manifest_path: Path, frame: np.ndarray, threads: int, runs: int) -> float:

@@ -6,7 +6,7 @@
 2. outbox_drain_msgs_per_s: 10,000 alerts queued during an outage, drained to the broker once it is back.
 3. daemon_rss_mb: the daemon process's peak resident memory (the first run, QoS 0).
 
-Run: ``.venv/bin/python bench/mqtt.py [--model mobilenetv2] [--frames 600]``. The last line is one JSON object.
+Run: ``.venv/bin/python -m bench.mqtt [--model mobilenetv2] [--frames 600]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -23,19 +23,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.data import casting_sample, link_into  # noqa: E402
-from edge import config as edge_config  # noqa: E402
-from edge.classifier import Classifier  # noqa: E402
-from edge.mqtt.client import MqttLink  # noqa: E402
-from edge.mqtt.outbox import Outbox  # noqa: E402
-from edge.pipeline import Pipeline, Result  # noqa: E402
-from edge.sources.base import Camera  # noqa: E402
-from edge.sources.replay import FolderReplay  # noqa: E402
-from tests.broker import Broker  # noqa: E402
-from tests.daemon_harness import write_toml  # noqa: E402
+from edge import config as edge_config
+from edge.classifier import Classifier
+from edge.mqtt.client import MqttLink
+from edge.mqtt.outbox import Outbox
+from edge.pipeline import Pipeline, Result
+from edge.sources.base import Camera
+from edge.sources.replay import FolderReplay
+from harness import REPO
+from harness.broker import Broker
+from harness.daemon import write_toml
+from harness.data import casting_sample, link_into
 
 
 def engine_fps(folder: Path, manifest: Path) -> float:

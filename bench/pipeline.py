@@ -8,7 +8,7 @@
    same images). Target >= 15.
 4. peak_rss_mb and tensorflow_imported: a ``defect-edge classify`` process over 500 frames. Target <= 100 MB, False.
 
-Run: ``.venv/bin/python bench/pipeline.py [--model mobilenetv2] [--frames 500]``. The last line is one JSON object.
+Run: ``.venv/bin/python -m bench.pipeline [--model mobilenetv2] [--frames 500]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.data import casting_sample, link_into  # noqa: E402
-from bench.timing import median_ms  # noqa: E402
-from edge import manifest as mf  # noqa: E402
-from edge.classifier import Classifier  # noqa: E402
-from edge.images import read_rgb  # noqa: E402
-from edge.pipeline import Pipeline, Result  # noqa: E402
-from edge.sources.base import Camera  # noqa: E402
-from edge.sources.replay import FolderReplay  # noqa: E402
+from bench.timing import median_ms
+from edge import manifest as mf
+from edge.classifier import Classifier
+from edge.images import read_rgb
+from edge.pipeline import Pipeline, Result
+from edge.sources.base import Camera
+from edge.sources.replay import FolderReplay
+from harness import REPO
+from harness.data import casting_sample, link_into
 
 RSS_PROBE = """
 import sys
@@ -77,7 +75,7 @@ def main() -> None:
     limit_fps = 1e3 / max(decode_ms + pre_ms, invoke_ms)
 
     # 3. the original app's way: Keras predict per image (imports TensorFlow, so after the edge measurements)
-    from converter.keras_compat import load_model
+    from edge.tfload import load_model
 
     m = mf.load(manifest_path)
     keras_model = load_model(mf.resolve(manifest_path, m.source))

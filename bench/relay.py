@@ -5,40 +5,26 @@
 2. mail_latency_p50_ms / p95: from publishing an alert to its mail arriving at a local aiosmtpd, one alert every
    100 ms (no storm control in the way: each alert from its own device).
 
-Run: ``.venv/bin/python bench/relay.py [--burst 2000]``. The last line is one JSON object.
+Run: ``.venv/bin/python -m bench.relay [--burst 2000]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
-import email
 import json
 import os
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from aiosmtpd.controller import Controller  # noqa: E402
-
-from tests.broker import Broker, Collector, free_port  # noqa: E402
-from tests.daemon_harness import write_toml  # noqa: E402
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
-        self.arrived[str(email.message_from_bytes(envelope.content)["Subject"])] = time.time()
-        return "250 OK"
+from edge.metrics import percentile
+from harness import REPO
+from harness.broker import Broker, Collector
+from harness.daemon import write_toml
+from harness.smtp import Smtp
 
 
 def alert(device: str, n: int) -> bytes:
@@ -55,9 +41,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         broker = Broker(tmp / "broker").start()
-        sink = Sink()
-        smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
-        smtp.start()
+        smtp = Smtp().start()
+        sink = smtp.sink
         cfg = write_toml(tmp / "relay.toml", {
             "metrics_interval_s": 5, "mqtt": {"host": "127.0.0.1", "port": broker.port},
             "smtp": {"host": "127.0.0.1", "port": smtp.port, "security": "none"},
@@ -78,7 +63,7 @@ def main() -> None:
             while db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] < a.burst:
                 time.sleep(0.01)
             accepted = a.burst / (time.time() - t0)
-            while len(sink.arrived) < 1 or db.execute("SELECT COUNT(*) FROM outgoing WHERE state = 'pending'"
+            while not sink.mails or db.execute("SELECT COUNT(*) FROM outgoing WHERE state = 'pending'"
                                                       ).fetchone()[0]:
                 time.sleep(0.1)  # let the burst's mails go before timing single alerts
             # 2. publish -> mail latency
@@ -89,9 +74,10 @@ def main() -> None:
                 pub.publish(f"defect-edge/{device}/alert", alert(device, i))
                 time.sleep(0.1)
             deadline = time.time() + 60
-            while not set(sent) <= set(sink.arrived) and time.time() < deadline:
+            while not set(sent) <= set(sink.arrival_by_subject()) and time.time() < deadline:
                 time.sleep(0.05)
-            lat = sorted((sink.arrived[s] - t) * 1e3 for s, t in sent.items() if s in sink.arrived)
+            arrived = sink.arrival_by_subject()
+            lat = sorted((arrived[s] - t) * 1e3 for s, t in sent.items() if s in arrived)
             db.close()
         finally:
             relay.terminate()
@@ -99,8 +85,7 @@ def main() -> None:
             pub.close()
             smtp.stop()
             broker.stop()
-    p50 = statistics.median(lat)
-    p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+    p50, p95 = percentile(lat, 50), percentile(lat, 95)
     print(f"{'measure':<52}{'value':>10}")
     print(f"{f'alerts accepted into the queue ({a.burst} burst), per s':<52}{accepted:>10.0f}")
     print(f"{f'publish -> SMTP delivery p50 ms ({len(lat)} alerts)':<52}{p50:>10.1f}")

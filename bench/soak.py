@@ -5,7 +5,7 @@ slope of the daemon's own ``rss_mb`` (from its ``metrics``) over the second half
 <= 1 MB per hour. Unpaced, a few minutes here are hundreds of thousands of frames: months of a line at a few parts a
 second would be about the same number of frames as a day here, so run it longer where that matters.
 
-Run: ``.venv/bin/python bench/soak.py [--seconds 900] [--model mobilenetv2]``. The last line is one JSON object.
+Run: ``.venv/bin/python -m bench.soak [--seconds 900] [--model mobilenetv2]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.data import casting_sample, link_into  # noqa: E402
-from tests.broker import Broker, Collector  # noqa: E402
-from tests.daemon_harness import write_toml  # noqa: E402
+from harness import REPO
+from harness.broker import Broker, Collector
+from harness.daemon import write_toml
+from harness.data import casting_sample, link_into
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converter.tfimport import tf_keras
+from edge.tfload import tf_keras
 
 
 @dataclass(frozen=True)

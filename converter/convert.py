@@ -3,10 +3,10 @@
 - ``float32``: the reference; no loss.
 - ``float16``: weights stored as float16 (half the size), computed in float32 on a CPU.
 - ``dynamic``: int8 weights, activations quantized on the fly. Measured *slower* than float32 for MobileNetV2 on x86
-  (FACTS.md), so ``--quantize auto`` judges it by parity, and the report shows size and latency for the choice.
+  (docs/benchmarks.md), so ``--quantize auto`` judges it by parity, and the report shows size and latency.
 - ``int8``: full-integer, calibrated on representative images of both classes; uint8 (default) or int8 input and
-  output, so the edge can feed raw pixels (DESIGN §3). A calibration set that misses part of the output range clips
-  p_defect to it (FACTS.md): the parity check is what catches that.
+  output, so the edge can feed raw pixels (docs/unit.md). A calibration set that misses part of the output range clips
+  p_defect to it: the parity check is what catches that.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from converter.tfimport import quiet, tf_keras
+from edge.tfload import quiet, tf_keras
 
 QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # cheapest first, for --quantize auto
 

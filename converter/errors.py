@@ -7,14 +7,11 @@ from converter.dataset import DatasetError
 from edge.images import ImageError
 from edge.manifest import ManifestError
 from edge.runtime import RuntimeUnavailableError
+from edge.tfload import ModelError
 
 
 class UserError(Exception):
     """Bad input on the command line (a path that cannot be used): one line, exit status 2."""
-
-
-class ModelError(ValueError):
-    """The file is not a Keras model the product supports; the message says what is supported."""
 
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (

@@ -25,11 +25,11 @@ from converter.convert import QUANTIZATIONS, ConversionError, to_tflite
 from converter.dataset import LabelledFolder, open_folder
 from converter.keras_compat import ModelInfo, inspect, load_model
 from converter.parity import KerasReference, compare, keras_reference
-from converter.tfimport import tf_keras
 from edge import manifest as mf
 from edge.classifier import Classifier
 from edge.preprocess import Preprocessor, pixel_affine
 from edge.runtime import create_interpreter
+from edge.tfload import tf_keras
 
 SYNTHETIC_CALIBRATION_SEED = 1_000  # series never used for training, so calibration and evaluation are unseen parts
 SYNTHETIC_EVAL_SEED = 2_000
@@ -86,7 +86,7 @@ def _calibration(settings: ConvertSettings, pre: Preprocessor, size: int) -> np.
                                                                  settings.calibration_count, size))
     xs = np.stack([pre(f) for _, _, f in frames])
     # Pin the observed input range to the full pixel range, so the uint8 model's input scale is exactly one pixel
-    # step and the edge feeds raw pixels with no arithmetic (DESIGN §3). Two pixels barely move any activation range.
+    # step and the edge feeds raw pixels with no arithmetic (docs/unit.md). Two pixels barely move any activation range.
     factor, offset = pixel_affine(settings.pixel_scaling)
     xs[0, 0, 0, :] = offset
     xs[0, 0, 1, :] = 255 * factor + offset

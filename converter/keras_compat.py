@@ -1,9 +1,6 @@
-"""Loading the ``.h5`` files users have, whichever Keras wrote them, and checking they are models we support.
+"""Checking a loaded Keras model is one the product supports, and describing it for the manifest.
 
-Keras 3 refuses Keras 2 / tf.keras files of MobileNetV2 and EfficientNetB0 with "Unrecognized keyword arguments
-passed to DepthwiseConv2D: {'groups': 1}": Keras 2 stored ``groups`` in every DepthwiseConv2D config, a keyword
-Keras 3's layer does not take (it is always 1 for a depthwise convolution). A subclass that drops it loads those files
-exactly, weights included. The Grad-CAM worker loads ``.h5`` files through this module too.
+Loading itself (Keras 2 and 3 ``.h5`` files) is :func:`edge.tfload.load_model`, shared with the Grad-CAM worker.
 """
 
 from __future__ import annotations
@@ -14,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from converter.architectures import ARCHITECTURES
-from converter.errors import ModelError
-from converter.tfimport import tf_keras
+from edge.tfload import ModelError, file_attrs, load_model
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+__all__ = ["SUPPORTED", "ModelInfo", "inspect", "load_model"]
 
 SUPPORTED = ("one image input of shape (H, W, 3) and one output: a sigmoid (1 unit, p = P(defective)) "
              "or a 2-class softmax")
@@ -33,54 +29,6 @@ class ModelInfo:
     output_kind: str  # "sigmoid" | "softmax2"
     gradcam_layer: str
     keras_version: str  # the Keras that wrote the file, from its attributes
-
-
-def _compat_objects(keras: Any) -> dict[str, Any]:
-    class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
-        """Keras 2 wrote ``groups=1`` into DepthwiseConv2D configs; Keras 3 rejects the keyword."""
-
-        def __init__(self, *args: Any, groups: int = 1, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-
-    return {"DepthwiseConv2D": DepthwiseConv2D}
-
-
-def _file_attrs(path: Path) -> dict[str, str]:
-    """Read the HDF5 root attributes Keras writes (``model_config``, ``keras_version``, ``backend``)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
-    except OSError as e:
-        raise ModelError(f"{path}: HDF5 file is damaged or truncated ({e})") from None
-
-
-def load_model(path: Path) -> Any:
-    """Load a Keras 2 or Keras 3 ``.h5`` for inference (not compiled). One-line :class:`ModelError` otherwise."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: file not found") from None
-    except OSError as e:
-        raise ModelError(f"{path}: cannot read: {e.strerror or e}") from None
-    if head != _HDF5_MAGIC:
-        raise ModelError(f"{path}: not an HDF5 file; expected a Keras model saved as .h5")
-    attrs = _file_attrs(path)
-    if "model_config" not in attrs:
-        raise ModelError(f"{path}: HDF5 file holds no Keras model (weights only? save with model.save('x.h5'))")
-    _, keras = tf_keras()
-    try:
-        model = keras.models.load_model(path, compile=False, custom_objects=_compat_objects(keras))
-    except Exception as e:  # Keras raises many types for a model it cannot rebuild; all mean the same to a user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{path}: Keras cannot rebuild this model: {first[:300]}") from None
-    if len(model.inputs) == 1 and len(model.outputs) == 1:
-        # Keras 2 files declare their input as a one-element list; Keras 3 then warns on every call with a plain
-        # tensor. The same layers rewired with a single-tensor input are the same function, without the noise.
-        model = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
-    return model
 
 
 def _architecture(model: Any, config: dict[str, Any]) -> str:
@@ -125,7 +73,7 @@ def inspect(model: Any, path: Path, *, gradcam_layer: str | None = None) -> Mode
     else:
         raise ModelError(f"{path}: output shape {out_shape} with activation {act or 'unknown'!r} is not "
                          f"supported; supported: {SUPPORTED}")
-    attrs = _file_attrs(path)
+    attrs = file_attrs(path)
     config = json.loads(attrs["model_config"])
     arch = _architecture(model, config)
     layer = gradcam_layer or (ARCHITECTURES[arch].gradcam_layer if arch in ARCHITECTURES else _last_conv_layer(model))

@@ -77,7 +77,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(25, 50)
     noise = cv2.GaussianBlur(rng.normal(0, 6, (size, size)).astype(np.float32), (0, 0), 1.2)
     bands = 3 * np.sin(np.arange(size, dtype=np.float32) / size * rng.uniform(8, 20) * math.pi)[:, None]
-    return np.float32(base) + noise + bands
+    return np.asarray(np.float32(base) + noise + bands, dtype=np.float32)
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -109,7 +109,7 @@ def _shading(g: _Geometry, rng: np.random.Generator, size: int) -> np.ndarray:
     r = np.hypot(xx - g.cx, yy - g.cy) / g.radius
     hub = 18 * np.exp(-(((r - 0.36) / 0.06) ** 2))
     bevel = -22 * np.clip((r - 0.9) / 0.1, 0, 1)
-    return g.tone + 16 * grad + hub + bevel
+    return np.asarray(g.tone + 16 * grad + hub + bevel, dtype=np.float32)
 
 
 def _blowhole(rng: np.random.Generator, img: np.ndarray, g: _Geometry, mask: np.ndarray) -> None:

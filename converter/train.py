@@ -20,10 +20,10 @@ from converter import report
 from converter.architectures import ARCHITECTURES, build
 from converter.dataset import LabelledFolder, stratified_split
 from converter.metrics import summary
-from converter.tfimport import tf_keras
 from edge.classifier import decide
 from edge.manifest import Decision, InputSpec, PixelScaling
 from edge.preprocess import Preprocessor, pixel_affine
+from edge.tfload import tf_keras
 
 # Training reads images exactly as the edge's float path does: RGB, bilinear resize, x/255.
 PIXEL_SCALING: PixelScaling = "unit"

@@ -69,19 +69,6 @@ def start_broker(port: int, folder: Path) -> tuple[subprocess.Popen[bytes], str]
     return proc, "3.1.1"
 
 
-class MailSink:
-    """aiosmtpd handler: each mail to var/mail/NNN.eml."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.count = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
-        self.count += 1
-        (self.folder / f"{self.count:03d}.eml").write_bytes(envelope.content)
-        return "250 OK"
-
-
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -89,10 +76,9 @@ def write(path: Path, text: str) -> Path:
 
 def main() -> int:
     sys.path.insert(0, str(REPO))
-    from aiosmtpd.controller import Controller
-
     from converter import synth
-    from tests.broker import Collector, free_port, wait_port
+    from harness.broker import Collector, free_port, wait_port
+    from harness.smtp import Smtp
 
     for folder in (RUN, MAIL):
         if folder.exists():
@@ -106,8 +92,8 @@ def main() -> int:
     mqtt_port, smtp_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    sink = MailSink(MAIL)
-    smtp = Controller(sink, hostname="127.0.0.1", port=smtp_port)
+    smtp = Smtp(folder=MAIL, port=smtp_port)
+    sink = smtp.sink
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -181,7 +167,7 @@ dir = "{RUN / 'edge'}"
                 p.kill()
                 p.wait()
         smtp.stop()
-    summary(sink)
+    summary()
     left = [p.pid for p in procs if p.poll() is None]
     if left:
         print(f"processes still running: {left}", file=sys.stderr)
@@ -189,7 +175,7 @@ dir = "{RUN / 'edge'}"
     return 0
 
 
-def live(watch: Any, sink: MailSink, stop: threading.Event, truth: list[dict[str, object]]) -> None:
+def live(watch: Any, sink: Any, stop: threading.Event, truth: list[dict[str, object]]) -> None:
     recent: deque[str] = deque(maxlen=8)
     seen = 0
     end = time.monotonic() + SECONDS
@@ -231,7 +217,7 @@ def live(watch: Any, sink: MailSink, stop: threading.Event, truth: list[dict[str
         rate = state["defective"] / state["results"] if state["results"] else 0.0
         stats = [f"fps {state['fps']:.1f}", f"inference p50 {state['p50']:.2f} ms", f"p95 {state['p95']:.2f} ms",
                  f"results {state['results']}", f"defect rate {rate:.0%}", f"alerts {state['alerts']}",
-                 f"heatmaps {state['heatmaps']}", f"mails sent {sink.count}"]
+                 f"heatmaps {state['heatmaps']}", f"mails sent {len(sink.mails)}"]
         for i in range(max(len(recent), len(stats))):
             t.add_row(list(recent)[i] if i < len(recent) else "", stats[i] if i < len(stats) else "")
         return t
@@ -246,7 +232,7 @@ def live(watch: Any, sink: MailSink, stop: threading.Event, truth: list[dict[str
         while not stop.is_set() and time.monotonic() < end:
             update()
             print(f"{max(0, end - time.monotonic()):4.0f}s  results {state['results']}  fps {state['fps']:.1f}  "
-                  f"alerts {state['alerts']}  heatmaps {state['heatmaps']}  mails {sink.count}", flush=True)
+                  f"alerts {state['alerts']}  heatmaps {state['heatmaps']}  mails {len(sink.mails)}", flush=True)
             stop.wait(5)
     update()
     defective_parts = sum(1 for t in truth if t["defect"])
@@ -255,7 +241,7 @@ def live(watch: Any, sink: MailSink, stop: threading.Event, truth: list[dict[str
           f"{state['heatmaps']} heatmaps")
 
 
-def summary(sink: MailSink) -> None:
+def summary() -> None:
     mails = sorted(MAIL.glob("*.eml"))
     print(f"\n{len(mails)} mails in {MAIL}:")
     for path in mails:

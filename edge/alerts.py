@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.payloads import AlertKind
 from edge.classifier import Prediction
 
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # defect | low_confidence | camera_offline | model_error
+    kind: AlertKind
     frame_id: str | None
     dedup_key: str
     detail: dict[str, Any] = field(default_factory=dict)
@@ -42,7 +43,9 @@ class AlertPolicy:
     def on_result(self, frame_id: str, pred: Prediction, now: float | None = None) -> list[Alert]:
         now = time.monotonic() if now is None else now
         out = []
-        for kind, hit in (("defect", pred.defective), ("low_confidence", pred.low_confidence)):
+        checks: tuple[tuple[AlertKind, bool], ...] = (("defect", pred.defective),
+                                                      ("low_confidence", pred.low_confidence))
+        for kind, hit in checks:
             arm = self._arms[kind]
             if not hit:
                 arm.clean += 1

@@ -26,16 +26,10 @@ def default_models_dir() -> Path:
     return Path(os.environ.get("DEFECT_EDGE_MODELS", "models"))
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
 def _cmd_classify(a: argparse.Namespace) -> int:
     from edge.classifier import Classifier
     from edge.images import IMAGE_SUFFIXES
+    from edge.metrics import percentile
     from edge.models import manifest_path
     from edge.pipeline import Pipeline, Result
     from edge.sources.base import Camera
@@ -95,7 +89,7 @@ def _cmd_classify(a: argparse.Namespace) -> int:
         "frames": frames, "defective": defects, "good": frames - defects,
         "low_confidence": counts["low_confidence"], "skipped": len(bad),
         "defect_rate": round(defects / frames, 4) if frames else 0.0,
-        "latency_ms_p50": round(_percentile(latency, 0.5), 3), "latency_ms_p95": round(_percentile(latency, 0.95), 3),
+        "latency_ms_p50": round(percentile(latency, 50), 3), "latency_ms_p95": round(percentile(latency, 95), 3),
         "model": m.name, "quantization": m.quantization,
     }
     if a.json:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contract.settings import ConfigError
 from edge.classifier import ModelMismatchError
-from edge.config import ConfigError
 from edge.manifest import ManifestError
 from edge.models import UnknownModelError
 from edge.runtime import RuntimeUnavailableError

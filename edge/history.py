@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.mqtt.outbox import connect
+from contract.sqlite import connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (

@@ -59,3 +59,12 @@ def iter_readable(paths: list[Path], on_error: Callable[[Path, str], None]) -> I
             yield p, read_rgb(p)
         except ImageError as e:
             on_error(p, str(e))
+
+
+def encode_jpeg(image: np.ndarray, order: str, quality: int) -> bytes:
+    """A frame (``order`` RGB or BGR) as JPEG bytes: snapshots, feedback frames."""
+    bgr = image if order == "BGR" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("JPEG encoding failed")
+    return bytes(buf.tobytes())

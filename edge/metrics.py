@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The product's one percentile (linear interpolation, as NumPy's default): metrics, ``classify``, benchmarks."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
 class StageLatency:
@@ -34,8 +40,7 @@ class StageLatency:
             frames, self._frames = self._frames, 0
         summary = {}
         for stage, v in values.items():
-            p50, p95, p99 = np.percentile(np.asarray(v), [50, 95, 99])
-            summary[stage] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+            summary[stage] = {f"p{q}": round(percentile(v, q), 3) for q in (50, 95, 99)}
         return frames, summary
 
 

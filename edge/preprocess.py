@@ -1,4 +1,4 @@
-"""Frame → model input tensor: the one preprocessing function of the product (DESIGN §3).
+"""Frame → model input tensor: the one preprocessing function of the product (``docs/unit.md``).
 
 Everything that turns pixels into a model input goes through :class:`Preprocessor`: the edge's hot path, the
 converter's calibration data and parity check, and training. So a model is always fed exactly what it was checked on.

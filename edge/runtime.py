@@ -1,6 +1,6 @@
 """Finding a TFLite interpreter and creating it, with the errors users actually hit turned into one line each.
 
-Order (DESIGN §4): ``ai_edge_litert`` (LiteRT), then ``tflite_runtime``, then ``tensorflow.lite``. The first that
+Order (``docs/unit.md``): ``ai_edge_litert`` (LiteRT), then ``tflite_runtime``, then ``tensorflow.lite``. The first that
 imports wins. ``num_threads`` is always passed: LiteRT silently uses one thread otherwise.
 """
 
@@ -35,7 +35,7 @@ class Runtime:
 
 
 def find_runtime(preferred: tuple[str, ...] | None = None) -> Runtime:
-    """Import the first available runtime of ``preferred`` (default: the DESIGN order)."""
+    """Import the first available runtime of ``preferred`` (default: the order above)."""
     wanted = preferred or tuple(name for name, _ in _CANDIDATES)
     tried = []
     for name, module_name in _CANDIDATES:

@@ -10,40 +10,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from edge.config import ConfigError, TlsConfig, describe, read_secret, read_toml, state_directory
-from edge.mqtt import topics
+from contract import topics
+from contract.settings import (
+    BrokerSettings,
+    ConfigError,
+    Section,
+    check_prefix,
+    read_secret,
+    read_toml,
+    state_directory,
+    validate,
+)
 
 __all__ = ["ConfigError", "RelayConfig", "load", "parse"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MqttConfig(_Section):
-    host: str = "localhost"
-    port: int = Field(default=1883, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = "5"
+class MqttConfig(BrokerSettings):
     edge_prefix: str = topics.DEFAULT_PREFIX  # the units' prefix: alerts come from <edge_prefix>/<device>/alert
     shared_group: str = "defect-relay"  # MQTT v5 shared subscription group: relays in one group split the fleet
-    client_id: str = ""
-    username: str = ""
-    password: str = ""
-    password_file: Path | None = None
-    keepalive: int = Field(default=30, ge=5, le=3600)
-    tls: TlsConfig | None = None
 
     @field_validator("edge_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not topics.PREFIX.match(v):
-            raise ValueError("must be topic levels of letters, digits, '_', '.', '-' separated by '/'")
-        return v
+        return check_prefix(v)
 
 
-class SmtpConfig(_Section):
+class SmtpConfig(Section):
     host: str = "localhost"
     port: int = Field(default=25, ge=1, le=65535)
     security: Literal["none", "starttls", "ssl"] = "starttls"  # ssl = implicit TLS (465), starttls (587)
@@ -58,7 +52,7 @@ class SmtpConfig(_Section):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-class Route(_Section):
+class Route(Section):
     """Who hears about what: every matching route's recipients and webhooks get the alert."""
 
     devices: list[str] = ["*"]  # glob patterns on the device id, e.g. "line3-*"
@@ -83,13 +77,13 @@ class Route(_Section):
         return v
 
 
-class StormConfig(_Section):
+class StormConfig(Section):
     cooldown_s: float = Field(default=300.0, ge=0)  # after a mail for (device, kind), further alerts are digested
     digest_window_s: float = Field(default=300.0, gt=0)  # a digest collects alerts for this long, then goes out
     thumbnails: int = Field(default=4, ge=0, le=20)
 
 
-class DeliveryConfig(_Section):
+class DeliveryConfig(Section):
     evidence_wait_s: float = Field(default=5.0, ge=0)  # wait this long for the snapshot and heatmap of an alert
     max_attempts: int = Field(default=20, ge=1)
     max_age_s: float = Field(default=86400.0, gt=0)
@@ -97,21 +91,25 @@ class DeliveryConfig(_Section):
     backoff_max_s: float = Field(default=900.0, gt=0)
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     max_alert_bytes: int = Field(default=16 * 1024, ge=256)
     max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
 
-class StateConfig(_Section):
+class StateConfig(Section):
     dir: Path = Field(default_factory=lambda: state_directory(Path("/var/lib/defect-relay")))
 
 
-class TemplatesConfig(_Section):
-    subject: str = "[$kind] $device_id: $label (p=$p_defect)"
+class TemplatesConfig(Section):
+    """Mail subjects (``string.Template``: ``$name`` is an alert field); each alert kind reads as what it is."""
+
+    subject: str = "[$kind] $device_id: $label (p=$p_defect)"  # defect and low_confidence: a call on a frame
+    camera_offline_subject: str = "[camera_offline] $device_id: no frames since $since"
+    model_error_subject: str = "[model_error] $device_id: the model failed on $frame_errors frame(s)"
     digest_subject: str = "[$kind] $device_id: $count alerts in $minutes min"
 
 
-class RelayConfig(_Section):
+class RelayConfig(Section):
     id: str = "relay1"  # this relay's own topics: <status_prefix>/<id>/available|status|metrics
     status_prefix: str = "defect-relay"
     mqtt: MqttConfig = MqttConfig()
@@ -137,11 +135,12 @@ class RelayConfig(_Section):
                            section.password)
 
 
-def parse(data: dict[str, Any]) -> RelayConfig:
-    try:
-        return RelayConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe(e)) from None
+def parse(data: dict[str, Any], *, check_files: bool = True) -> RelayConfig:
+    cfg = validate(RelayConfig, data)
+    problems = cfg.mqtt.file_problems() if check_files else []
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
 
 
 def load(path: Path) -> RelayConfig:

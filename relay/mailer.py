@@ -61,16 +61,37 @@ def _table(rows: list[tuple[str, str]]) -> tuple[str, str]:
     return text, f"<table>{cells}</table>"
 
 
+# What each kind of alert means to the person reading the mail, and the fields that tell its story.
+_MEANING = {
+    "defect": ("The unit called a part defective.",
+               ("label", "p_defect", "confidence", "threshold", "model", "frame_id")),
+    "low_confidence": ("The unit was unsure about a part (p_defect inside the low-confidence band): a person should "
+                       "look at it.", ("label", "p_defect", "confidence", "threshold", "model", "frame_id")),
+    "camera_offline": ("The unit has had no frame from its camera, so it is not inspecting. Check the camera, its "
+                       "cable and the unit's journal.", ("since", "error")),
+    "model_error": ("The model failed on frames: those parts were not inspected. The unit's journal has the details.",
+                    ("frame_errors", "error", "model")),
+}
+
+
+def subject_of(cfg: RelayConfig, fields: dict[str, str]) -> str:
+    kind = fields.get("kind", "")
+    t = cfg.templates
+    template = {"camera_offline": t.camera_offline_subject, "model_error": t.model_error_subject}.get(kind, t.subject)
+    defaults = {"label": "?", "p_defect": "?", "since": "?", "frame_errors": "?", "error": ""}
+    return " ".join(string.Template(template).safe_substitute({**defaults, **fields}).split())
+
+
 def alert_mail(cfg: RelayConfig, alert: dict[str, Any], evidence: dict[str, bytes], recipients: list[str]) -> bytes:
     f = _fields(alert)
-    subject = string.Template(cfg.templates.subject).safe_substitute({"label": "", "p_defect": "", **f})
-    keys = ("kind", "device_id", "frame_id", "label", "p_defect", "confidence", "threshold", "model", "ts",
-            "since", "error", "dedup_key")
-    text, table = _table([(k, f[k]) for k in keys if k in f])
+    subject = subject_of(cfg, f)
+    meaning, story = _MEANING.get(f.get("kind", ""), ("", ()))
+    keys = ("device_id", "kind", *story, "ts", "dedup_key")
+    text, table = _table([(k, f[k]) for k in keys if f.get(k)])
     msg = _base(cfg, recipients, subject)
     attached = ", ".join(sorted(evidence)) or "none"
-    msg.set_content(f"{subject}\n\n{text}\n\nattached: {attached}\n")
-    msg.add_alternative(f"<html><body><h3>{html.escape(subject)}</h3>{table}"
+    msg.set_content(f"{subject}\n\n{meaning}\n\n{text}\n\nattached: {attached}\n")
+    msg.add_alternative(f"<html><body><h3>{html.escape(subject)}</h3><p>{html.escape(meaning)}</p>{table}"
                         f"<p>attached: {html.escape(attached)}</p></body></html>", subtype="html")
     frame = f.get("frame_id", "frame")
     for kind, data in sorted(evidence.items()):

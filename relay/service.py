@@ -1,4 +1,4 @@
-"""``defect-relay run``: alerts from the fleet to e-mail and webhooks, beside the central broker (DESIGN §8).
+"""``defect-relay run``: alerts from the fleet to e-mail and webhooks, beside the central broker (``docs/relay.md``).
 
 Threads: paho's network thread (validates and stores each message, then acknowledges it: manual ack, so an alert
 the relay could not store is redelivered by the broker), the scheduler (routing, evidence, storms), and the sender
@@ -16,15 +16,14 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.mqtt import topics
-from edge.mqtt.client import apply_tls
+from contract import mqtt as mqttc
+from contract import payloads, topics
 from relay import mailer, webhook
 from relay.config import RelayConfig
-from relay.intake import Rejected, parse_alert, route_topic
+from relay.intake import Rejected, check_image, parse_alert, route_topic
 from relay.queue import Outgoing, Store
 from relay.storm import Scheduler
 
@@ -41,16 +40,12 @@ class Relay:
         self.base = f"{cfg.status_prefix}/{cfg.id}"
         m = cfg.mqtt
         self.v5 = m.protocol == "5"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"defect-relay-{cfg.id}",
-                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-                                  clean_session=None if self.v5 else True, manual_ack=True)
-        if m.username:
-            self.client.username_pw_set(m.username, cfg.secret("mqtt") or None)
-        if m.tls:
-            apply_tls(self.client, m.tls)
-        self.client.will_set(f"{self.base}/{topics.AVAILABLE}", topics.OFFLINE, qos=1, retain=True)
-        self.client.reconnect_delay_set(1, 60)
+        self.outage = mqttc.OutageLog(log, m)
+        self.client = mqttc.make_client(m, client_id=f"defect-relay-{cfg.id}", password=cfg.secret("mqtt"),
+                                        will=(f"{self.base}/{topics.AVAILABLE}", topics.OFFLINE), manual_ack=True)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = lambda *_: self.outage.cannot_connect()
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.started = time.time()
 
@@ -62,14 +57,19 @@ class Relay:
     # -- intake (paho's network thread) --------------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _p: Properties | None) -> None:
         if rc.is_failure:
-            log.error("mqtt %s:%d refused the connection: %s; retrying", self.cfg.mqtt.host, self.cfg.mqtt.port, rc)
+            self.outage.refused(rc)
             return
+        self.outage.connected()
         for t in self.subscriptions():
             client.subscribe(t, qos=1)
         client.publish(f"{self.base}/{topics.AVAILABLE}", topics.ONLINE, qos=1, retain=True)
         self.publish_status()
         log.info("relay connected to %s:%d, subscribed to %s", self.cfg.mqtt.host, self.cfg.mqtt.port,
                  ", ".join(self.subscriptions()))
+
+    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode, _p: Properties | None) -> None:
+        if not self.stop_event.is_set():
+            self.outage.lost(rc)
 
     def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -86,15 +86,12 @@ class Relay:
         where = route_topic(self.cfg.mqtt.edge_prefix, topic)
         if where.what == "alert":
             alert = parse_alert(where.device_id, payload, self.cfg.limits.max_alert_bytes)
-            self.store.accept_alert(alert["dedup_key"], where.device_id, alert["kind"], alert.get("frame_id"),
-                                    json.dumps(alert))
+            self.store.accept_alert(alert.dedup_key, where.device_id, alert.kind, alert.frame_id,
+                                    payloads.dumps(alert).decode())
             return
-        if len(payload) > self.cfg.limits.max_image_bytes:
-            raise Rejected("oversize", f"{where.what} of {len(payload)} bytes > {self.cfg.limits.max_image_bytes}")
-        if payload[:2] != b"\xff\xd8":
-            raise Rejected("not_jpeg", f"{where.what} for {where.frame_id} is not a JPEG")
-        assert where.frame_id is not None
-        self.store.add_evidence(where.frame_id, where.what, payload)
+        check_image(where, payload, self.cfg.limits.max_image_bytes)
+        assert where.key is not None
+        self.store.add_evidence(where.key, "snapshot" if where.what == topics.SNAPSHOT else "gradcam", payload)
 
     # -- delivery ------------------------------------------------------------------------------------------------
     def deliver(self, item: Outgoing) -> None:
@@ -144,19 +141,22 @@ class Relay:
 
     # -- own topics ----------------------------------------------------------------------------------------------
     def status_payload(self) -> dict[str, Any]:
-        return topics.envelope(self.cfg.id, started_at=topics.iso(self.started),
-                               uptime_s=round(time.time() - self.started, 1), counters=self.store.counters(),
-                               outgoing=self.store.outgoing_counts(), dead_letters=self.store.dead_letters())
+        return {"schema": payloads.SCHEMA, "device_id": self.cfg.id, "ts": topics.utc_now(),
+                "started_at": topics.iso(self.started), "uptime_s": round(time.time() - self.started, 1),
+                "counters": self.store.counters(), "outgoing": self.store.outgoing_counts(),
+                "dead_letters": self.store.dead_letters(),
+                "mqtt": {"reconnects": self.outage.reconnects, "last_error": self.outage.last_error}}
+
+    def _status_json(self) -> bytes:
+        return json.dumps(self.status_payload(), separators=(",", ":")).encode()
 
     def publish_status(self) -> None:
-        self.client.publish(f"{self.base}/{topics.STATUS}", topics.dumps(self.status_payload()), qos=1, retain=True)
+        self.client.publish(f"{self.base}/{topics.STATUS}", self._status_json(), qos=1, retain=True)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        m = self.cfg.mqtt
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive)
-        self.client.loop_start()
+        mqttc.connect_async(self.client, self.cfg.mqtt)
         threads = [threading.Thread(target=f, name=n, daemon=True)
                    for f, n in ((self._scheduler_loop, "scheduler"), (self._sender_loop, "sender"))]
         for t in threads:
@@ -165,7 +165,7 @@ class Relay:
         while not self.stop_event.wait(0.5):
             if time.monotonic() >= next_metrics:
                 next_metrics += self.cfg.metrics_interval_s
-                self.client.publish(f"{self.base}/{topics.METRICS}", topics.dumps(self.status_payload()), qos=0)
+                self.client.publish(f"{self.base}/{topics.METRICS}", self._status_json(), qos=0)
                 self.store.prune_evidence(older_than_s=3600)
         for t in threads:
             t.join(timeout=5)

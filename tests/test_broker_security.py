@@ -15,11 +15,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.broker import Broker
-from tests.conftest import REPO
-from tests.daemon_harness import Daemon
-from tests.test_daemon import ALERT_STREAM, config
-from tests.test_relay import RelayProc, Smtp
+from harness import REPO
+from harness.broker import Broker
+from harness.daemon import ALERT_STREAM, Daemon, config
+from harness.relay import RelayProc
+from harness.smtp import Smtp
 
 pytestmark = pytest.mark.slow
 

@@ -136,8 +136,10 @@ class TestKeras2Files:
         path = keras2_dir / f"keras2_{arch}.h5"
         model = load_model(path)
         x = np.load(keras2_dir / f"keras2_{arch}.inputs.npy")
-        np.testing.assert_array_equal(np.asarray(model(x, training=False)),
-                                      np.load(keras2_dir / f"keras2_{arch}.expected.npy"))
+        # Same weights, same function: equal to float32 rounding (TensorFlow may split a reduction differently
+        # across threads under load, which moves the last bit; a wrong weight would move far more).
+        np.testing.assert_allclose(np.asarray(model(x, training=False)),
+                                   np.load(keras2_dir / f"keras2_{arch}.expected.npy"), rtol=1e-6, atol=1e-7)
         info = inspect(model, path)
         assert (info.architecture, info.keras_version) == (arch, "2.21.0")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from harness import REPO
 
 pytestmark = pytest.mark.slow  # about 50 s each: the demo runs for DEMO_SECONDS
 

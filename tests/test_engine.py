@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -61,18 +62,24 @@ def parts() -> list[np.ndarray]:
     return [synth.sample(31, i, size=128).image for i in range(40)]
 
 
-def run(pipe: Pipeline, *, slow_ms: float = 0.0, stop_after: float | None = None) -> list[Result]:
+def run(pipe: Pipeline, *, slow_ms: float = 0.0, stop_after: float | None = None,
+        until: Callable[[list[Result]], bool] | None = None, timeout: float = 30.0) -> list[Result]:
+    """Run until the stream ends, ``stop_after`` seconds, or ``until(results)`` holds (then within ``timeout``)."""
     out: list[Result] = []
     stop = threading.Event()
-    if stop_after:
-        threading.Timer(stop_after, stop.set).start()
+    timer = threading.Timer(stop_after or timeout, stop.set)
+    if stop_after or until:
+        timer.start()
 
     def keep(r: Result) -> None:
         out.append(r)
+        if until is not None and until(out):
+            stop.set()
         if slow_ms:
             time.sleep(slow_ms / 1e3)
 
     pipe.run(stop, keep)
+    timer.cancel()
     return out
 
 
@@ -110,8 +117,8 @@ def test_on_demand_classifies_one_fresh_frame_per_trigger(models_dir: Path, part
             pipe.trigger()
 
     threading.Thread(target=press).start()
-    results = run(pipe, stop_after=1.0)
-    assert len(results) == 3
+    results = run(pipe, until=lambda out: len(out) == 3)
+    assert len(results) == 3, "one result per trigger, within the timeout"
     for t, r in zip(triggered, results, strict=True):
         assert r.frame.monotonic >= t, "a triggered result shows a frame captured after the trigger"
 

@@ -21,10 +21,9 @@ from edge.gradcam.overlay import full_frame_heatmap
 from edge.gradcam.quality import chance, pointing_hit
 from edge.gradcam.service import GradcamService, Outcome
 from edge.gradcam.worker import setup
-from tests.broker import Broker, Collector
-from tests.conftest import REPO
-from tests.daemon_harness import Daemon
-from tests.test_daemon import ALERT_STREAM, BASE, config
+from harness import REPO
+from harness.broker import Broker, Collector
+from harness.daemon import ALERT_STREAM, BASE, Daemon, config
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
-"""The README's table of edge.toml keys is made from the schema (defaults) and examples/edge.toml (meanings), so it
-cannot drift from either. `UPDATE_README=1 pytest tests/test_readme.py` rewrites it after a change to either."""
+"""The table of edge.toml keys in docs/configuration.md is made from the schema (defaults) and examples/edge.toml
+(meanings), so it cannot drift from either. `UPDATE_README=1 pytest tests/test_readme.py` rewrites it after a change
+to either. The README itself stays a short front page that points at every page of docs/."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from edge import config
-from tests.conftest import REPO
+from harness import REPO
 
-README = REPO / "README.md"
+README = REPO / "docs" / "configuration.md"
 BEGIN, END = "<!-- edge.toml keys: made by tests/test_readme.py -->", "<!-- end of edge.toml keys -->"
 KEY = re.compile(r"^#?\s*([a-z_0-9]+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
 SECTION = re.compile(r"^#?\s*\[([a-z_.]+)\]\s*(?:#\s*(.*))?$")

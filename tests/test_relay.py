@@ -5,82 +5,25 @@ Relays run as their own processes (`defect-relay run`), fed by an MQTT client th
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
-import os
-import signal
-import ssl
-import subprocess
-import sys
 import threading
 import time
-from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import cv2
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from converter import synth
-from tests.broker import Broker, Collector, free_port
-from tests.conftest import REPO
-from tests.daemon_harness import write_toml
+from harness.broker import Broker, Collector
+from harness.certs import make_certs
+from harness.relay import RelayProc
+from harness.smtp import Smtp
 
 pytestmark = pytest.mark.slow
 
 JPEG = cv2.imencode(".jpg", synth.render(2, 3, size=96, defect="crack").image)[1].tobytes()
-
-
-class Sink:
-    """aiosmtpd handler keeping every delivered message."""
-
-    def __init__(self) -> None:
-        self.mails: list[tuple[list[str], Message]] = []
-        self.cond = threading.Condition()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
-        with self.cond:
-            msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-            self.mails.append((list(envelope.rcpt_tos), msg))
-            self.cond.notify_all()
-        return "250 OK"
-
-    def wait(self, n: int, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.mails) < n:
-                if not self.cond.wait(max(0.0, deadline - time.monotonic())) and time.monotonic() >= deadline:
-                    return False
-            return True
-
-
-class Smtp:
-    def __init__(self, certs: Path | None = None):
-        self.sink = Sink()
-        self.port = free_port()
-        self.certs = certs
-
-    def start(self) -> Smtp:
-        kw: dict[str, Any] = {}
-        if self.certs:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.certs / "server.crt", self.certs / "server.key")
-
-            def auth(_server: Any, _session: Any, _env: Any, _mech: str, data: Any) -> AuthResult:
-                ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"relay", b"s3cret")
-                return AuthResult(success=ok)
-
-            kw = {"tls_context": ctx, "require_starttls": True, "authenticator": auth, "auth_require_tls": True}
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port, **kw)
-        self.controller.start()
-        return self
-
-    def stop(self) -> None:
-        self.controller.stop()
 
 
 class Hooks(ThreadingHTTPServer):
@@ -105,42 +48,12 @@ class Hooks(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/hook"
 
 
-class RelayProc:
-    def __init__(self, work: Path, cfg: dict[str, Any]):
-        work.mkdir(parents=True, exist_ok=True)
-        self.work = work
-        self.config = write_toml(work / "relay.toml", {k: v for k, v in cfg.items() if k != "routes"})
-        if "routes" in cfg:
-            with self.config.open("a") as f:
-                for r in cfg["routes"]:
-                    f.write("[[routes]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in r.items()))
-        self.log = work / "relay.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RelayProc:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "run", "--config", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.work,
-                                         env={**os.environ, "PYTHONPATH": str(REPO)})
-        return self
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=15)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture
 def relays():  # type: ignore[no-untyped-def]
     started: list[RelayProc] = []
     yield started
     for r in started:
-        if r.proc and r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
+        r.kill()
 
 
 def relay_config(tmp: Path, broker: Broker, server: Smtp, **over: Any) -> dict[str, Any]:
@@ -172,22 +85,6 @@ def alert(device: str, n: int, kind: str = "defect") -> bytes:
 
 def publisher(broker: Broker) -> Collector:
     return Collector(broker.port, "defect-relay/#", persistent=False)
-
-
-def make_certs(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
-
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca", "-keyout", "ca.key",
-         "-out", "ca.crt")
-    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out",
-         "server.csr")
-    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-         "-extfile", "ext", "-out", "server.crt")
-    return folder
 
 
 def test_alert_with_evidence_is_one_mail_over_starttls_with_auth(tmp_path: Path, broker: Broker,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from harness import REPO
 
 pytestmark = pytest.mark.slow  # builds a venv of the unit's own dependencies (about 20 s with pip's cache)
 

@@ -1,4 +1,4 @@
-"""Grad-CAM: heatmaps from the full Keras model, in a worker process the daemon starts on demand (DESIGN §7).
+"""Grad-CAM: heatmaps from the full Keras model, in a worker process the daemon starts on demand (``docs/unit.md``).
 
 Only :mod:`edge.gradcam.cam` imports TensorFlow, and only inside the worker process or the one-off CLI.
 """

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from converter.tfimport import tf_keras
+from edge.tfload import tf_keras
 
 Method = Literal["gradcam", "gradcam++"]
 
@@ -45,7 +45,7 @@ class GradCam:
         grad_model = keras.Model(model.inputs, [target.output, head.input if logits else model.output,
                                                 model.output])
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]  # TensorFlow is untyped
         def compute(x: Any, plus: bool) -> tuple[Any, Any]:
             with tf.GradientTape() as tape:
                 maps, before, out = grad_model(x, training=False)

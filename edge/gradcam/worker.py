@@ -26,7 +26,7 @@ INSTALL_HINT = "TensorFlow is not installed on this unit: install the gradcam ex
 
 
 def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: int) -> tuple[Any, Any]:
-    from converter.tfimport import tf_keras
+    from edge.tfload import load_model, tf_keras
 
     try:
         tf, _ = tf_keras()  # quietly: TensorFlow's start-up notices would land in the unit's journal
@@ -37,7 +37,6 @@ def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: i
     with contextlib.suppress(RuntimeError):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from converter.keras_compat import load_model
     from edge import manifest as mf
     from edge.gradcam.cam import GradCam
     from edge.preprocess import Preprocessor, Roi
@@ -70,7 +69,7 @@ def _lower_priority(nice: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def worker_main(requests: Queue, replies: Queue, manifest_path: str, roi: tuple[int, int, int, int] | None,
+def worker_main(requests: Queue[Any], replies: Queue[Any], manifest_path: str, roi: tuple[int, int, int, int] | None,
                 threads: int, alpha: float, jpeg_quality: int, parent: int, nice: int) -> None:
     """``parent`` is the daemon's pid, passed in: read here, a parent that died during the spawn would read as 1."""
     _die_with_parent()

@@ -13,8 +13,6 @@ while the drainer held it inside ``publish()`` would deadlock; here the callback
 from __future__ import annotations
 
 import logging
-import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,54 +20,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.config import EdgeConfig, TlsConfig
-from edge.mqtt import topics
+from contract import mqtt as mqttc
+from contract import topics
+from edge.config import EdgeConfig
 from edge.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[str, mqtt.MQTTMessage], None]
-RELOG_AFTER_S = 600.0
 
 
 @dataclass
 class LinkStats:
-    connects: int = 0
-    reconnects: int = 0
-    connect_failures: int = 0
     dropped_qos0: int = 0
     sent: int = 0
     acked: int = 0
-    last_error: str = ""
-
-
-def apply_tls(client: mqtt.Client, tls: TlsConfig) -> None:
-    """TLS with certificate verification (and a client certificate when given); edge and relay alike."""
-    client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                   certfile=str(tls.cert_file) if tls.cert_file else None,
-                   keyfile=str(tls.key_file) if tls.key_file else None,
-                   cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    client.tls_insecure_set(tls.insecure)
-
-
-class _OutageNoise(logging.Filter):
-    """paho logs "Client is not connected" at every reconnect attempt of an outage; the link reports it once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Client is not connected")
-
-
-_PAHO_LOG = logging.getLogger("paho")
-_PAHO_LOG.addFilter(_OutageNoise())
-
-
-def _reason(rc: Any) -> str:
-    return str(getattr(rc, "getName", lambda: rc)())
 
 
 class MqttLink:
@@ -90,20 +59,11 @@ class MqttLink:
         self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # drainer thread only
         self._last_sent = 0  # drainer thread only: highest outbox id handed to paho since the last connect
         self._drainer: threading.Thread | None = None
-        self._logged_failure, self._logged_at = "", 0.0
         m = cfg.mqtt
         self.v5 = m.protocol == "5"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"defect-edge-{cfg.device.id}",
-                                  protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-                                  clean_session=None if self.v5 else True)
-        self.client.enable_logger(_PAHO_LOG)
-        if m.username:
-            self.client.username_pw_set(m.username, cfg.mqtt_password() or None)
-        if m.tls:
-            apply_tls(self.client, m.tls)
-        self.client.will_set(self.topic(topics.AVAILABLE), topics.OFFLINE, qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=max(1, round(m.reconnect_min_s)),
-                                        max_delay=max(1, round(m.reconnect_max_s)))
+        self.outage = mqttc.OutageLog(log, m)
+        self.client = mqttc.make_client(m, client_id=f"defect-edge-{cfg.device.id}", password=cfg.mqtt_password(),
+                                        will=(self.topic(topics.AVAILABLE), topics.OFFLINE))
         self.client.max_inflight_messages_set(m.max_inflight)
         self.client.on_connect = self._handle_connect
         self.client.on_connect_fail = self._handle_connect_fail
@@ -120,12 +80,9 @@ class MqttLink:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
-        m = self.cfg.mqtt
         # A clean session every time: a `trigger` queued by the broker while the unit was away must not fire late,
         # and whatever was not acknowledged is in the outbox anyway.
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive,
-                                  clean_start=True if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
-        self.client.loop_start()
+        mqttc.connect_async(self.client, self.cfg.mqtt, persistent=False)
         self._drainer = threading.Thread(target=self._drain, name="mqtt-outbox", daemon=True)
         self._drainer.start()
 
@@ -193,24 +150,12 @@ class MqttLink:
                 self._collect_acks()
 
     # -- paho callbacks (network thread) ---------------------------------------------------------------------
-    def _failure(self, message: str) -> None:
-        """Count a failed connection attempt; log it once, not at every retry (again only if it changes, or after
-        ``RELOG_AFTER_S``), so a wrong password is one clear line rather than a flood."""
-        self.stats.connect_failures += 1
-        self.stats.last_error = message
-        now = time.monotonic()
-        if message != self._logged_failure or now - self._logged_at > RELOG_AFTER_S:
-            self._logged_failure, self._logged_at = message, now
-            log.error("mqtt %s:%d: %s; retrying with backoff", self.cfg.mqtt.host, self.cfg.mqtt.port, message)
-
     def _handle_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
                         _props: Properties | None) -> None:
         if rc.is_failure:
-            self._failure(f"broker refused the connection: {_reason(rc)}")
+            self.outage.refused(rc)
             return
-        self._logged_failure = ""
-        self.stats.connects += 1
-        self.stats.reconnects = self.stats.connects - 1
+        self.outage.connected()
         # MQTT delivers a live retained publish with retain=0; v5's "retain as published" keeps the flag, so a
         # retained command is recognised (and ignored) even when it arrives while the unit is subscribed.
         client.subscribe(self.topic(topics.CMD, "+"),
@@ -231,17 +176,14 @@ class MqttLink:
             self.client.publish(topic, payload, qos=1, retain=True)
 
     def _handle_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
-        # paho calls this from inside its `except OSError` without passing the error; it is still the one in flight
-        err = sys.exc_info()[1]
-        self._failure(f"cannot connect: {err}" if err else "cannot connect")
+        self.outage.cannot_connect()
 
     def _handle_disconnect(self, _client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
                            _props: Properties | None) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was and not self._stop.is_set():
-            self.stats.last_error = f"disconnected: {_reason(rc)}"
-            log.warning("mqtt %s; reconnecting with backoff", self.stats.last_error)
+            self.outage.lost(rc)
 
     def _handle_publish(self, _client: mqtt.Client, _ud: Any, _mid: int, _rc: ReasonCode,
                         _props: Properties) -> None:

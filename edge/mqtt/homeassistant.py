@@ -6,9 +6,10 @@ forgot its entities). Every entity reads the unit's own topics and follows its `
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from edge.mqtt import topics
+from contract import topics
 
 # (component, object id, name, state topic suffix, value template, extra fields)
 ENTITIES: tuple[tuple[str, str, str, str, str, dict[str, Any]], ...] = (
@@ -37,5 +38,6 @@ def discovery_messages(ha_prefix: str, base_topic: str, device_id: str, version:
         config = {"name": name, "unique_id": f"defect-edge-{device_id}-{object_id}",
                   "state_topic": f"{base_topic}/{suffix}", "value_template": template,
                   "availability_topic": f"{base_topic}/{topics.AVAILABLE}", "device": device, **extra}
-        out.append((f"{ha_prefix}/{component}/defect-edge-{device_id}/{object_id}/config", topics.dumps(config)))
+        out.append((f"{ha_prefix}/{component}/defect-edge-{device_id}/{object_id}/config",
+                    json.dumps(config, separators=(",", ":")).encode()))
     return out

@@ -1,4 +1,4 @@
-"""Store and forward (DESIGN §6): every QoS 1 message is written here before it is sent, and deleted on PUBACK.
+"""Store and forward (``docs/mqtt.md``): every QoS 1 message is written here before it is sent, and deleted on PUBACK.
 
 paho keeps unacknowledged messages in memory only; a broker outage or a daemon restart would lose them. Here they
 survive both and drain in order. The outbox is bounded by bytes: when a new message would overflow it, the least
@@ -8,11 +8,12 @@ within a kind), and what was shed is counted, persistently, and reported in ``me
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from contract.sqlite import connect
 
 # Lower sheds first. Images are evidence for an alert but cost far more bytes than the alert itself.
 PRIORITY: dict[str, int] = {"result": 0, "metrics": 1, "image": 2, "reply": 3, "event": 3, "alert": 4}
@@ -42,15 +43,6 @@ class Message:
     qos: int
     retain: bool
     kind: str
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the unit's state database in WAL mode (readers never block the writer)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes, fast commits
-    return db
 
 
 class Outbox:

@@ -1,5 +1,5 @@
-"""A real Mosquitto for the tests, on a free loopback port, that a test can stop and start again, and an MQTT client
-that collects what it hears and waits on conditions (no sleep-and-hope)."""
+"""A real Mosquitto on a free loopback port, that a test can stop and start again, and an MQTT client that collects
+what it hears and waits on conditions (no sleep-and-hope)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,11 @@ class Broker:
                                      stderr=subprocess.DEVNULL)
         wait_port(self.port)
         return self
+
+    def log(self) -> str:
+        """What the broker logged so far (connections, refusals, TLS errors)."""
+        path = self.folder / "log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

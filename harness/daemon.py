@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 
 from converter import synth
-from tests.conftest import REPO
+from harness import REPO
 
 
 def toml_value(v: Any) -> str:
@@ -51,6 +51,7 @@ def part_folder(folder: Path, count: int = 12, size: int = 128) -> Path:
 class Daemon:
     def __init__(self, workdir: Path, config: dict[str, dict[str, Any]], *, env: dict[str, str] | None = None):
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = write_toml(workdir / "edge.toml", config)
         self.log_path = workdir / "daemon.log"
         self.state_db = Path(config["state"]["dir"]) / "state.db"
@@ -104,3 +105,25 @@ class Daemon:
                 raise AssertionError(f"daemon exited while waiting for {what}:\n{self.log()[-3000:]}")
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-3000:]}")
+
+
+BASE = "defect-edge/unit1"
+
+
+def config(tmp: Path, port: int, models_dir: Path, **over: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A unit ``unit1`` replaying parts in a loop at 20 fps with ``models_dir``'s ``tiny_f32``; ``over`` per section."""
+    cfg: dict[str, dict[str, Any]] = {
+        "device": {"id": "unit1"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 1, "reconnect_max_s": 2},
+        "camera": {"source": str(part_folder(tmp / "parts")), "fps": 20, "loop": True},
+        "model": {"name": "tiny_f32", "models_dir": str(models_dir)},
+        "metrics": {"interval_s": 1},
+        "state": {"dir": str(tmp / "state")},
+    }
+    for section, values in over.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+# Every frame is defective (p > 0) and alerts re-fire every 0.2 s: a steady, countable stream of alerts.
+ALERT_STREAM = {"model": {"threshold": 0.0}, "alerts": {"on_low_confidence": False, "repeat_after_s": 0.2}}

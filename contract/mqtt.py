@@ -1,0 +1,127 @@
+"""The one way the product makes an MQTT client: paho 2.x, v5 or 3.1.1, TLS, backoff, and an outage told once.
+
+paho logs "Client is not connected" at every reconnect attempt of an outage, and a refused password would be logged
+at every retry: :class:`OutageLog` says each distinct failure once (again only if it changes, or after
+``RELOG_AFTER_S``), so a wrong password or a broker away for a week is one line in the journal, not thousands.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from contract.settings import BrokerSettings, TlsSettings
+
+RELOG_AFTER_S = 600.0
+
+
+class _OutageNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+PAHO_LOG = logging.getLogger("paho")
+PAHO_LOG.addFilter(_OutageNoise())
+
+
+def apply_tls(client: mqtt.Client, tls: TlsSettings) -> None:
+    """TLS with certificate verification (and a client certificate when given)."""
+    client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                   certfile=str(tls.cert_file) if tls.cert_file else None,
+                   keyfile=str(tls.key_file) if tls.key_file else None,
+                   cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.tls_insecure_set(tls.insecure)
+
+
+def make_client(settings: BrokerSettings, *, client_id: str, password: str, will: tuple[str, bytes] | None = None,
+                manual_ack: bool = False, persistent: bool = False) -> mqtt.Client:
+    """A configured, not yet connected client.
+
+    ``persistent``: a session the broker keeps while the client is away (see :func:`connect_async`), so QoS 1
+    messages published meanwhile are delivered on return. ``will``: the retained
+    message the broker publishes when the client vanishes (topic, payload).
+    """
+    v5 = settings.protocol == "5"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id or client_id,
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                         clean_session=None if v5 else not persistent, manual_ack=manual_ack)
+    client.enable_logger(PAHO_LOG)
+    if settings.username:
+        client.username_pw_set(settings.username, password or None)
+    if settings.tls:
+        apply_tls(client, settings.tls)
+    if will:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    client.reconnect_delay_set(min_delay=max(1, round(settings.reconnect_min_s)),
+                               max_delay=max(1, round(settings.reconnect_max_s)))
+    return client
+
+
+def connect_async(client: mqtt.Client, settings: BrokerSettings, *, persistent: bool = False,
+                  session_expiry_s: int = 86400) -> None:
+    """Connect in the background and keep reconnecting. ``persistent``: the broker keeps the session (and the QoS 1
+    messages for it) for ``session_expiry_s`` while the client is away (MQTT v5; 3.1.1 keeps it indefinitely)."""
+    kwargs: dict[str, Any] = {}
+    if settings.protocol == "5":
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        kwargs["clean_start"] = not persistent
+        if persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry_s
+            kwargs["properties"] = props
+    else:
+        kwargs["clean_start"] = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+    client.connect_async(settings.host, settings.port, keepalive=settings.keepalive, **kwargs)
+    client.loop_start()
+
+
+def reason(rc: Any) -> str:
+    return str(getattr(rc, "getName", lambda: rc)())
+
+
+class OutageLog:
+    """Counts connection failures and logs each distinct one once; call it from paho's callbacks."""
+
+    def __init__(self, log: logging.Logger, settings: BrokerSettings):
+        self.log = log
+        self.where = f"mqtt {settings.host}:{settings.port}"
+        self.connects = 0
+        self.failures = 0
+        self.last_error = ""
+        self._logged, self._logged_at = "", 0.0
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+    def failed(self, message: str) -> None:
+        self.failures += 1
+        self.last_error = message
+        now = time.monotonic()
+        if message != self._logged or now - self._logged_at > RELOG_AFTER_S:
+            self._logged, self._logged_at = message, now
+            self.log.error("%s: %s; retrying with backoff", self.where, message)
+
+    def refused(self, rc: Any) -> None:
+        self.failed(f"broker refused the connection: {reason(rc)}")
+
+    def cannot_connect(self) -> None:
+        """From ``on_connect_fail``: paho calls it inside its ``except OSError`` without passing the error."""
+        err = sys.exc_info()[1]
+        self.failed(f"cannot connect: {err}" if err else "cannot connect")
+
+    def connected(self) -> None:
+        self._logged = ""
+        self.connects += 1
+
+    def lost(self, rc: Any) -> None:
+        self.last_error = f"disconnected: {reason(rc)}"
+        self.log.warning("%s %s; reconnecting with backoff", self.where, self.last_error)

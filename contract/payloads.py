@@ -1,0 +1,282 @@
+"""Every JSON payload of the MQTT contract, typed: the unit builds them, the relay and the console read them.
+
+One model per message (``docs/mqtt.md`` shows each as a unit sends it). Builders are the models' constructors and
+:func:`dumps`; readers call :func:`read`, which bounds the size, checks the JSON against the model and the device
+id against the topic, and raises :class:`PayloadError` with the counter it belongs under: a hostile message is
+counted and dropped, never stored and never a crash. Models accept keys they do not know (a newer unit may add
+fields) and keep them; the keys they know are checked strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from contract import topics
+
+SCHEMA = 1
+MAX_JSON_BYTES = 64 * 1024  # a status or metrics message is a few KiB; anything far larger is not one of ours
+
+
+def _band(v: tuple[float, float]) -> tuple[float, float]:
+    if not 0.0 <= v[0] <= v[1] <= 1.0:
+        raise ValueError("low_confidence_band must be [lo, hi] with 0 <= lo <= hi <= 1")
+    return v
+
+
+# The low-confidence band of a decision: the one check, wherever a band is given (manifest, edge.toml, command).
+Band = Annotated[tuple[float, float], AfterValidator(_band)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+AlertKind = Literal["defect", "low_confidence", "camera_offline", "model_error"]
+
+
+class PayloadError(ValueError):
+    """A message that is not acceptable; ``reason`` is the counter it is reported under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class Message(BaseModel):
+    """The envelope every JSON message carries: ``schema``, ``device_id``, ``ts`` (UTC ISO-8601 with ``Z``)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+    # Optional fields named here are left out of the JSON when None, as the unit has always sent them.
+    omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    schema_version: int = Field(default=SCHEMA, alias="schema")
+    device_id: str = Field(pattern=topics.DEVICE_ID.pattern)
+    ts: str = Field(default_factory=topics.utc_now, pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    name: str = Field(max_length=100)
+    quantization: str = Field(max_length=20)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class StatusModel(ModelRef):
+    architecture: str = ""
+    runtime: str = ""
+    threads: int = 0
+    threshold: Probability = 0.5
+    low_confidence_band: Band = (0.0, 0.0)
+
+
+class CameraState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    source: str = ""
+    state: str
+    frames: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+    last_error: str = ""
+
+
+class Status(Message):
+    """Retained: what the unit runs and how it is."""
+
+    software_version: str
+    started_at: str
+    uptime_s: float
+    mode: str
+    model: StatusModel
+    camera: CameraState
+    gradcam: dict[str, Any]
+
+
+class Result(Message):
+    """One per classified frame."""
+
+    frame_id: str = Field(pattern=topics.FRAME_ID.pattern)
+    label: str = Field(max_length=40)  # the manifest's label: "good" / "defective" unless it names others
+    defective: bool
+    p_defect: Probability
+    confidence: Probability
+    threshold: Probability
+    low_confidence: bool
+    model: ModelRef
+    timings_ms: dict[str, float]
+
+
+class Alert(Message):
+    """A defect, a low-confidence call, a camera gone, or frames the model failed on (``kind``)."""
+
+    omit_if_none = frozenset({"label", "p_defect", "confidence", "threshold", "model", "since", "error",
+                              "frame_errors"})
+    kind: AlertKind
+    frame_id: str | None = Field(pattern=topics.FRAME_ID.pattern)
+    dedup_key: str = Field(pattern=topics.DEDUP_KEY.pattern)
+    label: str | None = None
+    p_defect: Probability | None = None
+    confidence: Probability | None = None
+    threshold: Probability | None = None
+    model: str | None = None
+    since: str | None = None  # camera_offline: when the camera went
+    error: str | None = None  # camera_offline, model_error: the last error
+    frame_errors: int | None = None  # model_error: frames that failed since the last alert
+
+
+class Metrics(Message):
+    """Every ``metrics.interval_s``: rates, latency percentiles per stage, the board's health, the outbox."""
+
+    interval_s: float
+    fps: float
+    frames: int
+    dropped_frames: int
+    frame_errors: int
+    latency_ms: dict[str, dict[str, float]]
+    cpu_temp_c: float | None
+    load: list[float]
+    rss_mb: float
+    outbox: dict[str, Any]
+    mqtt: dict[str, Any]
+    camera: dict[str, Any]
+    alerts_suppressed: int
+    uptime_s: float
+
+
+class GradcamEvent(Message):
+    """A heatmap was made (its JPEG is on ``gradcam/<frame_id>``), or could not be (``error``)."""
+
+    omit_if_none = frozenset({"error"})
+    frame_id: str = Field(pattern=topics.FRAME_ID.pattern)
+    method: str
+    ok: bool
+    layer: str
+    model: str
+    p_defect_keras: float | None
+    p_defect_tflite: float
+    timings_ms: dict[str, float]
+    request_id: str | None
+    auto: str | None
+    error: str | None = None
+
+
+class Reply(Message):
+    """The answer to every command: ``ok`` with a ``result``, or not ok with an ``error`` that says why."""
+
+    omit_if_none = frozenset({"result", "error"})
+    command: str = Field(max_length=40)
+    request_id: str | None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+M = TypeVar("M", bound=Message)
+
+
+def dumps(message: Message) -> bytes:
+    """The wire form: compact UTF-8 JSON, numbers as numbers, no NaN."""
+    data = message.model_dump(by_alias=True, mode="json")
+    for key in message.omit_if_none:
+        if data.get(key, 0) is None:
+            del data[key]
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+
+def read(model: type[M], payload: bytes, *, device_id: str, max_bytes: int = MAX_JSON_BYTES) -> M:
+    """``payload`` as ``model``, from the unit the topic names; :class:`PayloadError` says why not."""
+    if len(payload) > max_bytes:
+        raise PayloadError("oversize", f"{model.__name__.lower()} of {len(payload)} bytes > {max_bytes}")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise PayloadError("not_json", f"{model.__name__.lower()} payload is not JSON") from None
+    if not isinstance(data, dict):
+        raise PayloadError("not_json", f"{model.__name__.lower()} payload is not a JSON object")
+    if "device_id" in data and data["device_id"] != device_id:
+        raise PayloadError("device_mismatch",
+                           f"payload device {str(data.get('device_id'))[:80]!r} != topic {device_id}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "payload"
+        raise PayloadError("bad_field", f"{where}: {first['msg']}"[:200]) from None
+
+
+# -- commands: what may be said to a unit on <base>/cmd/<name> --------------------------------------------------------
+
+MAX_COMMAND_BYTES = 16 * 1024
+
+
+class CommandError(ValueError):
+    """The command cannot be carried out; the message goes back to the sender in the reply."""
+
+
+class CommandArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    request_id: str | None = Field(default=None, max_length=128)  # echoed in the reply (for MQTT 3.1.1 callers)
+
+
+class ModelArgs(CommandArgs):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class ThresholdArgs(CommandArgs):
+    threshold: Probability | None = None
+    low_confidence_band: Band | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ThresholdArgs:
+        if self.threshold is None and self.low_confidence_band is None:
+            raise ValueError("give threshold and/or low_confidence_band")
+        return self
+
+
+class TriggerArgs(CommandArgs):
+    pass
+
+
+class FeedbackArgs(CommandArgs):
+    frame_id: str = Field(min_length=1, max_length=128)
+    label: Literal["good", "defective"]  # what the part really was
+    note: str = Field(default="", max_length=1000)
+
+
+class GradcamArgs(CommandArgs):
+    frame_id: str = Field(min_length=1, max_length=128)
+    method: Literal["gradcam", "gradcam++"] = "gradcam"
+
+
+COMMAND_ARGS: dict[str, type[CommandArgs]] = {"model": ModelArgs, "threshold": ThresholdArgs,
+                                               "trigger": TriggerArgs, "feedback": FeedbackArgs,
+                                               "gradcam": GradcamArgs}
+
+
+def parse_command(name: str, payload: bytes | bytearray) -> CommandArgs:
+    """The arguments of command ``name``, or :class:`CommandError` with a message fit for the reply.
+
+    Total: whatever the bytes, the answer is arguments or a ``CommandError`` (``tests/test_payloads.py`` fuzzes it).
+    """
+    if name not in COMMAND_ARGS:
+        raise CommandError(f"unknown command {name[:40]!r}; known: {', '.join(COMMAND_ARGS)}")
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"payload of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}")
+    try:
+        text = bytes(payload).decode("utf-8") if payload.strip() else "{}"
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise CommandError("payload is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise CommandError(f"payload is not JSON: {e.msg} at position {e.pos}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of 5,000 digits, or arrays nested 10,000 deep
+        raise CommandError(f"payload is not usable JSON: {str(e)[:120] or type(e).__name__}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"payload must be a JSON object, not {type(data).__name__}")
+    try:
+        # From the JSON text, not the decoded dict: strict mode then takes JSON arrays for tuples, and still
+        # refuses "0.5" for a number or 1 for a boolean.
+        return COMMAND_ARGS[name].model_validate_json(text)
+    except ValidationError as e:
+        raise CommandError("; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'payload'}: "
+                                     f"{err['msg'].removeprefix('Value error, ')}"
+                                     for err in e.errors())[:500]) from None
+    except (ValueError, RecursionError) as e:
+        raise CommandError(f"payload is not usable: {str(e)[:200] or type(e).__name__}") from None

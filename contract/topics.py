@@ -1,0 +1,109 @@
+"""Where every message of the MQTT contract lives (``docs/mqtt.md``): topic names, id rules and topic parsing.
+
+Base topic per unit: ``<prefix>/<device_id>``. Everything a unit says is under it; everything said to it is under
+``<base>/cmd/``. Readers (the relay, the console) split a topic with :func:`parse` and trust nothing in it until then.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+DEFAULT_PREFIX = "defect-edge"
+
+AVAILABLE = "available"
+STATUS = "status"
+RESULT = "result"
+ALERT = "alert"
+METRICS = "metrics"
+SNAPSHOT = "snapshot"  # snapshot/<frame_id>: JPEG bytes
+GRADCAM = "gradcam"  # gradcam/<frame_id>: JPEG bytes; "gradcam" alone: the JSON event
+CMD = "cmd"  # cmd/<name>; replies on cmd/<name>/reply
+REPLY = "reply"
+
+COMMANDS = ("gradcam", "model", "threshold", "feedback", "trigger")
+ALERT_KINDS = ("defect", "low_confidence", "camera_offline", "model_error")
+
+ONLINE, OFFLINE = b"online", b"offline"
+
+# A device id is one topic level: no wildcards, no separators, bounded, and safe in an e-mail header.
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A prefix is one or more such levels.
+PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+# Frame ids are <device>-<boot epoch>-<sequence>: one topic level, safe in a file name and a mail header.
+FRAME_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+DEDUP_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+def base(prefix: str, device_id: str) -> str:
+    return f"{prefix}/{device_id}"
+
+
+def command_name(base_topic: str, full_topic: str) -> str | None:
+    """``model`` for ``<base>/cmd/model``; None for anything else (replies included)."""
+    head = f"{base_topic}/{CMD}/"
+    if not full_topic.startswith(head):
+        return None
+    name = full_topic[len(head):]
+    return name if name and "/" not in name else None
+
+
+def reply_topic(base_topic: str, name: str) -> str:
+    """Where a unit answers the command ``name`` (every unknown name shares ``cmd/unknown/reply``)."""
+    return f"{base_topic}/{CMD}/{name if name in COMMANDS else 'unknown'}/{REPLY}"
+
+
+class TopicError(ValueError):
+    """A topic that is not one of the contract's; ``reason`` is the counter it is reported under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A unit's topic, split: ``what`` is one of available, status, result, alert, metrics, snapshot, gradcam
+    (the event), gradcam_image, reply; ``key`` is the frame id of an image or the command name of a reply."""
+
+    what: str
+    device_id: str
+    key: str | None = None
+
+
+_PLAIN = {AVAILABLE, STATUS, RESULT, ALERT, METRICS, GRADCAM}
+
+
+def parse(prefix: str, topic: str) -> Topic:
+    """Split ``<prefix>/<device>/<what>[/<key>]``; :class:`TopicError` for anything else."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        raise TopicError("bad_topic", topic[:120])
+    parts = topic[len(head):].split("/")
+    if not DEVICE_ID.match(parts[0]):
+        raise TopicError("bad_device_id", repr(parts[0][:80]))
+    device, rest = parts[0], parts[1:]
+    if len(rest) == 1 and rest[0] in _PLAIN:
+        return Topic(rest[0], device)
+    if len(rest) == 2 and rest[0] in (SNAPSHOT, GRADCAM):
+        if not FRAME_ID.match(rest[1]):
+            raise TopicError("bad_frame_id", repr(rest[1][:80]))
+        return Topic(SNAPSHOT if rest[0] == SNAPSHOT else "gradcam_image", device, rest[1])
+    if len(rest) == 3 and rest[0] == CMD and rest[2] == REPLY and (rest[1] in COMMANDS or rest[1] == "unknown"):
+        return Topic(REPLY, device, rest[1])
+    raise TopicError("bad_topic", topic[:120])
+
+
+def utc_now() -> str:
+    """UTC ISO-8601 with millisecond precision and a ``Z``, as every payload's ``ts``."""
+    return iso(datetime.now(timezone.utc).timestamp())
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def epoch(ts: str) -> float:
+    """The inverse of :func:`iso` (``ValueError`` for anything else)."""
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()

@@ -1,0 +1,80 @@
+"""What the unit does when commanded (``cmd/model``, ``threshold``, ``trigger``, ``feedback``, ``gradcam``).
+
+Each handler runs on paho's network thread, returns the reply's ``result`` or raises :class:`CommandError` with a
+message for the sender; :mod:`edge.mqtt.commands` parses, routes and answers. A model swap is one reference
+assignment under a lock: the next frame uses the new model, and a model that fails to load leaves the old one in place.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from contract import topics
+from contract.payloads import CommandError, FeedbackArgs, GradcamArgs, ModelArgs, ThresholdArgs, TriggerArgs
+from edge.errors import USER_ERRORS
+from edge.images import encode_jpeg
+
+if TYPE_CHECKING:
+    from edge.daemon import Daemon
+
+
+class Control:
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    def _buffered_or_error(self, frame_id: str) -> Any:
+        item = self.d.ring.get(frame_id)
+        if item is None:
+            raise CommandError(f"frame {frame_id[:80]!r} is unknown or no longer buffered "
+                               f"(the unit keeps its last {self.d.cfg.state.ring_frames} frames)")
+        return item
+
+    def cmd_model(self, args: ModelArgs) -> dict[str, Any]:
+        d = self.d
+        with d.swap_lock:
+            try:
+                new = d.load_classifier(args.name)
+            except USER_ERRORS as e:
+                raise CommandError(f"model {args.name!r} not loaded, keeping {d.classifier.name}: {e}") from None
+            old = d.pipeline.classifier
+            d.pipeline.classifier = new  # one reference swap: the next frame uses the new model
+        d.history.event("model", old=old.name, new=new.name, sha256=new.manifest.tflite.sha256)
+        d.publish_status()
+        return {"model": new.name, "quantization": new.manifest.quantization, "sha256": new.manifest.tflite.sha256,
+                "previous": old.name}
+
+    def cmd_threshold(self, args: ThresholdArgs) -> dict[str, Any]:
+        d = self.d
+        with d.swap_lock:
+            clf = d.classifier
+            update = {k: v for k, v in (("threshold", args.threshold),
+                                        ("low_confidence_band", args.low_confidence_band)) if v is not None}
+            clf.decision = clf.decision.model_copy(update=update)
+        d.history.event("threshold", **update)
+        d.publish_status()
+        return {"threshold": clf.decision.threshold, "low_confidence_band": list(clf.decision.low_confidence_band)}
+
+    def cmd_trigger(self, args: TriggerArgs) -> dict[str, Any]:
+        if self.d.pipeline.mode != "on_demand":
+            raise CommandError("this unit classifies continuously; set inference.mode = \"on_demand\" to use trigger")
+        self.d.pipeline.trigger()
+        return {"triggered": True}
+
+    def cmd_feedback(self, args: FeedbackArgs) -> dict[str, Any]:
+        item = self._buffered_or_error(args.frame_id)
+        row = self.d.history.add_feedback(frame_id=item.frame_id, predicted=item.prediction.label,
+                                          p_defect=item.prediction.p_defect, true_label=args.label, note=args.note,
+                                          model=item.prediction.model,
+                                          jpeg=encode_jpeg(item.image, item.frame_order, 95))
+        return {"feedback_id": row, "frame_id": item.frame_id, "correct": item.prediction.label == args.label}
+
+    def cmd_gradcam(self, args: GradcamArgs) -> dict[str, Any]:
+        gradcam = self.d.gradcam
+        if gradcam is None:
+            raise CommandError("Grad-CAM is disabled on this unit (gradcam.enabled = false)")
+        item = self._buffered_or_error(args.frame_id)
+        if not gradcam.request(item.frame_id, item.image, item.frame_order, args.method,
+                               {"p_defect_tflite": item.prediction.p_defect, "request_id": args.request_id}):
+            raise CommandError("too many Grad-CAM requests waiting; try again shortly")
+        return {"queued": True, "frame_id": item.frame_id, "method": args.method,
+                "result_topics": [f"{topics.GRADCAM}/{item.frame_id}", topics.GRADCAM]}
