@@ -20,14 +20,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --no-deps '$(TF_KERAS)'
 	touch $@
 
-# Debian's mosquitto (the tests start their own brokers) and openssl. Installed when run as root (CI, a fresh unit);
-# otherwise the command to run is printed.
+# Debian's packages the tests run for real: mosquitto (brokers), openssl (certificates), chromium (the console's
+# browser tests, driven by Playwright: never a downloaded browser) and postgresql (a cluster of the suite's own).
+# Installed when run as root (CI, a fresh machine); otherwise the command to run is printed.
+DEBS := mosquitto mosquitto-clients openssl chromium postgresql
 system-deps:
-	@if [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; then :; \
+	@missing=""; \
+	for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	  echo "installing Debian's mosquitto"; apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null; \
-	else echo "the tests need Mosquitto: sudo apt-get install mosquitto mosquitto-clients" >&2; exit 1; fi
+	  echo "installing Debian's$$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "the tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi
 
 test: setup system-deps
 	$(PY) -m pytest

@@ -1,0 +1,329 @@
+"""The web console: server-rendered pages (Jinja2, every value escaped), live updates over server-sent events, htmx for
+the small interactions, and every asset served from ``static/`` (plants are often air-gapped: no CDN).
+
+Every route checks the session and the role on the server; every POST checks the CSRF token (a form field, or the
+``X-CSRF-Token`` header htmx sends) and that it comes from this origin. Responses carry a strict Content-Security-
+Policy (scripts and styles from this origin only), so a value that escaped escaping still could not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Form, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
+
+from console import auth, images
+from console.auth import Role, User
+from console.config import ConsoleConfig
+from console.live import LiveHub
+from console.store import queries
+from console.store import schema as s
+from contract import payloads, topics
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+class Services:
+    """What the pages need from the running console (the store, the live hub, a way to publish commands)."""
+
+    def __init__(self, cfg: ConsoleConfig, engine: Engine, hub: LiveHub,
+                 publish: Callable[[str, bytes], None], historian_state: Callable[[], str] = lambda: "ok"):
+        self.cfg, self.engine, self.hub = cfg, engine, hub
+        self.publish = publish  # (topic, payload): QoS 1 through the console's own MQTT connection
+        self.historian_state = historian_state
+        self.sessions = auth.Sessions(cfg.secret_key(), cfg.web.session_max_age_s)
+        self.limiter = auth.LoginLimiter(cfg.web.login_attempts_per_minute)
+
+
+class NeedLogin(Exception):  # noqa: N818 - reads as "raise NeedLogin"
+    pass
+
+
+def create_app(svc: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        svc.hub.loop = asyncio.get_running_loop()
+        yield
+        svc.hub.loop = None
+
+    app = FastAPI(title="Line console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals.update(roles=auth.ROLES, ago=_ago, fmt_time=_fmt_time, pct=_pct)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    engine, cfg = svc.engine, svc.cfg
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        return response
+
+    @app.exception_handler(NeedLogin)
+    async def to_login(request: Request, _e: NeedLogin) -> Response:
+        if request.headers.get("HX-Request"):
+            return Response(status_code=401, headers={"HX-Redirect": "/login"})
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    def user_of(request: Request, role: Role = "viewer") -> User:
+        found = svc.sessions.read(request.cookies.get(auth.Sessions.COOKIE))
+        if found is None:
+            raise NeedLogin()
+        name, csrf = found
+        current = auth.role_of(engine, name)
+        if current is None:
+            raise NeedLogin()
+        user = User(name, current, csrf)
+        if not user.can(role):
+            queries.record(engine, name, "refused", f"{request.method} {request.url.path} needs {role}")
+            raise HTTPException(403, f"this needs the {role} role; you are {current}")
+        return user
+
+    async def posted(request: Request, role: Role) -> tuple[User, dict[str, str]]:
+        """The user behind a POST, after the role, origin and CSRF checks; and its form fields."""
+        user = user_of(request, role)
+        origin = request.headers.get("origin")
+        if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+            raise HTTPException(403, "cross-origin request refused")
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        if not auth.csrf_ok(user.csrf, form.get("csrf") or request.headers.get("x-csrf-token")):
+            queries.record(engine, user.name, "refused", f"POST {request.url.path} without a valid CSRF token")
+            raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page")
+        return user, form
+
+    def page(request: Request, name: str, user: User | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"user": user, "state": svc.historian_state(), **ctx},
+                                          status_code=status)
+
+    # -- sessions ----------------------------------------------------------------------------------------------
+    @app.get("/login", response_class=HTMLResponse)
+    async def login_form(request: Request, next: str = "/") -> HTMLResponse:
+        return page(request, "login.html", None, next=_safe_next(next), error="")
+
+    @app.post("/login")
+    async def login(request: Request, name: str = Form(""), password: str = Form(""),
+                    next: str = Form("/")) -> Response:
+        address = request.client.host if request.client else "?"
+        if not svc.limiter.allowed(name, address):
+            queries.record(engine, name[:64] or "?", "login_limited", address)
+            return page(request, "login.html", None, next=_safe_next(next),
+                        error="Too many failed logins; wait a minute.", status=429)
+        role = await asyncio.to_thread(auth.authenticate, engine, name, password)
+        if role is None:
+            svc.limiter.failed(name, address)
+            queries.record(engine, name[:64] or "?", "login_failed", address)
+            return page(request, "login.html", None, next=_safe_next(next), error="Wrong user name or password.")
+        queries.record(engine, name, "login", address)
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(auth.Sessions.COOKIE, svc.sessions.issue(name), max_age=cfg.web.session_max_age_s,
+                            httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    @app.post("/logout")
+    async def logout(request: Request) -> Response:
+        await posted(request, "viewer")
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(auth.Sessions.COOKIE)
+        return response
+
+    # -- fleet and units ---------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    async def fleet(request: Request) -> HTMLResponse:
+        user = user_of(request)
+        rows = await asyncio.to_thread(queries.fleet, engine)
+        return page(request, "fleet.html", user, units=rows)
+
+    @app.get("/units/{device_id}", response_class=HTMLResponse)
+    async def unit_page(request: Request, device_id: str) -> HTMLResponse:
+        user = user_of(request)
+        u = await asyncio.to_thread(queries.unit, engine, device_id)
+        if u is None:
+            raise HTTPException(404, "no such unit")
+        results = await asyncio.to_thread(queries.latest_results, engine, device_id, 30)
+        recent, _ = await asyncio.to_thread(lambda: queries.alerts(engine, device_id=device_id, limit=8))
+        cmds = await asyncio.to_thread(queries.commands, engine, device_id=device_id, limit=10)
+        return page(request, "unit.html", user, unit=u, results=results, alerts=recent, commands=cmds,
+                    results_json=json.dumps([[r["ts"], r["p_defect"]] for r in reversed(results)]))
+
+    @app.post("/units/{device_id}/commands/{name}", response_class=HTMLResponse)
+    async def send_command(request: Request, device_id: str, name: str) -> HTMLResponse:
+        user, form = await posted(request, "engineer")
+        if not topics.DEVICE_ID.match(device_id) or name not in payloads.COMMAND_ARGS:
+            raise HTTPException(404, "no such unit or command")
+        args = _command_args(name, form)
+        request_id = f"console-{secrets.token_hex(8)}"
+        body = json.dumps({**args, "request_id": request_id})
+        try:  # the unit would refuse it anyway: say so now, and do not send it
+            payloads.parse_command(name, body.encode())
+        except payloads.CommandError as e:
+            return page(request, "_command.html", user, c={"command": name, "error": str(e), "reply": {}})
+        with engine.begin() as conn:
+            conn.execute(s.commands.insert().values(request_id=request_id, ts=time.time(), user=user.name,
+                                                    device_id=device_id, command=name, args=json.dumps(args)))
+        svc.publish(f"{cfg.mqtt.edge_prefix}/{device_id}/{topics.CMD}/{name}", body.encode())
+        return page(request, "_command.html", user, c=queries.command(engine, request_id))
+
+    @app.get("/commands/{request_id}", response_class=HTMLResponse)
+    async def command_row(request: Request, request_id: str) -> HTMLResponse:
+        user = user_of(request)
+        c = await asyncio.to_thread(queries.command, engine, request_id)
+        if c is None:
+            raise HTTPException(404, "no such command")
+        return page(request, "_command.html", user, c=c)
+
+    # -- alerts and images -------------------------------------------------------------------------------------
+    @app.get("/alerts", response_class=HTMLResponse)
+    async def alerts_page(request: Request, unit: str = "", kind: str = "", day: str = "",
+                          page_no: int = 1) -> HTMLResponse:
+        user = user_of(request)
+        since = until = None
+        if day:
+            try:
+                since = time.mktime(time.strptime(day, "%Y-%m-%d"))
+                until = since + 86400
+            except ValueError:
+                day = ""
+        limit = 50
+        rows, total = await asyncio.to_thread(lambda: queries.alerts(
+            engine, device_id=unit or None, kind=kind or None, since=since, until=until, limit=limit,
+            offset=(max(page_no, 1) - 1) * limit))
+        return page(request, "alerts.html", user, alerts=rows, total=total, unit=unit, kind=kind, day=day,
+                    page_no=max(page_no, 1), pages=max(1, -(-total // limit)), kinds=topics.ALERT_KINDS)
+
+    @app.get("/alerts/{dedup_key}", response_class=HTMLResponse)
+    async def alert_page(request: Request, dedup_key: str) -> HTMLResponse:
+        user = user_of(request)
+        a = await asyncio.to_thread(queries.alert, engine, dedup_key)
+        if a is None:
+            raise HTTPException(404, "no such alert")
+        return page(request, "alert.html", user, a=a)
+
+    @app.get("/images/{sha256}.jpg")
+    async def image(request: Request, sha256: str) -> Response:
+        user_of(request)
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise HTTPException(404, "no such image")
+        path = images.path_of(cfg.images_dir, sha256)
+        if not path.is_file():
+            raise HTTPException(404, "no such image (pruned?)")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    # -- live ----------------------------------------------------------------------------------------------------
+    @app.get("/live")
+    async def live(request: Request, unit: str = "", kinds: str = "result,metrics,available,status,alert,reply"
+                   ) -> StreamingResponse:
+        user_of(request)
+        watcher = svc.hub.watch(unit or None, frozenset(kinds.split(",")))
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield ": live\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(watcher.queue.get(), timeout=15)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield LiveHub.sse(event)
+            finally:
+                svc.hub.unwatch(watcher)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    # -- users and audit ---------------------------------------------------------------------------------------
+    @app.get("/users", response_class=HTMLResponse)
+    async def users_page(request: Request) -> HTMLResponse:
+        user = user_of(request, "admin")
+        return page(request, "users.html", user, users=queries.users(engine), error="")
+
+    @app.post("/users", response_class=HTMLResponse)
+    async def users_change(request: Request) -> Response:
+        user, form = await posted(request, "admin")
+        name, action = form.get("name", ""), form.get("action", "")
+        try:
+            if action == "add":
+                auth.add_user(engine, name, form.get("password", ""), form.get("role", "viewer"))
+            elif action == "role":
+                auth.set_role(engine, name, form.get("role", "viewer"), disabled=form.get("disabled") == "1")
+            elif action == "password":
+                auth.set_password(engine, name, form.get("password", ""))
+            else:
+                raise auth.AuthError("unknown action")
+        except auth.AuthError as e:
+            return page(request, "users.html", user, users=queries.users(engine), error=str(e), status=400)
+        queries.record(engine, user.name, f"user_{action}", f"{name} {form.get('role', '')}".strip())
+        return RedirectResponse("/users", status_code=303)
+
+    @app.get("/audit", response_class=HTMLResponse)
+    async def audit_page(request: Request) -> HTMLResponse:
+        user = user_of(request, "engineer")
+        return page(request, "audit.html", user, commands=queries.commands(engine, limit=200),
+                    events=queries.audit(engine))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"historian": svc.historian_state()}
+
+    return app
+
+
+def _command_args(name: str, form: dict[str, str]) -> dict[str, Any]:
+    """A command's arguments from its form; the contract's schema judges them."""
+    out: dict[str, Any] = {}
+    for key, value in form.items():
+        if key == "csrf" or value == "":
+            continue
+        if key in ("threshold",):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value  # the schema says what is wrong with it
+        elif key in ("band_lo", "band_hi"):
+            continue
+        else:
+            out[key] = value
+    if form.get("band_lo") and form.get("band_hi"):
+        try:
+            out["low_confidence_band"] = [float(form["band_lo"]), float(form["band_hi"])]
+        except ValueError:
+            out["low_confidence_band"] = [form["band_lo"], form["band_hi"]]
+    return out
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this site: never an open redirect."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+def _ago(epoch: float | None) -> str:
+    if not epoch:
+        return "never"
+    d = max(0.0, time.time() - epoch)
+    return f"{d:.0f} s ago" if d < 120 else f"{d / 60:.0f} min ago" if d < 7200 else f"{d / 3600:.0f} h ago"
+
+
+def _fmt_time(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else ""
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.1%}"

@@ -1,0 +1,107 @@
+// The console's live view: server-sent events update the page in place. Values are set with textContent, never as
+// HTML, so whatever a unit sends shows as text.
+"use strict";
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function fmt(x, digits) { return (x === null || x === undefined) ? "" : Number(x).toFixed(digits); }
+
+// A small line chart on a canvas: points are [t, y]; y from lo to hi.
+function draw(canvas, points, lo, hi) {
+  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  ctx.strokeStyle = "#ccc"; ctx.lineWidth = 1;
+  ctx.strokeRect(0.5, 0.5, w - 1, h - 1);
+  if (points.length < 2) return;
+  const t0 = points[0][0], t1 = points[points.length - 1][0] || t0 + 1;
+  if (hi === null) hi = Math.max(1, ...points.map(p => p[1])) * 1.1;
+  ctx.strokeStyle = "#1f5fa8"; ctx.lineWidth = 1.5; ctx.beginPath();
+  points.forEach((p, i) => {
+    const x = 4 + (w - 8) * (p[0] - t0) / Math.max(1e-9, t1 - t0);
+    const y = h - 4 - (h - 8) * (p[1] - lo) / Math.max(1e-9, hi - lo);
+    i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+  });
+  ctx.stroke();
+  ctx.fillStyle = "#555"; ctx.font = "11px sans-serif";
+  ctx.fillText(fmt(hi, hi < 2 ? 1 : 0), 4, 12); ctx.fillText(fmt(lo, 0), 4, h - 4);
+}
+
+function fleet(table, source) {
+  const body = table.tBodies[0];
+  function row(device) {
+    let tr = body.querySelector(`tr[data-unit="${CSS.escape(device)}"]`);
+    if (tr) return tr;
+    const empty = body.querySelector("tr.empty"); if (empty) empty.remove();
+    tr = el("tr"); tr.dataset.unit = device;
+    const a = el("a", "", device); a.href = "/units/" + encodeURIComponent(device);
+    const first = el("td"); first.appendChild(a); tr.appendChild(first);
+    for (const f of ["online", "model", "camera", "fps", "p95_ms", "rate", "outbox", "alert"]) {
+      const td = el("td"); if (f !== "rate") td.dataset.field = f; tr.appendChild(td);
+    }
+    body.appendChild(tr);
+    const count = document.getElementById("fleet-count");
+    if (count) count.textContent = body.querySelectorAll("tr[data-unit]").length + " units";
+    return tr;
+  }
+  const set = (tr, field, text, cls) => {
+    const td = tr.querySelector(`[data-field="${field}"]`);
+    if (!td) return;
+    td.textContent = text;
+    if (cls !== undefined) td.className = cls;
+  };
+  source.onmessage = (m) => {
+    const e = JSON.parse(m.data), tr = row(e.device);
+    if (e.type === "metrics") {
+      set(tr, "fps", fmt(e.fps, 1)); set(tr, "p95_ms", e.p95_ms === null ? "" : fmt(e.p95_ms, 1) + " ms");
+      set(tr, "outbox", e.outbox === null ? "" : String(e.outbox));
+    } else if (e.type === "available") {
+      set(tr, "online", e.online ? "online" : "offline", e.online ? "online" : "offline");
+    } else if (e.type === "status") {
+      set(tr, "model", `${e.model} (${e.quantization} · ${e.sha256})`); set(tr, "camera", e.camera);
+    } else if (e.type === "alert") {
+      set(tr, "alert", `${e.kind} just now`);
+    }
+  };
+}
+
+function unitPage(box, source) {
+  const calls = document.getElementById("calls");
+  const chartP = document.getElementById("chart-p"), chartF = document.getElementById("chart-fps");
+  const pts = JSON.parse(chartP.dataset.points || "[]"), fps = [];
+  draw(chartP, pts, 0, 1);
+  source.onmessage = (m) => {
+    const e = JSON.parse(m.data);
+    if (e.type === "result") {
+      const li = el("li", e.label + (e.low_confidence ? " low" : ""));
+      li.appendChild(el("span", "label", e.label)); li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("span", "p", fmt(e.p_defect, 3))); li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("small", "", e.frame_id));
+      li.dataset.frame = e.frame_id;
+      calls.insertBefore(li, calls.firstChild);
+      while (calls.children.length > 30) calls.lastChild.remove();
+      pts.push([e.ts, e.p_defect]); if (pts.length > 300) pts.shift();
+      draw(chartP, pts, 0, 1);
+    } else if (e.type === "metrics") {
+      fps.push([Date.now() / 1000, e.fps]); if (fps.length > 120) fps.shift();
+      draw(chartF, fps, 0, null);
+      const f = document.querySelector('[data-unit-field="fps"]'); if (f) f.textContent = fmt(e.fps, 1);
+    } else if (e.type === "available") {
+      const o = document.querySelector('[data-unit-field="online"]');
+      if (o) { o.textContent = e.online ? "online" : "offline"; o.className = e.online ? "online" : "offline"; }
+    } else if (e.type === "status") {
+      const c = document.querySelector('[data-unit-field="camera"]'); if (c) c.textContent = e.camera;
+    }
+  };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const live = document.querySelector("[data-live]");
+  if (!live) return;
+  const source = new EventSource(live.dataset.live);
+  if (live.tagName === "TABLE") fleet(live, source); else unitPage(live, source);
+});

@@ -1,0 +1,136 @@
+"""What the pages read. Each function returns plain dicts (the templates escape every value they show)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Engine, and_, desc, func, select
+
+from console.store import schema as s
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def fleet(engine: Engine, now: float | None = None) -> list[dict[str, Any]]:
+    """Every unit at a glance: availability, model, camera, fps and p95 (last metrics), defect rate in the last hour,
+    outbox depth, last alert."""
+    now = time.time() if now is None else now
+    hour = int((now - 3600) // 60)
+    with engine.connect() as conn:
+        units = conn.execute(select(s.units).order_by(s.units.c.device_id)).mappings().all()
+        rates = {r.device_id: (int(r.frames), int(r.defective)) for r in conn.execute(
+            select(s.minutes.c.device_id, func.sum(s.minutes.c.frames).label("frames"),
+                   func.sum(s.minutes.c.defective).label("defective"))
+            .where(s.minutes.c.minute >= hour).group_by(s.minutes.c.device_id))}
+    rows = []
+    for u in units:
+        status, metrics = _json(u["status"]), _json(u["metrics"])
+        model = status.get("model") or {}
+        frames, defective = rates.get(u["device_id"], (0, 0))
+        rows.append({
+            "device_id": u["device_id"], "online": u["online"], "last_seen": u["last_seen"],
+            "model": model.get("name"), "quantization": model.get("quantization"),
+            "sha256": str(model.get("sha256") or "")[:12], "camera": (status.get("camera") or {}).get("state"),
+            "fps": metrics.get("fps"), "p95_ms": ((metrics.get("latency_ms") or {}).get("inference") or {}).get("p95"),
+            "outbox": (metrics.get("outbox") or {}).get("depth"),
+            "frames_hour": frames, "defect_rate_hour": defective / frames if frames else None,
+            "last_alert_at": u["last_alert_at"], "last_alert_kind": u["last_alert_kind"],
+        })
+    return rows
+
+
+def unit(engine: Engine, device_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(s.units).where(s.units.c.device_id == device_id)).mappings().first()
+    if row is None:
+        return None
+    return {**row, "status": _json(row["status"]), "metrics": _json(row["metrics"])}
+
+
+def latest_results(engine: Engine, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(
+            select(s.results.c.frame_id, s.results.c.ts, s.results.c.label, s.results.c.p_defect,
+                   s.results.c.confidence, s.results.c.low_confidence, s.results.c.model)
+            .where(s.results.c.device_id == device_id).order_by(desc(s.results.c.ts)).limit(limit)).mappings()]
+
+
+def alerts(engine: Engine, *, device_id: str | None = None, kind: str | None = None, since: float | None = None,
+           until: float | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """A page of alerts, newest first, with their snapshot and heatmap (sha256 or None), and the total count."""
+    conds = []
+    if device_id:
+        conds.append(s.alerts.c.device_id == device_id)
+    if kind:
+        conds.append(s.alerts.c.kind == kind)
+    if since is not None:
+        conds.append(s.alerts.c.ts >= since)
+    if until is not None:
+        conds.append(s.alerts.c.ts < until)
+    where = and_(True, *conds)
+    snap, heat = s.frame_images.alias("snap"), s.frame_images.alias("heat")
+    q = (select(s.alerts.c.dedup_key, s.alerts.c.device_id, s.alerts.c.kind, s.alerts.c.frame_id, s.alerts.c.ts,
+                s.alerts.c.p_defect, snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"))
+         .outerjoin(snap, and_(snap.c.device_id == s.alerts.c.device_id, snap.c.frame_id == s.alerts.c.frame_id,
+                               snap.c.kind == "snapshot"))
+         .outerjoin(heat, and_(heat.c.device_id == s.alerts.c.device_id, heat.c.frame_id == s.alerts.c.frame_id,
+                               heat.c.kind == "gradcam"))
+         .where(where).order_by(desc(s.alerts.c.ts), s.alerts.c.dedup_key).limit(limit).offset(offset))
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+        total = int(conn.execute(select(func.count()).select_from(s.alerts).where(where)).scalar_one())
+    return rows, total
+
+
+def alert(engine: Engine, dedup_key: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(s.alerts).where(s.alerts.c.dedup_key == dedup_key)).mappings().first()
+        if row is None:
+            return None
+        imgs = {r.kind: r.sha256 for r in conn.execute(
+            select(s.frame_images.c.kind, s.frame_images.c.sha256).where(and_(
+                s.frame_images.c.device_id == row["device_id"], s.frame_images.c.frame_id == row["frame_id"])))}
+    return {**row, "payload": _json(row["payload"]), "snapshot": imgs.get("snapshot"), "heatmap": imgs.get("gradcam")}
+
+
+def image_known(engine: Engine, sha256: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(s.images.c.sha256).where(s.images.c.sha256 == sha256)).first() is not None
+
+
+def commands(engine: Engine, *, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    q = select(s.commands).order_by(desc(s.commands.c.ts)).limit(limit)
+    if device_id:
+        q = q.where(s.commands.c.device_id == device_id)
+    with engine.connect() as conn:
+        return [{**r, "reply": _json(r["reply"])} for r in conn.execute(q).mappings()]
+
+
+def command(engine: Engine, request_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        r = conn.execute(select(s.commands).where(s.commands.c.request_id == request_id)).mappings().first()
+    return {**r, "reply": _json(r["reply"])} if r else None
+
+
+def users(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(s.users.c.name, s.users.c.role, s.users.c.created,
+                                                     s.users.c.disabled).order_by(s.users.c.name)).mappings()]
+
+
+def audit(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(s.audit).order_by(desc(s.audit.c.id)).limit(limit)).mappings()]
+
+
+def record(engine: Engine, user: str, action: str, detail: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(s.audit.insert().values(ts=time.time(), user=user, action=action, detail=detail[:1000]))

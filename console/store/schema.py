@@ -1,0 +1,148 @@
+"""The tables, as SQLAlchemy Core objects for queries. The DDL that creates and changes them is in ``migrations/``:
+a change here goes with a new migration (``tests/test_console_store.py`` checks the two agree).
+
+Times are UNIX epoch seconds (float): portable across SQLite and PostgreSQL, and cheap to compare and bucket.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import BigInteger
+
+metadata = MetaData()
+
+# p_defect histogram bins (0.0-0.1, ..., 0.9-1.0) and latency buckets (upper bounds, ms) of the minute aggregates.
+P_BINS = 10
+LATENCY_BOUNDS_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # and one more bucket for anything slower
+ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
+
+units = Table(
+    "units", metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("online", Boolean, nullable=True),  # from the retained `available`; None until it is heard
+    Column("available_at", Float, nullable=True),
+    Column("status", Text, nullable=True),  # the last retained status, as the unit sent it
+    Column("status_at", Float, nullable=True),
+    Column("metrics", Text, nullable=True),
+    Column("metrics_at", Float, nullable=True),
+    Column("last_alert_at", Float, nullable=True),
+    Column("last_alert_kind", String(32), nullable=True),
+)
+
+results = Table(
+    "results", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("frame_id", String(128), nullable=False),
+    Column("ts", Float, nullable=False, index=True),
+    Column("label", String(40), nullable=False),
+    Column("p_defect", Float, nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("low_confidence", Boolean, nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("model_sha256", String(64), nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    UniqueConstraint("device_id", "frame_id", name="results_frame"),
+)
+
+minutes = Table(
+    "minutes", metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),  # epoch // 60
+    Column("model_sha256", String(64), primary_key=True),
+    Column("model", String(100), nullable=False),
+    Column("frames", Integer, nullable=False),
+    Column("defective", Integer, nullable=False),
+    Column("low_confidence", Integer, nullable=False),
+    Column("latency_sum_ms", Float, nullable=False),
+    *(Column(f"p{i}", Integer, nullable=False) for i in range(P_BINS)),
+    *(Column(f"l{i}", Integer, nullable=False) for i in range(len(LATENCY_BOUNDS_MS) + 1)),
+)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("dedup_key", String(200), primary_key=True),
+    Column("device_id", String(64), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("frame_id", String(128), nullable=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("p_defect", Float, nullable=True),
+    Column("payload", Text, nullable=False),
+)
+
+images = Table(  # one file per content under <state>/images/<sha[:2]>/<sha>.jpg
+    "images", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("bytes", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("reviewed", Boolean, nullable=False, default=False),
+)
+
+frame_images = Table(
+    "frame_images", metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("frame_id", String(128), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # snapshot | gradcam
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("received", Float, nullable=False),
+)
+
+events = Table(  # what else units say: availability changes, heatmap events, command replies
+    "events", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("received", Float, nullable=False),
+    Column("request_id", String(128), nullable=True, index=True),
+    Column("payload", Text, nullable=False),
+)
+
+commands = Table(  # every command a person sent, who and when, and the unit's reply: the audit of actions on units
+    "commands", metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("user", String(64), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("command", String(40), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("reply_ok", Boolean, nullable=True),
+    Column("reply", Text, nullable=True),
+    Column("replied_at", Float, nullable=True),
+)
+
+users = Table(
+    "users", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
+
+audit = Table(  # logins, refusals, user changes
+    "audit", metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("user", String(64), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+counters = Table(  # ingest counters per console instance: received, stored, rejected_<reason>, db_errors
+    "counters", metadata,
+    Column("instance", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

@@ -1,0 +1,130 @@
+"""The console's store and its rules, without a browser: the migrations build exactly the schema the queries use,
+writes are idempotent (a redelivered message changes nothing, aggregates count each result once), retention keeps
+reviewed images longest, and the login rules (argon2, roles, expiring signed sessions, the rate limit) hold."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy import Engine, select, update
+
+from console import auth, config, images
+from console.store import db, queries, retention, writer
+from console.store import schema as s
+from contract import payloads, topics
+
+SHA = "5" * 64
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    e = db.engine_for(f"sqlite:///{tmp_path / 'console.db'}")
+    assert db.migrate(e) == "0001"
+    return e
+
+
+def result_item(device: str, n: int, p: float, ts: float) -> writer.Item:
+    r = payloads.Result(device_id=device, ts=topics.iso(ts), frame_id=f"{device}-1-{n:09d}",
+                        label="defective" if p > 0.5 else "good", defective=p > 0.5, p_defect=p,
+                        confidence=max(p, 1 - p), threshold=0.5, low_confidence=0.4 <= p <= 0.6,
+                        model=payloads.ModelRef(name="m", quantization="int8", sha256=SHA),
+                        timings_ms={"preprocess": 0.5, "inference": 3.0, "postprocess": 0.5})
+    return writer.Item("result", device, ts, message=r)
+
+
+def test_the_migrations_build_the_schema_the_queries_use(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), s.metadata) == []
+    assert db.migrate(engine) == "0001", "a second start migrates nothing"
+
+
+def test_a_redelivered_batch_changes_nothing_and_aggregates_count_once(engine: Engine) -> None:
+    t = 1_800_000_000.0  # a minute boundary
+    batch = [result_item("u1", i, p, t + i) for i, p in enumerate((0.05, 0.95, 0.55, 0.99, 0.01))]
+    assert writer.write(engine, batch) == {"results": 5}
+    assert writer.write(engine, [*batch, result_item("u1", 9, 0.7, t + 9)]) == {"results": 1}
+    with engine.connect() as conn:
+        m = conn.execute(select(s.minutes)).mappings().one()
+    assert (m["frames"], m["defective"], m["low_confidence"]) == (6, 4, 1)
+    assert [m[f"p{i}"] for i in range(10)] == [2, 0, 0, 0, 0, 1, 0, 1, 0, 2]
+    assert m["l2"] == 6, "4 ms per frame falls in the 2-4 ms bucket"
+    rows = queries.fleet(engine, now=t + 60)
+    assert rows[0]["device_id"] == "u1" and rows[0]["frames_hour"] == 6 and rows[0]["defect_rate_hour"] == 4 / 6
+
+
+def test_alerts_images_and_replies_are_stored_once(engine: Engine, tmp_path: Path) -> None:
+    a = payloads.Alert(device_id="u1", kind="defect", frame_id="u1-1-000000001", dedup_key="u1:defect:1",
+                       label="defective", p_defect=0.9, note="<script>alert(1)</script>")
+    sha = images.store(tmp_path / "img", b"\xff\xd8jpeg")
+    items = [writer.Item("alert", "u1", 1.0, message=a),
+             writer.Item("snapshot", "u1", 1.0, key="u1-1-000000001", sha256=sha, size=6),
+             writer.Item("available", "u1", 1.0, online=True)]
+    writer.write(engine, items)
+    writer.write(engine, items)
+    rows, total = queries.alerts(engine)
+    assert total == 1 and rows[0]["snapshot"] == sha and rows[0]["heatmap"] is None
+    assert queries.alert(engine, "u1:defect:1")["payload"]["note"] == "<script>alert(1)</script>"  # type: ignore[index]
+    assert queries.unit(engine, "u1")["online"] is True  # type: ignore[index]
+
+
+def test_images_over_the_budget_go_unreviewed_first(engine: Engine, tmp_path: Path) -> None:
+    cfg = config.parse({"state": {"dir": str(tmp_path)}, "retention": {"images_max_mb": 0.001}})  # ~1 KiB
+    now = time.time()
+    shas = [images.store(cfg.images_dir, b"\xff\xd8" + bytes([i]) * 400) for i in range(4)]
+    with engine.begin() as conn:
+        for i, sha in enumerate(shas):
+            conn.execute(s.images.insert().values(sha256=sha, bytes=402, created=now - 100 + i, reviewed=i == 0))
+    gone = retention.prune(engine, cfg, now)
+    assert gone["images"] == 2
+    with engine.connect() as conn:
+        kept = {r.sha256 for r in conn.execute(select(s.images.c.sha256))}
+    assert kept == {shas[0], shas[3]}, "the reviewed one stays though oldest; then the newest"
+    assert not images.path_of(cfg.images_dir, shas[1]).exists()
+
+
+def test_passwords_are_argon2_and_roles_nest(engine: Engine) -> None:
+    auth.add_user(engine, "lead", "long enough pw", "operator")
+    with engine.connect() as conn:
+        stored = conn.execute(select(s.users.c.password_hash)).scalar_one()
+    assert stored.startswith("$argon2id$") and "long enough pw" not in stored
+    assert auth.authenticate(engine, "lead", "long enough pw") == "operator"
+    assert auth.authenticate(engine, "lead", "wrong") is None and auth.authenticate(engine, "nobody", "x") is None
+    with pytest.raises(auth.AuthError, match="at least 10"):
+        auth.add_user(engine, "short", "short", "viewer")
+    with pytest.raises(auth.AuthError, match="exists"):
+        auth.add_user(engine, "lead", "long enough pw", "admin")
+    u = auth.User("lead", "operator", "t")
+    assert u.can("viewer") and u.can("operator") and not u.can("engineer")
+    with engine.begin() as conn:
+        conn.execute(update(s.users).values(disabled=True))
+    assert auth.authenticate(engine, "lead", "long enough pw") is None
+
+
+def test_sessions_expire_and_cannot_be_forged() -> None:
+    sessions = auth.Sessions(b"k" * 32, max_age_s=60)
+    cookie = sessions.issue("lead")
+    name, csrf = sessions.read(cookie) or ("", "")
+    assert name == "lead" and len(csrf) > 20
+    assert sessions.read(cookie[:-2] + "xx") is None
+    assert auth.Sessions(b"other key" * 4, 60).read(cookie) is None
+    old = URLSafeTimedSerializer(b"k" * 32, salt="console-session")
+    assert sessions.read(old.dumps({"u": "lead", "c": "x"})) is not None
+    expired = auth.Sessions(b"k" * 32, max_age_s=-1)
+    assert expired.read(cookie) is None
+    assert auth.csrf_ok(csrf, csrf) and not auth.csrf_ok(csrf, None) and not auth.csrf_ok(csrf, csrf[:-1])
+
+
+def test_logins_are_rate_limited_per_user_and_per_address() -> None:
+    limiter = auth.LoginLimiter(per_minute=3)
+    for i in range(3):
+        assert limiter.allowed("lead", "10.0.0.1", now=i)
+        limiter.failed("lead", "10.0.0.1", now=i)
+    assert not limiter.allowed("lead", "10.0.0.2", now=5), "the user is limited from any address"
+    assert not limiter.allowed("other", "10.0.0.1", now=5), "the address is limited for any user"
+    assert limiter.allowed("other", "10.0.0.2", now=5)
+    assert limiter.allowed("lead", "10.0.0.1", now=70), "a minute later"

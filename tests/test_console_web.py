@@ -1,0 +1,214 @@
+"""The console as a person uses it: a real headless Chromium (Debian's, driven by Playwright) against a real console
+process, a real Mosquitto, simulated units and one real ``defect-edge run``. Each test saves screenshots of the
+pages it saw under ``var/screenshots/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import REPO
+from harness.broker import Broker, Collector
+from harness.console import PASSWORD, ConsoleProc
+from harness.daemon import Daemon, part_folder
+from harness.units import SimUnit
+
+pytestmark = pytest.mark.slow
+SHOTS = REPO / "var" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        why = "Debian's chromium is not installed (make test installs it when run as root: apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def console(tmp_path: Path, broker: Broker) -> Iterator[ConsoleProc]:
+    c = ConsoleProc(tmp_path / "console", broker.port).start()
+    yield c
+    c.kill()
+
+
+def login(browser: Any, console: ConsoleProc, user: str) -> Any:
+    """A page logged in as ``user``; ``browser`` may be a browser or a context (with its own headers)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860}) if hasattr(browser, "new_context") \
+        else browser.new_page()
+    page.dialogs = []  # any alert() a page runs is a script that should not have run
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{console.url}/")
+    assert "/login" in page.url
+    page.fill("input[name=name]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{console.url}/")
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll from Python: the console's Content-Security-Policy (rightly) refuses Playwright's string evaluation."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def sim(broker: Broker) -> Collector:
+    return Collector(broker.port, "defect-edge/+/cmd/+", persistent=False)
+
+
+def test_fleet_shows_units_live_and_an_alert_with_its_evidence(browser: Any, console: ConsoleProc, broker: Broker,
+                                                             tmp_path: Path, models_dir_committed: Path,
+                                                             daemons: list[Daemon]) -> None:
+    page = login(browser, console, "view")
+    assert page.locator("tr.empty").count() == 1, "no unit yet"
+    pub = sim(broker)
+    unit = SimUnit(pub.client, "line3-a")
+    unit.online()
+    unit.status()
+    unit.metrics(10.0)
+    row = page.locator('tr[data-unit="line3-a"]')
+    row.wait_for(timeout=10_000)  # appears without a reload
+    page.locator('tr[data-unit="line3-a"] [data-field="fps"]', has_text="10.0").wait_for(timeout=10_000)
+    unit.metrics(24.5)
+    page.locator('tr[data-unit="line3-a"] [data-field="fps"]', has_text="24.5").wait_for(timeout=10_000)
+    unit.online(False)
+    page.locator('tr[data-unit="line3-a"] [data-field="online"]', has_text="offline").wait_for(timeout=10_000)
+
+    # One real unit, replaying photos through the same broker.
+    d = Daemon(tmp_path / "unit", {
+        "device": {"id": "station9"}, "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "camera": {"source": str(part_folder(tmp_path / "parts", count=6)), "fps": 8, "loop": True},
+        "model": {"name": "mobilenetv2", "models_dir": str(models_dir_committed), "threshold": 0.0},
+        "alerts": {"repeat_after_s": 2.0, "on_low_confidence": False}, "metrics": {"interval_s": 1},
+        "gradcam": {"enabled": False}, "state": {"dir": str(tmp_path / "unit" / "state")}})
+    daemons.append(d.start())
+    page.locator('tr[data-unit="station9"] [data-field="fps"]').filter(has_text=re.compile(r"\d")).wait_for(
+        timeout=30_000)
+    page.reload()
+    assert "mobilenetv2" in page.locator('tr[data-unit="station9"]').inner_text()
+    shot(page, "fleet")
+
+    frame = unit.result(0.93, qos=1)
+    key = unit.alert(frame, note="<script>alert('x')</script><b>bold?</b>")
+    page.goto(f"{console.url}/alerts")
+    page.locator("table.alerts a", has_text="20").first.wait_for()
+    shot(page, "alerts")
+    page.goto(f"{console.url}/alerts/{key}")
+    for img in ("#snapshot", "#heatmap"):  # loaded and decoded: a real picture, not a broken link
+        assert until(lambda img=img: page.locator(img).evaluate("i => i.complete && i.naturalWidth") > 0)
+    assert "<script>alert('x')</script><b>bold?</b>" in page.locator("table.facts").inner_text(), "shown as text"
+    shot(page, "alert")
+    page.goto(f"{console.url}/units/station9")
+    page.locator("#calls li").first.wait_for()
+    n = page.locator("#calls li").count()
+    assert until(lambda: page.locator("#calls li").count() > n, 15), "new calls appear without a reload"
+    shot(page, "unit")
+    assert page.dialogs == [], "no script from a unit ran"
+    pub.close()
+
+
+def test_roles_csrf_and_commands_through_the_broker(browser: Any, console: ConsoleProc, broker: Broker) -> None:
+    pub = sim(broker)
+    unit = SimUnit(pub.client, "line3-b")
+    unit.online()
+    unit.status()
+    viewer = login(browser, console, "view")
+    viewer.goto(f"{console.url}/units/line3-b")
+    assert viewer.locator("form[hx-post]").count() == 0 and "Commands need the engineer role" in viewer.content()
+    csrf = viewer.locator("input[name=csrf]").first.get_attribute("value")
+    r = viewer.request.post(f"{console.url}/units/line3-b/commands/threshold",
+                            form={"csrf": csrf, "threshold": "0.1"})
+    assert r.status == 403, "a viewer cannot command, whatever the page shows"
+    assert viewer.request.get(f"{console.url}/users").status == 403
+
+    eng = login(browser, console, "eng")
+    eng.goto(f"{console.url}/units/line3-b")
+    forged = eng.request.post(f"{console.url}/units/line3-b/commands/threshold", form={"threshold": "0.1"})
+    assert forged.status == 403 and "CSRF" in forged.text()
+    token = eng.locator("input[name=csrf]").first.get_attribute("value")
+    cross = eng.request.post(f"{console.url}/units/line3-b/commands/threshold",
+                             form={"csrf": token, "threshold": "0.1"}, headers={"Origin": "http://evil.example"})
+    assert cross.status == 403
+    assert not pub.on("/cmd/threshold"), "nothing refused reached the broker"
+
+    eng.fill("input[name=threshold]", "0.35")
+    eng.click("text=Set")
+    assert pub.wait(lambda m: any(t.endswith("/cmd/threshold") for t, _, _ in m), 10)
+    sent = json.loads(pub.on("/cmd/threshold")[0])
+    assert sent["threshold"] == 0.35 and sent["request_id"].startswith("console-")
+    eng.locator("#command-log td.waiting").wait_for()
+    pub.publish("defect-edge/line3-b/cmd/threshold/reply", json.dumps({
+        "schema": 1, "device_id": "line3-b", "ts": "2026-11-28T03:00:00.000Z", "command": "threshold",
+        "request_id": sent["request_id"], "ok": True, "result": {"threshold": 0.35}}))
+    eng.locator("#command-log td.ok", has_text="0.35").wait_for(timeout=10_000)  # the unit's reply, shown
+    eng.fill("input[name=threshold]", "7")
+    eng.click("text=Set")
+    eng.locator("#command-log td.error", has_text="less than or equal to 1").wait_for()
+    shot(eng, "unit-commands")
+    eng.goto(f"{console.url}/audit")
+    assert "threshold" in eng.locator("table.log").first.inner_text()
+    assert "refused" in eng.locator("table.log").nth(1).inner_text(), "the refusals are audited"
+    shot(eng, "audit")
+    pub.close()
+
+
+def test_logins_are_limited_and_admins_manage_users(browser: Any, console: ConsoleProc) -> None:
+    page = browser.new_page()
+    for _ in range(5):
+        page.goto(f"{console.url}/login")
+        page.fill("input[name=name]", "admin")
+        page.fill("input[name=password]", "guess")
+        page.click("button[type=submit]")
+        assert "Wrong user name or password" in page.content()
+    page.goto(f"{console.url}/login")
+    page.fill("input[name=name]", "admin")
+    page.fill("input[name=password]", PASSWORD)  # right, but too late
+    page.click("button[type=submit]")
+    assert "Too many failed logins" in page.content()
+
+    # From another address (the console trusts X-Forwarded-For from its local reverse proxy): another user logs in,
+    # while the limited user stays limited from anywhere.
+    elsewhere = browser.new_context(extra_http_headers={"X-Forwarded-For": "10.0.0.9"})
+    eng = login(elsewhere, console, "eng")
+    assert eng.request.get(f"{console.url}/users").status == 403
+    other = elsewhere.new_page()
+    other.goto(f"{console.url}/login")
+    other.fill("input[name=name]", "admin")
+    other.fill("input[name=password]", PASSWORD)
+    other.click("button[type=submit]")
+    assert "Too many failed logins" in other.content(), "the user is limited from any address"
+    eng.goto(f"{console.url}/audit")
+    assert "login_limited" in eng.content() and "login_failed" in eng.content()
+    elsewhere.close()
+
+
+@pytest.fixture(scope="session")
+def models_dir_committed() -> Path:
+    return REPO / "models"
+
