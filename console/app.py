@@ -9,6 +9,8 @@ Policy (scripts and styles from this origin only), so a value that escaped escap
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import logging
 import secrets
@@ -28,7 +30,7 @@ from console import auth, images
 from console.auth import Role, User
 from console.config import ConsoleConfig
 from console.live import LiveHub
-from console.store import queries
+from console.store import queries, reports
 from console.store import schema as s
 from contract import payloads, topics
 
@@ -279,6 +281,34 @@ def create_app(svc: Services) -> FastAPI:
         return page(request, "audit.html", user, commands=queries.commands(engine, limit=200),
                     events=queries.audit(engine))
 
+    @app.get("/reports", response_class=HTMLResponse)
+    async def reports_page(request: Request, by: str = "hour", unit: str = "") -> HTMLResponse:
+        user = user_of(request)
+        by = by if by in ("hour", "shift", "day") else "hour"
+        rates = await asyncio.to_thread(lambda: reports.defect_rate(
+            engine, by=by, device_id=unit or None, shift_starts=tuple(cfg.web.shift_starts)))
+        drift = await asyncio.to_thread(lambda: reports.drift(engine, device_id=unit or None))
+        lat = await asyncio.to_thread(reports.latency, engine)
+        return page(request, "reports.html", user, by=by, unit=unit, rates=rates, drift=drift, latency=lat,
+                    rates_json=json.dumps(rates), drift_json=json.dumps(drift))
+
+    @app.get("/reports/{name}.csv")
+    async def report_csv(request: Request, name: str, by: str = "hour", unit: str = "") -> Response:
+        user_of(request)
+        if name == "defect_rate":
+            rows = reports.defect_rate(engine, by=by if by in ("hour", "shift", "day") else "hour",
+                                       device_id=unit or None, shift_starts=tuple(cfg.web.shift_starts))
+        elif name == "p_defect":
+            d = reports.drift(engine, device_id=unit or None)
+            rows = [{"bin": b, "this_week": t, "last_week": w}
+                    for b, t, w in zip(d["bins"], d["this_week"], d["last_week"], strict=True)]
+        elif name == "latency":
+            rows = reports.latency(engine)
+        else:
+            raise HTTPException(404, "no such report")
+        return Response(_csv(rows), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"historian": svc.historian_state()}
@@ -307,6 +337,17 @@ def _command_args(name: str, form: dict[str, str]) -> dict[str, Any]:
         except ValueError:
             out["low_confidence_band"] = [form["band_lo"], form["band_hi"]]
     return out
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        w = csv.DictWriter(out, fieldnames=list(rows[0]))
+        w.writeheader()
+        # Cells a spreadsheet would run as a formula start with '; unit ids cannot, but say so in one place.
+        w.writerows({k: f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v for k, v in r.items()}
+                    for r in rows)
+    return out.getvalue()
 
 
 def _safe_next(target: str) -> str:

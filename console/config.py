@@ -21,8 +21,8 @@ from contract.settings import (
     ConfigError,
     Section,
     check_prefix,
+    load_file,
     read_secret,
-    read_toml,
     state_directory,
     validate,
 )
@@ -57,6 +57,17 @@ class WebConfig(Section):
     tls_key_file: Path | None = None
     login_attempts_per_minute: int = Field(default=5, ge=1)  # per user name and per client address
     max_upload_mb: float = Field(default=20.0, gt=0)
+    shift_starts: list[str] = ["06:00", "14:00", "22:00"]  # local time; the reports' shifts
+
+    @field_validator("shift_starts")
+    @classmethod
+    def _shifts(cls, v: list[str]) -> list[str]:
+        for x in v:
+            if len(x) != 5 or x[2] != ":" or not (x[:2] + x[3:]).isdigit() or int(x[:2]) > 23 or int(x[3:]) > 59:
+                raise ValueError(f"{x!r} is not a time of day as HH:MM")
+        if not v:
+            raise ValueError("give at least one shift start")
+        return v
 
 
 class RetentionConfig(Section):
@@ -142,10 +153,6 @@ def parse(data: dict[str, Any], *, check_files: bool = True) -> ConsoleConfig:
 
 
 def load(path: Path, *, check_files: bool = True) -> ConsoleConfig:
-    data = read_toml(path)
-    try:
-        return parse(data, check_files=check_files)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return load_file(path, lambda data: parse(data, check_files=check_files))
 
 

@@ -184,6 +184,12 @@ def read(model: type[M], payload: bytes, *, device_id: str, max_bytes: int = MAX
     """``payload`` as ``model``, from the unit the topic names; :class:`PayloadError` says why not."""
     if len(payload) > max_bytes:
         raise PayloadError("oversize", f"{model.__name__.lower()} of {len(payload)} bytes > {max_bytes}")
+    try:  # the common case, parsed and checked in one pass of pydantic's own JSON parser
+        message = model.model_validate_json(payload)
+        if message.device_id == device_id:
+            return message
+    except ValidationError:
+        pass  # below, the same checks one by one say which reason it is
     try:
         data = json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError):

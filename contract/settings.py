@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -127,6 +128,15 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 C = TypeVar("C", bound=BaseModel)
+
+
+def load_file(path: Path, parse: Callable[[dict[str, Any]], C]) -> C:
+    """Read ``path`` and hand it to ``parse``; every :class:`ConfigError` names the file."""
+    data = read_toml(path)
+    try:
+        return parse(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def validate(model: type[C], data: dict[str, Any]) -> C:

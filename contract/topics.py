@@ -105,5 +105,8 @@ def iso(epoch: float) -> str:
 
 
 def epoch(ts: str) -> float:
-    """The inverse of :func:`iso` (``ValueError`` for anything else)."""
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    """The inverse of :func:`iso` (``ValueError`` for anything else). ``fromisoformat``: a tenth of ``strptime``'s
+    cost, and the console reads a timestamp per stored result."""
+    if not ts.endswith("Z"):
+        raise ValueError(f"{ts[:40]!r} is not UTC ISO-8601 ending in Z")
+    return datetime.fromisoformat(ts[:-1]).replace(tzinfo=timezone.utc).timestamp()

@@ -3,11 +3,13 @@
 Starts a local Mosquitto (installing Debian's package when run as root; where neither is possible, amqtt, an embedded
 Python broker, saying so), a local SMTP sink that writes every mail to ``var/mail/*.eml``, the relay, and the edge
 daemon replaying a synthetic production-line video with the committed MobileNetV2 int8 model and automatic Grad-CAM
-heatmaps on defect alerts. Shows a live view of what the unit reports, then stops everything it started and prints
-where the mails (with snapshots and heatmaps attached) and the unit's database are.
+heatmaps on defect alerts, and the line console (its URL and a generated admin password are printed first: open it
+in a browser while the demo runs). Shows a live view of what the unit reports, then stops everything it started and
+prints where the mails (with snapshots and heatmaps attached) and the unit's database are.
 
-``DEMO_SECONDS`` (75) sets how long it runs, ``DEMO_DIR`` (``var/``) where it writes, and ``DEMO_BROKER``
-(``auto``, ``mosquitto`` or ``amqtt``) which broker it starts.
+``DEMO_SECONDS`` (75) sets how long it runs, ``DEMO_DIR`` (``var/``) where it writes, ``DEMO_BROKER`` (``auto``,
+``mosquitto`` or ``amqtt``) which broker it starts, and ``DEMO_CONSOLE_PORT`` (8080, or a free one when taken) where
+the console listens.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import email
 import email.policy
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -67,6 +71,46 @@ def start_broker(port: int, folder: Path) -> tuple[subprocess.Popen[bytes], str]
         proc = subprocess.Popen([str(Path(sys.executable).parent / "amqtt"), "-c", str(conf)], stdout=log,
                                 stderr=subprocess.STDOUT)
     return proc, "3.1.1"
+
+
+def console_port() -> int:
+    wanted = int(os.environ.get("DEMO_CONSOLE_PORT", "8080"))
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", wanted))
+            return wanted
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
+CONSOLE_PORT = console_port()
+
+
+def console_config(mqtt_port: int, protocol: str) -> tuple[Path, str]:
+    """The console's configuration and an admin with a fresh random password (printed for the person watching)."""
+    from console import auth, config
+    from console.store import db
+
+    folder = RUN / "console"
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = write(folder / "console.toml", f"""
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+protocol = "{protocol}"
+[web]
+port = {CONSOLE_PORT}
+[state]
+dir = "{folder}"
+""")
+    cfg = config.load(conf)
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    password = secrets.token_urlsafe(12)
+    auth.add_user(engine, "admin", password, "admin")
+    engine.dispose()
+    return conf, password
 
 
 def write(path: Path, text: str) -> Path:
@@ -149,18 +193,22 @@ interval_s = 2
 [state]
 dir = "{RUN / 'edge'}"
 """)
-        for module, cfg, log in (("relay.cli", relay_conf, "relay.log"), ("edge.cli", edge_conf, "edge.log")):
+        console_conf, password = console_config(mqtt_port, protocol)
+        for module, cfg, log in (("relay.cli", relay_conf, "relay.log"), ("edge.cli", edge_conf, "edge.log"),
+                                 ("console.cli", console_conf, "console.log")):
             with (RUN / log).open("wb") as out:
-                procs.append(subprocess.Popen([sys.executable, "-m", module, "run", "--config", str(cfg)],
+                procs.append(subprocess.Popen([sys.executable, "-m", module, "--config", str(cfg), "run"]
+                                              if module == "console.cli" else
+                                              [sys.executable, "-m", module, "run", "--config", str(cfg)],
                                               stdout=out, stderr=subprocess.STDOUT, env=env))
+        print(f"the line console: http://127.0.0.1:{CONSOLE_PORT}/  user admin, password {password}", flush=True)
         watch = Collector(mqtt_port, "defect-edge/#", persistent=False)
         live(watch, sink, stop, truth)
         watch.close()
     finally:
-        for p in reversed(procs):
+        for p in reversed(procs):  # one at a time, the broker last: each says goodbye to it cleanly
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -251,7 +299,8 @@ def summary() -> None:
     with_heat = sum(1 for p in mails if b".gradcam.jpg" in p.read_bytes())
     print(f"{with_heat} of them carry a Grad-CAM heatmap")
     print(f"the unit's database (results, events, heatmaps, outbox): {RUN / 'edge' / 'state.db'}")
-    print(f"logs: {RUN / 'edge.log'}, {RUN / 'relay.log'}")
+    print(f"the console's database: {RUN / 'console' / 'console.db'}")
+    print(f"logs: {RUN / 'edge.log'}, {RUN / 'relay.log'}, {RUN / 'console.log'}")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from contract.settings import (
     Section,
     TlsSettings,
     check_prefix,
+    load_file,
     read_secret,
-    read_toml,
     state_directory,
     validate,
 )
@@ -180,8 +180,4 @@ def parse(data: dict[str, Any], *, check_files: bool = True) -> EdgeConfig:
 
 def load(path: Path, *, check_files: bool = True) -> EdgeConfig:
     """Read and validate ``path``; :class:`ConfigError` names the file and every bad key."""
-    data = read_toml(path)
-    try:
-        return parse(data, check_files=check_files)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return load_file(path, lambda data: parse(data, check_files=check_files))

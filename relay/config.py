@@ -18,8 +18,8 @@ from contract.settings import (
     ConfigError,
     Section,
     check_prefix,
+    load_file,
     read_secret,
-    read_toml,
     state_directory,
     validate,
 )
@@ -144,8 +144,4 @@ def parse(data: dict[str, Any], *, check_files: bool = True) -> RelayConfig:
 
 
 def load(path: Path) -> RelayConfig:
-    data = read_toml(path)
-    try:
-        return parse(data)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return load_file(path, parse)

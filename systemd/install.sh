@@ -99,22 +99,22 @@ install -m 0644 "$src/README.md" "$root/README.md"
 for f in "$src"/models/*.tflite "$src"/models/*.json "$src"/models/*.h5 "$src"/models/*.md; do
   install -m 0644 "$f" "$root/models/"
 done
-install -m 0644 "$src/examples/edge.toml" "$src/examples/relay.toml" "$root/examples/"
+install -m 0644 "$src/examples/edge.toml" "$src/examples/relay.toml" "$src/examples/console.toml" "$root/examples/"
 install -m 0644 "$src/systemd/mosquitto/defect-edge.conf" "$src/systemd/mosquitto/acl" "$root/share/mosquitto/"
 install -m 0755 "$src/systemd/mosquitto/make-credentials.sh" "$root/share/mosquitto/"
 
 install -d -m 0755 "$etc"
-for f in edge.toml relay.toml; do
+for f in edge.toml relay.toml console.toml; do
   if [ -e "$etc/$f" ]; then say "kept $SYSCONFDIR/defect-edge/$f (the new example is $PREFIX/examples/$f)"
   else install -m 0644 "$src/examples/$f" "$etc/$f"; fi
 done
 # LoadCredential= refuses to start a unit whose file is missing; an empty one means "no password".
-for f in mqtt_password relay.mqtt_password relay.smtp_password; do
+for f in mqtt_password relay.mqtt_password relay.smtp_password console.mqtt_password console.db_password; do
   [ -e "$etc/$f" ] || install -m 0600 /dev/null "$etc/$f"
 done
 
 install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$SYSUSERSDIR"
-for unit in defect-edge.service defect-edge@.service defect-relay.service; do
+for unit in defect-edge.service defect-edge@.service defect-relay.service defect-console.service; do
   sed -e "s|/opt/defect-edge|$PREFIX|g" -e "s|/etc/defect-edge|$SYSCONFDIR/defect-edge|g" \
     "$src/systemd/$unit" > "$DESTDIR$UNITDIR/$unit"
   chmod 0644 "$DESTDIR$UNITDIR/$unit"
@@ -123,6 +123,7 @@ cat > "$DESTDIR$SYSUSERSDIR/defect-edge.conf" <<'EOF'
 # The inspection unit's and the relay's system users (systemd-sysusers); their units name them in User=.
 u defect-edge - "Defect inspection unit" /var/lib/defect-edge
 u defect-relay - "Defect inspection alert relay" /var/lib/defect-relay
+u defect-console - "Defect inspection line console" /var/lib/defect-console
 EOF
 chmod 0644 "$DESTDIR$SYSUSERSDIR/defect-edge.conf"
 
@@ -131,7 +132,7 @@ if [ -z "$DESTDIR" ] && [ "$(id -u)" = 0 ]; then
   if command -v systemd-sysusers >/dev/null 2>&1; then
     systemd-sysusers "$SYSUSERSDIR/defect-edge.conf"
   else
-    for u in defect-edge defect-relay; do
+    for u in defect-edge defect-relay defect-console; do
       id "$u" >/dev/null 2>&1 || useradd --system --user-group --home-dir "/var/lib/$u" --shell /usr/sbin/nologin "$u"
     done
   fi
@@ -145,5 +146,7 @@ Next, on a unit:
   edit $SYSCONFDIR/defect-edge/edge.toml; put the broker password in $SYSCONFDIR/defect-edge/mqtt_password
   $PREFIX/.venv/bin/defect-edge check-config --config $SYSCONFDIR/defect-edge/edge.toml
   systemctl enable --now defect-edge            # or defect-edge@NAME for $SYSCONFDIR/defect-edge/NAME.toml
-Beside the central broker: $PREFIX/share/mosquitto/ and systemctl enable --now defect-relay
+Beside the central broker (installed with EXTRAS=console): $PREFIX/share/mosquitto/, then
+  $PREFIX/.venv/bin/defect-console --config $SYSCONFDIR/defect-edge/console.toml user add NAME --role admin
+  systemctl enable --now defect-relay defect-console
 EOF

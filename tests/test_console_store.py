@@ -128,3 +128,24 @@ def test_logins_are_rate_limited_per_user_and_per_address() -> None:
     assert not limiter.allowed("other", "10.0.0.1", now=5), "the address is limited for any user"
     assert limiter.allowed("other", "10.0.0.2", now=5)
     assert limiter.allowed("lead", "10.0.0.1", now=70), "a minute later"
+
+
+def test_reports_bucket_by_hour_shift_and_day_and_compare_weeks(engine: Engine) -> None:
+    from datetime import datetime
+
+    from console.store import reports
+
+    now = datetime(2026, 11, 27, 15, 30).timestamp()  # a Friday, 15:30 local time
+    items = [result_item("u1", i, 0.9 if i % 4 == 0 else 0.1, now - 600 + i) for i in range(40)]  # 14:20-14:21
+    items += [result_item("u1", 100 + i, 0.1, now - 3 * 3600 + i) for i in range(10)]  # 12:30: the morning shift
+    items += [result_item("u1", 200 + i, 0.55, now - 9 * 86400 + i) for i in range(10)]  # last week
+    writer.write(engine, items)
+    hours = reports.defect_rate(engine, by="hour", now=now)
+    assert [(r["period"][-5:], r["frames"], r["defective"]) for r in hours] == [("12:00", 10, 0), ("15:00", 40, 10)]
+    shifts = reports.defect_rate(engine, by="shift", now=now)
+    assert [(r["period"][-5:], r["frames"]) for r in shifts] == [("06:00", 10), ("14:00", 40)]
+    assert reports.defect_rate(engine, by="day", now=now)[-1]["rate"] == 0.2
+    d = reports.drift(engine, now=now)
+    assert d["frames"] == [50, 10] and d["last_week"][5] == 1.0 and d["this_week"][1] == 0.8
+    lat = reports.latency(engine, now=now)
+    assert lat[0]["frames"] == 50 and lat[0]["p95"] == "<= 4 ms" and lat[0]["mean_ms"] == 4.0

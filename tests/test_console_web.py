@@ -8,8 +8,7 @@ import json
 import os
 import re
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from harness.broker import Broker, Collector
 from harness.console import PASSWORD, ConsoleProc
 from harness.daemon import Daemon, part_folder
 from harness.units import SimUnit
+from harness.wait import until
 
 pytestmark = pytest.mark.slow
 SHOTS = REPO / "var" / "screenshots"
@@ -66,16 +66,6 @@ def login(browser: Any, console: ConsoleProc, user: str) -> Any:
 def shot(page: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll from Python: the console's Content-Security-Policy (rightly) refuses Playwright's string evaluation."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def sim(broker: Broker) -> Collector:
@@ -171,6 +161,18 @@ def test_roles_csrf_and_commands_through_the_broker(browser: Any, console: Conso
     eng.click("text=Set")
     eng.locator("#command-log td.error", has_text="less than or equal to 1").wait_for()
     shot(eng, "unit-commands")
+    for _ in range(30):
+        unit.result(0.9 if _ % 3 == 0 else 0.2, qos=1)
+    eng.goto(f"{console.url}/reports?by=hour")
+    def reported() -> bool:
+        eng.reload()
+        return ">line3-b<" in eng.content()
+
+    assert until(reported, 15), "the results reach the reports"
+    shot(eng, "reports")
+    csv_text = eng.request.get(f"{console.url}/reports/defect_rate.csv?by=day").text()
+    header, row = csv_text.splitlines()[:2]
+    assert header == "period,unit,frames,defective,rate" and ",line3-b,30,10,0.3333" in row
     eng.goto(f"{console.url}/audit")
     assert "threshold" in eng.locator("table.log").first.inner_text()
     assert "refused" in eng.locator("table.log").nth(1).inner_text(), "the refusals are audited"

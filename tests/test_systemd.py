@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # builds a venv of the unit's own dependencies (a
 
 ANALYZE = shutil.which("systemd-analyze")
 SYSUSERS = shutil.which("systemd-sysusers")
-UNITS = ("defect-edge.service", "defect-edge@.service", "defect-relay.service")
+UNITS = ("defect-edge.service", "defect-edge@.service", "defect-relay.service", "defect-console.service")
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,9 @@ def exposure(path: Path) -> float:
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed on this machine")
 def test_hardening(installed: Installed, tmp_path: Path) -> None:
-    edge, template, relay = (exposure(instance(installed, u, tmp_path)) for u in UNITS)
-    print(f"exposure: defect-edge {edge}, defect-edge@ {template}, defect-relay {relay}")
-    assert edge <= 2.5 and template <= 2.5
+    edge, template, relay, console = (exposure(instance(installed, u, tmp_path)) for u in UNITS)
+    print(f"exposure: defect-edge {edge}, defect-edge@ {template}, defect-relay {relay}, defect-console {console}")
+    assert edge <= 2.5 and template <= 2.5 and console <= 2.5
     assert relay < edge, "the relay has no camera to reach: it is locked down further"
 
 

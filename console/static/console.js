@@ -105,3 +105,45 @@ document.addEventListener("DOMContentLoaded", () => {
   const source = new EventSource(live.dataset.live);
   if (live.tagName === "TABLE") fleet(live, source); else unitPage(live, source);
 });
+
+// Reports: the defect rate over time (one line per unit) and the p_defect histograms of two weeks (bars).
+function reports() {
+  const rate = document.getElementById("chart-rate"), drift = document.getElementById("chart-drift");
+  if (rate) {
+    const rows = JSON.parse(rate.dataset.rates || "[]"), units = {};
+    rows.forEach(r => { (units[r.unit] = units[r.unit] || []).push([Date.parse(r.period.replace(" ", "T")) / 1000, r.rate || 0]); });
+    const ctx = rate.getContext("2d"), colours = ["#1f5fa8", "#b3261e", "#1e7b34", "#9a6700", "#6a3d9a", "#00838f"];
+    ctx.clearRect(0, 0, rate.width, rate.height);
+    const all = Object.values(units).flat();
+    if (all.length) {
+      const t0 = Math.min(...all.map(p => p[0])), t1 = Math.max(...all.map(p => p[0])) || t0 + 1;
+      const hi = Math.max(0.05, ...all.map(p => p[1]));
+      Object.entries(units).forEach(([u, pts], k) => {
+        ctx.strokeStyle = colours[k % colours.length]; ctx.lineWidth = 1.5; ctx.beginPath();
+        pts.forEach((p, i) => {
+          const x = 40 + (rate.width - 50) * (p[0] - t0) / Math.max(1, t1 - t0), y = rate.height - 14 - (rate.height - 24) * p[1] / hi;
+          i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+        });
+        ctx.stroke(); ctx.fillStyle = ctx.strokeStyle; ctx.font = "11px sans-serif";
+        pts.forEach(p => {  // a dot per period: one period alone is still seen
+          const x = 40 + (rate.width - 50) * (p[0] - t0) / Math.max(1, t1 - t0), y = rate.height - 14 - (rate.height - 24) * p[1] / hi;
+          ctx.beginPath(); ctx.arc(x, y, 2.5, 0, 2 * Math.PI); ctx.fill();
+        });
+        ctx.fillText(u, rate.width - 120, 14 + 13 * k);
+      });
+      ctx.fillStyle = "#555"; ctx.fillText((hi * 100).toFixed(0) + " %", 2, 12); ctx.fillText("0 %", 2, rate.height - 14);
+    }
+  }
+  if (drift) {
+    const d = JSON.parse(drift.dataset.drift), ctx = drift.getContext("2d"), n = d.bins.length;
+    const w = (drift.width - 40) / n, hi = Math.max(0.01, ...d.this_week, ...d.last_week);
+    ctx.clearRect(0, 0, drift.width, drift.height); ctx.font = "11px sans-serif";
+    d.bins.forEach((b, i) => {
+      const x = 30 + i * w, h1 = (drift.height - 30) * d.last_week[i] / hi, h2 = (drift.height - 30) * d.this_week[i] / hi;
+      ctx.fillStyle = "#b8cde6"; ctx.fillRect(x + 4, drift.height - 16 - h1, w / 2 - 6, h1);
+      ctx.fillStyle = "#1f5fa8"; ctx.fillRect(x + w / 2, drift.height - 16 - h2, w / 2 - 6, h2);
+      ctx.fillStyle = "#555"; ctx.fillText(b, x + 4, drift.height - 3);
+    });
+  }
+}
+document.addEventListener("DOMContentLoaded", reports);

@@ -2,7 +2,7 @@
 # Credentials for the central broker, made with openssl and mosquitto_passwd.
 #
 #   make-credentials.sh ca DIR HOST      a CA and a server certificate for HOST (a DNS name or an IP address)
-#   make-credentials.sh user DIR NAME    a random password for NAME (a device id, relay, operator or dashboard),
+#   make-credentials.sh user DIR NAME    a random password for NAME (a device id, relay, console, operator or dashboard),
 #                                        added to DIR/passwd and written to DIR/NAME.password (mode 600)
 #
 # Give each unit ca.crt and its NAME.password (edge.toml: mqtt.username = NAME, mqtt.password_file, mqtt.tls.ca_file).

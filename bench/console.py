@@ -1,0 +1,213 @@
+"""The line console under load, in one run on this machine.
+
+1. ``ingest_results_per_s``: results stored per second by one console on SQLite, aggregates included, sustained over
+   ``--results`` results from 20 simulated units published at QoS 1 as fast as the publisher can (target >= 2,000:
+   a plant of 200 units at 10 fps).
+2. ``ingest_results_per_s_postgres``: the same with two console instances sharing one PostgreSQL.
+3. ``live_latency_p95_ms``: a result published -> its call in the unit page's DOM in headless Chromium, while 50
+   simulated units publish at 10 fps each (target <= 500 ms).
+4. ``alerts_page_ms``: the alerts page with 10,000 alerts stored, median request time over loopback (target <= 150).
+5. ``console_rss_mb``: the console process's peak resident memory after the SQLite ingest.
+
+Run: ``.venv/bin/python -m bench.console [--results 20000]``. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+
+from console.store import db, writer
+from console.store import schema as s
+from contract import payloads
+from edge.metrics import percentile
+from harness.broker import Broker
+from harness.console import PASSWORD, ConsoleProc
+from harness.postgres import Postgres
+from harness.units import SimUnit
+
+
+def publisher(port: int) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def stored(url: str) -> int:
+    engine = db.engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(s.results)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def ingest(broker: Broker, consoles: list[ConsoleProc], url: str, n: int) -> float:
+    pub = publisher(broker.port)
+    units = [SimUnit(pub, f"load{i:02d}") for i in range(20)]
+    base = stored(url)
+    t0 = time.perf_counter()
+    for k in range(n):
+        units[k % len(units)].result(0.1 + 0.8 * (k % 5 == 0), qos=1)
+    deadline = time.monotonic() + 300
+    while stored(url) < base + n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rate = (stored(url) - base) / (time.perf_counter() - t0)
+    pub.loop_stop()
+    return rate
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def logged_in(console: ConsoleProc) -> urllib.request.OpenerDirector:
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    data = f"name=admin&password={PASSWORD}&next=/".encode()
+    opener.open(f"{console.url}/login", data=data, timeout=10).read()
+    return opener
+
+
+def alerts_page_ms(console: ConsoleProc, url: str) -> float:
+    engine = db.engine_for(url)
+    items = []
+    now = time.time()
+    for i in range(10_000):
+        a = payloads.Alert(device_id=f"load{i % 20:02d}", kind="defect", frame_id=f"load-1-{i:09d}",
+                           dedup_key=f"load:defect:{i}", label="defective", p_defect=0.9,
+                           ts=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now - i * 30)))
+        items.append(writer.Item("alert", a.device_id, now, message=a))
+    for i in range(0, len(items), 1000):
+        writer.write(engine, items[i:i + 1000])
+    engine.dispose()
+    opener = logged_in(console)
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        opener.open(f"{console.url}/alerts", timeout=30).read()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times[5:])
+
+
+def live_latency(broker: Broker, console: ConsoleProc, seconds: float) -> list[float]:
+    from playwright.sync_api import sync_playwright
+
+    pub = publisher(broker.port)
+    units = [SimUnit(pub, f"live{i:02d}") for i in range(50)]
+    target = units[7]
+    for u in units:
+        u.online()
+        u.status()
+    sent: dict[str, float] = {}
+    stop = threading.Event()
+
+    def stream() -> None:  # 50 units at 10 fps: one result every 2 ms
+        k = 0
+        t0 = time.perf_counter()
+        while not stop.is_set():
+            u = units[k % 50]
+            frame = u.result(0.3)
+            if u is target:
+                sent[frame] = time.time() * 1e3
+            k += 1
+            delay = t0 + k * 0.002 - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{console.url}/login")
+        page.fill("input[name=name]", "admin")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{console.url}/")
+        target.result(0.3)  # the unit exists before its page opens
+        time.sleep(0.5)
+        page.goto(f"{console.url}/units/{target.device_id}")
+        page.evaluate("""() => { window.seen = {};
+            new MutationObserver(ms => ms.forEach(m => m.addedNodes.forEach(n => {
+                if (n.dataset && n.dataset.frame)
+                    window.seen[n.dataset.frame] = performance.timeOrigin + performance.now();
+            }))).observe(document.getElementById('calls'), {childList: true}); }""")
+        thread = threading.Thread(target=stream)
+        thread.start()
+        time.sleep(seconds)
+        stop.set()
+        thread.join()
+        time.sleep(1.0)
+        seen: dict[str, float] = page.evaluate("() => window.seen")
+        browser.close()
+    pub.loop_stop()
+    return [seen[f] - t for f, t in sent.items() if f in seen]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=int, default=20_000)
+    ap.add_argument("--live-seconds", type=float, default=20.0)
+    a = ap.parse_args()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        broker = Broker(tmp / "broker").start()
+        try:
+            one = ConsoleProc(tmp / "sqlite", broker.port, users={"admin": "admin"},
+                              database={"batch_max": 2000}).start()
+            url = f"sqlite:///{tmp / 'sqlite' / 'state' / 'console.db'}"
+            out["ingest_results_per_s"] = round(ingest(broker, [one], url, a.results), 1)
+            assert one.proc is not None
+            out["console_rss_mb"] = round(peak_rss_mb(one.proc.pid), 1)
+            lat = live_latency(broker, one, a.live_seconds)
+            out["live_latency_p95_ms"] = round(percentile(lat, 95), 1)
+            out["live_latency_p50_ms"] = round(percentile(lat, 50), 1)
+            out["live_samples"] = len(lat)
+            out["alerts_page_ms"] = round(alerts_page_ms(one, url), 1)
+            one.kill()
+        finally:
+            broker.stop()
+        # A broker of its own: the SQLite console's persistent session would otherwise keep its share of the group.
+        broker = Broker(tmp / "broker2").start()
+        pg = Postgres().start()
+        try:
+            two = [ConsoleProc(tmp / f"pg{i}", broker.port, instance=f"pg{i}", db_url=pg.url,
+                               users={"admin": "admin"}, database={"batch_max": 2000}).start() for i in (1, 2)]
+            out["ingest_results_per_s_postgres"] = round(ingest(broker, two, pg.url, a.results), 1)
+            for c in two:
+                c.kill()
+        finally:
+            pg.stop()
+            broker.stop()
+    rows = [("ingest, SQLite, results/s", out["ingest_results_per_s"], ">= 2000"),
+            ("ingest, PostgreSQL x2, results/s", out["ingest_results_per_s_postgres"], ""),
+            (f"live latency p95 ms ({out['live_samples']} samples, 50 units x 10 fps)",
+             out["live_latency_p95_ms"], "<= 500"),
+            ("live latency p50 ms", out["live_latency_p50_ms"], ""),
+            ("alerts page ms (10,000 alerts)", out["alerts_page_ms"], "<= 150"),
+            ("console peak RSS MB", out["console_rss_mb"], "")]
+    print(f"{'measure':<58}{'value':>10}  target")
+    for name, value, target in rows:
+        print(f"{name:<58}{value:>10}  {target}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Reports from the per-minute aggregates: defect rate per unit by hour, shift and day; the p_defect distribution of
+this week against last (drift: a model meeting parts it was not trained on shows here first); latency percentiles.
+
+Aggregates are kept far longer than raw results (``retention.aggregates_days``), so reports reach back months. Hours,
+shifts and days are local time (the plant's clock). Latency percentiles come from the histogram buckets, so each is
+the upper bound of the bucket it falls in (1, 2, 4, ... ms): coarse, but mergeable across units and instances.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from console.store import schema as s
+
+BUCKET_LABELS = [f"<= {b} ms" for b in s.LATENCY_BOUNDS_MS] + [f"> {s.LATENCY_BOUNDS_MS[-1]} ms"]
+
+
+def _minutes(engine: Engine, since: float, device_id: str | None) -> list[Any]:
+    q = select(s.minutes).where(s.minutes.c.minute >= int(since // 60))
+    if device_id:
+        q = q.where(s.minutes.c.device_id == device_id)
+    with engine.connect() as conn:
+        return list(conn.execute(q).mappings())
+
+
+def _shift_start(t: datetime, starts: list[int]) -> datetime:
+    """The start of the shift ``t`` falls in; ``starts`` are minutes after midnight, sorted."""
+    m = t.hour * 60 + t.minute
+    before = [x for x in starts if x <= m]
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if before:
+        return day + timedelta(minutes=before[-1])
+    return day - timedelta(days=1) + timedelta(minutes=starts[-1])
+
+
+def defect_rate(engine: Engine, *, by: str, now: float | None = None, device_id: str | None = None,
+                shift_starts: tuple[str, ...] = ("06:00", "14:00", "22:00")) -> list[dict[str, Any]]:
+    """Rows of (period start, unit, frames, defective, rate), oldest first. ``by``: hour (48 h), shift (7 days),
+    day (30 days)."""
+    now = time.time() if now is None else now
+    span = {"hour": 2 * 86400, "shift": 7 * 86400, "day": 30 * 86400}[by]
+    starts = sorted(int(x[:2]) * 60 + int(x[3:]) for x in shift_starts)
+    totals: dict[tuple[datetime, str], list[int]] = defaultdict(lambda: [0, 0])
+    for r in _minutes(engine, now - span, device_id):
+        t = datetime.fromtimestamp(r["minute"] * 60)
+        period = (t.replace(minute=0, second=0, microsecond=0) if by == "hour"
+                  else t.replace(hour=0, minute=0, second=0, microsecond=0) if by == "day"
+                  else _shift_start(t, starts))
+        agg = totals[(period, r["device_id"])]
+        agg[0] += r["frames"]
+        agg[1] += r["defective"]
+    return [{"period": p.strftime("%Y-%m-%d %H:%M"), "unit": u, "frames": f, "defective": d,
+             "rate": round(d / f, 4) if f else None} for (p, u), (f, d) in sorted(totals.items())]
+
+
+def drift(engine: Engine, *, now: float | None = None, device_id: str | None = None) -> dict[str, Any]:
+    """The p_defect histogram (10 bins) of the last 7 days and of the 7 before, as shares of frames."""
+    now = time.time() if now is None else now
+    this, last = [0] * s.P_BINS, [0] * s.P_BINS
+    for r in _minutes(engine, now - 14 * 86400, device_id):
+        target = this if r["minute"] * 60 >= now - 7 * 86400 else last
+        for i in range(s.P_BINS):
+            target[i] += r[f"p{i}"]
+
+    def share(h: list[int]) -> list[float]:
+        n = sum(h)
+        return [round(x / n, 4) if n else 0.0 for x in h]
+
+    return {"bins": [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(s.P_BINS)], "this_week": share(this),
+            "last_week": share(last), "frames": [sum(this), sum(last)]}
+
+
+def latency(engine: Engine, *, now: float | None = None, hours: float = 24.0) -> list[dict[str, Any]]:
+    """Per unit, over the last ``hours``: frames, mean, and p50/p95/p99 (bucket upper bounds) of
+    preprocess + inference + postprocess."""
+    now = time.time() if now is None else now
+    n_buckets = len(s.LATENCY_BOUNDS_MS) + 1
+    cols = [func.sum(s.minutes.c[f"l{i}"]) for i in range(n_buckets)]
+    with engine.connect() as conn:
+        rows = conn.execute(select(s.minutes.c.device_id, func.sum(s.minutes.c.frames),
+                                   func.sum(s.minutes.c.latency_sum_ms), *cols)
+                            .where(s.minutes.c.minute >= int((now - hours * 3600) // 60))
+                            .group_by(s.minutes.c.device_id).order_by(s.minutes.c.device_id)).all()
+    out = []
+    for device, frames, total_ms, *buckets in rows:
+        counts = [int(b or 0) for b in buckets]
+
+        def pct(q: float, counts: list[int] = counts, n: int = int(frames or 0)) -> str:
+            seen = 0
+            for i, c in enumerate(counts):
+                seen += c
+                if n and seen >= q * n:
+                    return BUCKET_LABELS[i]
+            return ""
+
+        out.append({"unit": device, "frames": int(frames or 0),
+                    "mean_ms": round(float(total_ms) / frames, 2) if frames else None,
+                    "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)})
+    return out
