@@ -1,0 +1,117 @@
+"""The web console's rules, in-process (Starlette's TestClient, which does not stream: the live view is tested in
+Chromium by test_console_web.py): who may see and do what, CSRF and origin checks, headers, escaping, redirects."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from console import auth, config
+from console.app import Services, create_app
+from console.live import LiveHub
+from console.store import db, writer
+from contract import payloads
+
+PW = "a long password"
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> tuple[TestClient, list[tuple[str, bytes]]]:
+    cfg = config.parse({"state": {"dir": str(tmp_path)}})
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    for name, role in (("view", "viewer"), ("eng", "engineer"), ("admin", "admin")):
+        auth.add_user(engine, name, PW, role)
+    a = payloads.Alert(device_id="u1", kind="defect", frame_id="u1-1-000000001", dedup_key="u1:defect:1",
+                       label="defective", p_defect=0.9, note="<img src=x onerror=alert(1)>")
+    writer.write(engine, [writer.Item("alert", "u1", 1.0, message=a),
+                          writer.Item("available", "u1", 1.0, online=True)])
+    sent: list[tuple[str, bytes]] = []
+    client = TestClient(create_app(Services(cfg, engine, LiveHub(), lambda t, p: sent.append((t, p)))))
+    return client, sent
+
+
+def login(client: TestClient, name: str) -> str:
+    r = client.post("/login", data={"name": name, "password": PW, "next": "/"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    m = re.search(r'name="csrf" value="([^"]+)"', client.get("/").text)
+    assert m
+    return m.group(1)
+
+
+def test_pages_need_a_session_and_say_so_with_a_redirect(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, _ = app
+    for path in ("/", "/alerts", "/units/u1", "/reports", "/live"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    r = client.get("/login")
+    assert "default-src 'self'" in r.headers["content-security-policy"] and r.headers["x-frame-options"] == "DENY"
+
+
+def test_a_login_never_redirects_off_site(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, _ = app
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        r = client.post("/login", data={"name": "view", "password": PW, "next": target}, follow_redirects=False)
+        assert r.headers["location"] == "/"
+    r = client.post("/login", data={"name": "view", "password": "nope"})
+    assert "Wrong user name or password" in r.text and "console_session" not in r.cookies
+
+
+def test_roles_are_enforced_on_the_server(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, sent = app
+    token = login(client, "view")
+    assert client.get("/users").status_code == 403 and client.get("/audit").status_code == 403
+    r = client.post("/units/u1/commands/threshold", data={"csrf": token, "threshold": "0.2"})
+    assert r.status_code == 403 and sent == []
+    r = client.post("/users", data={"csrf": token, "action": "role", "name": "view", "role": "admin"})
+    assert r.status_code == 403
+    assert "Commands need the engineer role" in client.get("/units/u1").text
+
+
+def test_commands_need_the_csrf_token_and_this_origin(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, sent = app
+    token = login(client, "eng")
+    assert client.post("/units/u1/commands/threshold", data={"threshold": "0.2"}).status_code == 403
+    assert client.post("/units/u1/commands/threshold", data={"csrf": "x" + token, "threshold": "0.2"}
+                       ).status_code == 403
+    r = client.post("/units/u1/commands/threshold", data={"csrf": token, "threshold": "0.2"},
+                    headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and sent == []
+    r = client.post("/units/u1/commands/threshold", data={"threshold": "0.2"}, headers={"X-CSRF-Token": token})
+    assert r.status_code == 200 and "waiting for the unit" in r.text
+    assert sent[0][0] == "defect-edge/u1/cmd/threshold" and b'"threshold": 0.2' in sent[0][1]
+    r = client.post("/units/u1/commands/threshold", data={"csrf": token, "threshold": "2"})
+    assert "not sent" in r.text and len(sent) == 1, "what the unit would refuse is not sent"
+    assert client.post("/units/u1/commands/reboot", data={"csrf": token}).status_code == 404
+    assert client.post("/units/a+b/commands/trigger", data={"csrf": token}).status_code == 404
+
+
+def test_what_units_send_is_shown_as_text(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, _ = app
+    login(client, "view")
+    page = client.get("/alerts/u1:defect:1").text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
+
+
+def test_images_are_served_by_name_only(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, _ = app
+    login(client, "view")
+    for bad in ("../../etc/passwd", "a" * 64, "%2e%2e%2fsecret_key"):
+        assert client.get(f"/images/{bad}.jpg").status_code == 404
+
+
+def test_admins_manage_users_and_changes_apply_at_once(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, _ = app
+    token = login(client, "admin")
+    r = client.post("/users", data={"csrf": token, "action": "add", "name": "lead", "password": "short",
+                                    "role": "operator"})
+    assert r.status_code == 400 and "at least 10" in r.text
+    client.post("/users", data={"csrf": token, "action": "add", "name": "lead", "password": PW, "role": "operator"})
+    other = TestClient(client.app)
+    other.post("/login", data={"name": "lead", "password": PW})
+    assert other.get("/").status_code == 200
+    client.post("/users", data={"csrf": token, "action": "role", "name": "lead", "role": "operator", "disabled": "1"})
+    assert other.get("/", follow_redirects=False).status_code == 303, "a disabled user's session ends at once"
