@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from console import auth, images
 from console.auth import Role, User
 from console.config import ConsoleConfig
+from console.inspect import Call, Inspector
 from console.live import LiveHub
 from console.store import queries, reports
 from console.store import schema as s
@@ -47,6 +48,7 @@ class Services:
     def __init__(self, cfg: ConsoleConfig, engine: Engine, hub: LiveHub,
                  publish: Callable[[str, bytes], None], historian_state: Callable[[], str] = lambda: "ok"):
         self.cfg, self.engine, self.hub = cfg, engine, hub
+        self.inspector = Inspector(cfg.models_dir)
         self.publish = publish  # (topic, payload): QoS 1 through the console's own MQTT connection
         self.historian_state = historian_state
         self.sessions = auth.Sessions(cfg.secret_key(), cfg.web.session_max_age_s)
@@ -308,6 +310,77 @@ def create_app(svc: Services) -> FastAPI:
             raise HTTPException(404, "no such report")
         return Response(_csv(rows), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+    # -- inspect: the original app's page -----------------------------------------------------------------------
+    @app.get("/inspect", response_class=HTMLResponse)
+    async def inspect_page(request: Request) -> HTMLResponse:
+        user = user_of(request, "operator")
+        return page(request, "inspect.html", user, models=svc.inspector.models(), calls=[], model="", error="")
+
+    @app.post("/inspect", response_class=HTMLResponse)
+    async def inspect(request: Request) -> HTMLResponse:
+        user = user_of(request, "operator")
+        limit = int(cfg.web.max_upload_mb * 1024 * 1024)
+        length = request.headers.get("content-length")
+        models = svc.inspector.models()
+        if length is None or not length.isdigit() or int(length) > limit:
+            return page(request, "inspect.html", user, models=models, calls=[], model="", status=413,
+                        error=f"uploads are limited to {cfg.web.max_upload_mb:g} MB a request"
+                        if length and length.isdigit() else "the upload must say its length")
+        form = await request.form(max_files=50)
+        try:
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            if not auth.csrf_ok(user.csrf, fields.get("csrf") or request.headers.get("x-csrf-token")):
+                raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page")
+            model = fields.get("model", "")
+            calls: list[Call] = []
+            for item in form.getlist("files"):
+                if isinstance(item, str):
+                    continue
+                data = await item.read()
+                calls.append(await asyncio.to_thread(svc.inspector.inspect, item.filename or "upload", data,
+                                                     model))
+        finally:
+            await form.close()  # the spooled upload files
+        error = "" if calls else "choose one or more JPEG or PNG files"
+        return page(request, "inspect.html", user, models=models, calls=calls, model=model, error=error,
+                    ids="&".join(f"id={c.id}" for c in calls))
+
+    @app.post("/inspect/{upload_id}/heatmap", response_class=HTMLResponse)
+    async def inspect_heatmap(request: Request, upload_id: str) -> HTMLResponse:
+        user, form = await posted(request, "operator")
+        method = form.get("method", "gradcam")
+        said = svc.inspector.request_heatmap(upload_id, method if method in ("gradcam", "gradcam++") else "gradcam")
+        return page(request, "_heatmap.html", user, upload_id=upload_id, heat=said)
+
+    @app.get("/inspect/{upload_id}/heatmap", response_class=HTMLResponse)
+    async def inspect_heatmap_state(request: Request, upload_id: str) -> HTMLResponse:
+        user = user_of(request, "operator")
+        found = svc.inspector.heatmap(upload_id)
+        state = "queued" if found is None else "ready" if isinstance(found[1], bytes) else str(found[1])
+        return page(request, "_heatmap.html", user, upload_id=upload_id, heat=state)
+
+    @app.get("/inspect/{upload_id}/heatmap.jpg")
+    async def inspect_heatmap_image(request: Request, upload_id: str) -> Response:
+        user_of(request, "operator")
+        found = svc.inspector.heatmap(upload_id)
+        if found is None or not isinstance(found[1], bytes):
+            raise HTTPException(404, "no heatmap (yet)")
+        return Response(found[1], media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+
+    @app.get("/inspect/calls.csv")
+    async def inspect_csv(request: Request) -> Response:
+        user_of(request, "operator")
+        rows = []
+        for upload_id in request.query_params.getlist("id"):
+            c = svc.inspector.calls.get(upload_id)
+            if c is not None:
+                rows.append({"file": c.name, "model": c.model, "label": c.label, "p_defect": c.p_defect,
+                             "confidence": c.confidence, "low_confidence": c.low_confidence,
+                             "threshold": c.threshold, "width": c.width, "height": c.height, "error": c.error,
+                             **{f"{k}_ms": v for k, v in c.timings_ms.items()}})
+        return Response(_csv(rows), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="inspect.csv"'})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

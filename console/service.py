@@ -43,7 +43,8 @@ def run(cfg: ConsoleConfig) -> int:
     def publish(topic: str, payload: bytes) -> None:
         historian.client.publish(topic, payload, qos=1)
 
-    app = create_app(Services(cfg, engine, hub, publish, lambda: historian.state))
+    services = Services(cfg, engine, hub, publish, lambda: historian.state)
+    app = create_app(services)
     stop = threading.Event()
 
     def housekeeping() -> None:
@@ -72,6 +73,7 @@ def run(cfg: ConsoleConfig) -> int:
             return 1
     finally:
         stop.set()
+        services.inspector.stop()  # the Grad-CAM workers of the inspect page
         feed.stop()
         historian.stop()
         engine.dispose()

@@ -95,6 +95,7 @@ def console_config(mqtt_port: int, protocol: str) -> tuple[Path, str]:
     folder = RUN / "console"
     folder.mkdir(parents=True, exist_ok=True)
     conf = write(folder / "console.toml", f"""
+models_dir = "{REPO / 'models'}"
 [mqtt]
 host = "127.0.0.1"
 port = {mqtt_port}

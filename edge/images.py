@@ -39,11 +39,18 @@ def read_rgb(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
-    if data.size == 0:
-        raise ImageError(f"{path}: empty file")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return decode_rgb(data, str(path))
+
+
+def decode_rgb(data: np.ndarray | bytes, name: str = "image") -> np.ndarray:
+    """Encoded image bytes → H x W x 3 uint8 RGB: the one decoding, so a file gives the same pixels whether the unit,
+    ``classify`` or the console's inspect page reads it."""
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    if buf.size == 0:
+        raise ImageError(f"{name}: empty file")
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ImageError(f"{path}: not a decodable image ({data.size} bytes)")
+        raise ImageError(f"{name}: not a decodable image ({buf.size} bytes)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -115,3 +115,77 @@ def test_admins_manage_users_and_changes_apply_at_once(app: tuple[TestClient, li
     assert other.get("/").status_code == 200
     client.post("/users", data={"csrf": token, "action": "role", "name": "lead", "role": "operator", "disabled": "1"})
     assert other.get("/", follow_redirects=False).status_code == 303, "a disabled user's session ends at once"
+
+
+@pytest.fixture
+def inspect_app(tmp_path: Path) -> tuple[TestClient, str]:
+    from harness import REPO
+
+    cfg = config.parse({"state": {"dir": str(tmp_path)}, "models_dir": str(REPO / "models")})
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    auth.add_user(engine, "op", PW, "operator")
+    auth.add_user(engine, "view", PW, "viewer")
+    client = TestClient(create_app(Services(cfg, engine, LiveHub(), lambda t, p: None)))
+    return client, login(client, "op")
+
+
+def test_inspect_calls_a_photo_exactly_as_the_unit_does(inspect_app: tuple[TestClient, str], tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    from converter import synth
+
+    client, token = inspect_app
+    part = tmp_path / "part.jpg"
+    cv2.imwrite(str(part), synth.sample(5, 3, size=300).image[:, :, ::-1])
+    page = client.get("/inspect").text
+    assert "mobilenetv2 · int8 · parity" in page
+    r = client.post("/inspect", data={"csrf": token, "model": "mobilenetv2"},
+                    files=[("files", ("part.jpg", part.read_bytes(), "image/jpeg"))])
+    got = float(re.search(r'class="p_defect">([0-9.]+)<', r.text).group(1))  # type: ignore[union-attr]
+    cli = subprocess.run([str(Path(sys.executable).parent / "defect-edge"), "classify", str(part), "--json",
+                          "--models-dir", str(Path(__file__).resolve().parent.parent / "models")],
+                         capture_output=True, text=True, timeout=120)
+    expected = json.loads(cli.stdout.splitlines()[0])["p_defect"]
+    assert abs(got - expected) <= 1e-6, (got, expected)
+    ids = re.findall(r"/inspect/([0-9a-f]{16})/heatmap", r.text)
+    csv_text = client.get(f"/inspect/calls.csv?id={ids[0]}").text
+    assert csv_text.splitlines()[0].startswith("file,model,label,p_defect") and "part.jpg,mobilenetv2" in csv_text
+
+
+def test_inspect_refuses_bad_files_with_a_clear_message(inspect_app: tuple[TestClient, str]) -> None:
+    import struct
+    import zlib
+
+    client, token = inspect_app
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2,
+                                                                                0, 0, 0)
+    bomb += struct.pack(">I", zlib.crc32(bomb[12:29]))
+    files = [("files", ("notes.txt", b"not an image at all", "text/plain")),
+             ("files", ("half.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF", "image/jpeg")),
+             ("files", ("bomb.png", bomb, "image/png")), ("files", ("empty.png", b"", "image/png"))]
+    r = client.post("/inspect", data={"csrf": token, "model": "mobilenetv2"}, files=files)
+    assert r.status_code == 200
+    assert "not inspected: not a JPEG or PNG file" in r.text
+    assert "not inspected: a JPEG without a frame header" in r.text
+    assert "declares 100000x100000 pixels" in r.text and "decompression bomb" in r.text
+    assert "not inspected: an empty file" in r.text
+    r = client.post("/inspect", data={"csrf": token, "model": "nope"},
+                    files=[("files", ("x.png", bomb, "image/png"))])
+    assert "declares" in r.text
+    big = client.post("/inspect", data={"csrf": token, "model": "mobilenetv2"},
+                      files=[("files", ("big.jpg", b"\xff\xd8" + bytes(100 * 1024 * 1024), "image/jpeg"))])
+    assert big.status_code == 413 and "limited to 20 MB" in big.text
+    r = client.post("/inspect", data={"model": "mobilenetv2"}, files=[("files", ("a.png", bomb, "image/png"))])
+    assert r.status_code == 403, "no CSRF token, no inspection"
+
+
+def test_inspect_needs_the_operator_role(inspect_app: tuple[TestClient, str]) -> None:
+    client, _ = inspect_app
+    viewer = TestClient(client.app)
+    login(viewer, "view")
+    assert viewer.get("/inspect").status_code == 403

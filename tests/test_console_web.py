@@ -210,6 +210,30 @@ def test_logins_are_limited_and_admins_manage_users(browser: Any, console: Conso
     elsewhere.close()
 
 
+def test_inspect_a_photo_and_its_heatmap(browser: Any, tmp_path: Path, broker: Broker) -> None:
+    import cv2
+
+    from converter import synth
+
+    console = ConsoleProc(tmp_path / "console", broker.port, models_dir=REPO / "models").start()
+    try:
+        part = tmp_path / "part_with_a_crack.png"
+        cv2.imwrite(str(part), synth.render(4, 2, size=300, defect="crack").image[:, :, ::-1])
+        page = login(browser, console, "op")
+        page.goto(f"{console.url}/inspect")
+        page.select_option("select[name=model]", "mobilenetv2")
+        page.set_input_files("input[name=files]", str(part))
+        page.click("#upload button[type=submit]")
+        page.locator("td.p_defect").wait_for()
+        assert page.locator("td.defective strong").inner_text() == "defective"
+        page.click("text=Show heatmap")
+        page.locator("img.heat").wait_for(timeout=180_000)  # the first heatmap starts TensorFlow in a worker
+        assert until(lambda: page.locator("img.heat").evaluate("i => i.complete && i.naturalWidth") > 0, 30)
+        shot(page, "inspect")
+    finally:
+        console.kill()
+
+
 @pytest.fixture(scope="session")
 def models_dir_committed() -> Path:
     return REPO / "models"

@@ -147,3 +147,13 @@ function reports() {
   }
 }
 document.addEventListener("DOMContentLoaded", reports);
+
+// Inspect: files dropped on the box go into the form's file input.
+document.addEventListener("DOMContentLoaded", () => {
+  const drop = document.getElementById("drop");
+  if (!drop) return;
+  const input = drop.querySelector("input[type=file]");
+  ["dragenter", "dragover"].forEach(t => drop.addEventListener(t, e => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach(t => drop.addEventListener(t, e => { e.preventDefault(); drop.classList.remove("over"); }));
+  drop.addEventListener("drop", e => { input.files = e.dataTransfer.files; });
+});
