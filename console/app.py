@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import logging
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
-from console import auth, images
+from console import auth, images, review
 from console.auth import Role, User
 from console.config import ConsoleConfig
 from console.inspect import Call, Inspector
@@ -173,16 +176,11 @@ def create_app(svc: Services) -> FastAPI:
         if not topics.DEVICE_ID.match(device_id) or name not in payloads.COMMAND_ARGS:
             raise HTTPException(404, "no such unit or command")
         args = _command_args(name, form)
-        request_id = f"console-{secrets.token_hex(8)}"
-        body = json.dumps({**args, "request_id": request_id})
         try:  # the unit would refuse it anyway: say so now, and do not send it
-            payloads.parse_command(name, body.encode())
+            payloads.parse_command(name, json.dumps({**args, "request_id": "console-check"}).encode())
         except payloads.CommandError as e:
             return page(request, "_command.html", user, c={"command": name, "error": str(e), "reply": {}})
-        with engine.begin() as conn:
-            conn.execute(s.commands.insert().values(request_id=request_id, ts=time.time(), user=user.name,
-                                                    device_id=device_id, command=name, args=json.dumps(args)))
-        svc.publish(f"{cfg.mqtt.edge_prefix}/{device_id}/{topics.CMD}/{name}", body.encode())
+        request_id = send(user, device_id, name, args)
         return page(request, "_command.html", user, c=queries.command(engine, request_id))
 
     @app.get("/commands/{request_id}", response_class=HTMLResponse)
@@ -310,6 +308,77 @@ def create_app(svc: Services) -> FastAPI:
             raise HTTPException(404, "no such report")
         return Response(_csv(rows), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+    # -- review ----------------------------------------------------------------------------------------------------
+    def review_filters(params: Any) -> dict[str, Any]:
+        day, since = params.get("day", ""), None
+        if day:
+            try:
+                since = time.mktime(time.strptime(day, "%Y-%m-%d"))
+            except ValueError:
+                day = ""
+        state = params.get("state", "waiting")
+        return {"unit": params.get("unit", ""), "kind": params.get("kind", ""), "model": params.get("model", ""),
+                "day": day, "since": since, "state": state if state in ("waiting", "reviewed", "all") else "waiting"}
+
+    @app.get("/review", response_class=HTMLResponse)
+    async def review_page(request: Request) -> HTMLResponse:
+        user = user_of(request)
+        f = review_filters(request.query_params)
+        items, total = await asyncio.to_thread(lambda: review.queue(
+            engine, device_id=f["unit"] or None, kind=f["kind"] or None, model=f["model"] or None,
+            since=f["since"], state=f["state"], limit=13))
+        _, waiting = await asyncio.to_thread(lambda: review.queue(engine, state="waiting", limit=0))
+        query = "&".join(f"{k}={v}" for k, v in f.items() if k != "since" and v)
+        return page(request, "review.html", user, items=items, total=total, waiting=waiting, f=f, query=query,
+                    kinds=review.REVIEWED_KINDS)
+
+    @app.post("/review")
+    async def review_post(request: Request) -> Response:
+        user, form = await posted(request, "operator")
+        verdict, note = form.get("verdict", ""), form.get("note", "")
+        raw = await request.form()
+        picked = [str(x) for x in raw.getlist("items")] or [f"{form.get('device_id', '')}|{form.get('frame_id', '')}"]
+        for key in picked[:200]:
+            device_id, _, frame_id = key.partition("|")
+            if not topics.DEVICE_ID.match(device_id) or not topics.FRAME_ID.match(frame_id):
+                raise HTTPException(400, "no such item")
+            try:
+                item = await asyncio.to_thread(functools.partial(
+                    review.record, engine, device_id=device_id, frame_id=frame_id, verdict=verdict, note=note,
+                    user=user.name, request_id=None))
+            except (ValueError, LookupError) as e:
+                raise HTTPException(400, str(e)) from None
+            if item["truth"] is not None:  # the unit keeps it with the frame while it still buffers it
+                send(user, device_id, "feedback", {"frame_id": frame_id, "label": item["truth"], "note": note},
+                     review_of=frame_id)
+        filters = {k: form.get(k, "") for k in ("unit", "kind", "model", "day", "state")}
+        return RedirectResponse("/review?" + "&".join(f"{k}={v}" for k, v in filters.items() if v),
+                                status_code=303)
+
+    @app.get("/review/export.zip")
+    async def review_export(request: Request) -> Response:
+        user = user_of(request, "operator")
+        with tempfile.TemporaryDirectory() as tmp:
+            counts = await asyncio.to_thread(review.export, engine, cfg.images_dir, Path(tmp) / "reviewed")
+            archive = shutil.make_archive(str(Path(tmp) / "reviewed"), "zip", tmp, "reviewed")
+            data = Path(archive).read_bytes()
+        queries.record(engine, user.name, "export", json.dumps(counts))
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="reviewed.zip"'})
+
+    def send(user: User, device_id: str, name: str, args: dict[str, Any], review_of: str | None = None) -> str:
+        """Publish a command through the broker, audited with who sent it; its reply lands in the same row."""
+        request_id = f"console-{secrets.token_hex(8)}"
+        with engine.begin() as conn:
+            conn.execute(s.commands.insert().values(request_id=request_id, ts=time.time(), user=user.name,
+                                                    device_id=device_id, command=name, args=json.dumps(args)))
+            if review_of:
+                conn.execute(s.reviews.update().where(s.reviews.c.device_id == device_id)
+                             .where(s.reviews.c.frame_id == review_of).values(feedback_request_id=request_id))
+        svc.publish(f"{cfg.mqtt.edge_prefix}/{device_id}/{topics.CMD}/{name}",
+                    json.dumps({**args, "request_id": request_id}).encode())
+        return request_id
 
     # -- inspect: the original app's page -----------------------------------------------------------------------
     @app.get("/inspect", response_class=HTMLResponse)

@@ -1,6 +1,7 @@
 """``defect-console``: the line console beside the central broker (``docs/console.md``).
 
 ``run`` serves the web console and keeps the historian; ``check-config`` validates ``console.toml`` and the database;
+``export DIR`` writes the reviewed frames as a training set;
 ``user add NAME --role ROLE`` and ``user passwd NAME`` manage logins (the password is read from the terminal, or
 from ``--password-file`` for scripts).
 """
@@ -32,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="serve the console and keep the historian (as systemd runs it)")
     sub.add_parser("check-config", help="validate console.toml and reach the database")
+    ex = sub.add_parser("export", help="reviewed frames as a training set: DIR/train and DIR/eval, good/ and defect/")
+    ex.add_argument("out", type=Path)
+    ex.add_argument("--holdout", type=float, default=0.2, help="the newest share held out in eval/ (default 0.2)")
     u = sub.add_parser("user", help="manage logins").add_subparsers(dest="action", required=True)
     add = u.add_parser("add")
     add.add_argument("name")
@@ -63,6 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "check-config":
         print(f"{a.config}: OK: console {cfg.id}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, database "
               f"{engine.dialect.name} at schema {revision}, web {cfg.web.host}:{cfg.web.port}")
+        return 0
+    if a.command == "export":
+        from console import review
+
+        counts = review.export(engine, cfg.images_dir, a.out, holdout=a.holdout)
+        print(f"wrote {sum(counts.values())} reviewed frames to {a.out}: train {counts['train_good']} good, "
+              f"{counts['train_defect']} defect; eval {counts['eval_good']} good, {counts['eval_defect']} defect "
+              f"(train with: defect-convert train {a.out / 'train'} --arch ...; then convert ... --eval "
+              f"{a.out / 'eval'})")
         return 0
     if a.command == "user":
         from console import auth

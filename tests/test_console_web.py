@@ -68,6 +68,12 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def fresh(page: Any) -> str:
+    """The page's HTML after a reload."""
+    page.reload()
+    return str(page.content())
+
+
 def sim(broker: Broker) -> Collector:
     return Collector(broker.port, "defect-edge/+/cmd/+", persistent=False)
 
@@ -208,6 +214,54 @@ def test_logins_are_limited_and_admins_manage_users(browser: Any, console: Conso
     eng.goto(f"{console.url}/audit")
     assert "login_limited" in eng.content() and "login_failed" in eng.content()
     elsewhere.close()
+
+
+def test_review_by_keyboard_persists_and_reaches_the_unit(browser: Any, tmp_path: Path, broker: Broker) -> None:
+    console = ConsoleProc(tmp_path / "console", broker.port).start()
+    pub = sim(broker)
+    unit = SimUnit(pub.client, "line4")
+    try:
+        unit.online()
+        keys = [unit.alert(unit.result(0.9, qos=1)) for _ in range(4)]
+        page = login(browser, console, "op")
+        page.goto(f"{console.url}/review")
+        assert until(lambda: "4 waiting" in fresh(page), 15)
+        shot(page, "review")
+        for key, left in (("1", 3), ("2", 2), ("3", 1)):
+            page.keyboard.press(key)
+            page.locator("#waiting", has_text=f"{left} waiting").wait_for(timeout=10_000)
+        assert pub.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/cmd/feedback")]) == 3, 10), \
+            "right, wrong (good) and wrong (defective) each tell the unit"
+        labels = [json.loads(p)["label"] for p in pub.on("/cmd/feedback")]
+        assert labels == ["defective", "good", "defective"]
+        for p in pub.on("/cmd/feedback"):  # the unit answers, as a real one does
+            body = json.loads(p)
+            pub.publish("defect-edge/line4/cmd/feedback/reply", json.dumps({
+                "schema": 1, "device_id": "line4", "ts": "2026-11-28T03:00:00.000Z", "command": "feedback",
+                "request_id": body["request_id"], "ok": True, "result": {"frame_id": body["frame_id"]}}))
+        r = page.request.post(f"{console.url}/units/line4/commands/threshold",
+                              form={"csrf": page.locator("input[name=csrf]").first.get_attribute("value"),
+                                    "threshold": "0.1"})
+        assert r.status == 403, "an operator reviews but does not change thresholds"
+        assert console.stop() == 0
+        console.start()
+        page = login(browser, console, "op")
+        page.goto(f"{console.url}/review")
+        assert "1 waiting" in page.content(), "the reviews survived a restart"
+        page.goto(f"{console.url}/review?state=reviewed")
+        assert page.locator("text=reviewed wrong_defective by op").count() == 1
+        eng = login(browser, console, "eng")
+        eng.goto(f"{console.url}/audit")
+        def replied() -> bool:
+            eng.reload()
+            text = eng.locator("table.log").first.inner_text()
+            return text.count("feedback") == 3 and "no reply" not in text
+
+        assert until(replied, 15), eng.locator("table.log").first.inner_text()
+        assert len(keys) == 4
+    finally:
+        pub.close()
+        console.kill()
 
 
 def test_inspect_a_photo_and_its_heatmap(browser: Any, tmp_path: Path, broker: Broker) -> None:

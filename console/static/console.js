@@ -157,3 +157,13 @@ document.addEventListener("DOMContentLoaded", () => {
   ["dragleave", "drop"].forEach(t => drop.addEventListener(t, e => { e.preventDefault(); drop.classList.remove("over"); }));
   drop.addEventListener("drop", e => { input.files = e.dataTransfer.files; });
 });
+
+// Review: one key per verdict; "n" writes a note (Enter then sends "unsure" unless a verdict key is used).
+document.addEventListener("keydown", (e) => {
+  const form = document.getElementById("verdict");
+  if (!form || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (document.activeElement && document.activeElement.id === "note") return;
+  if (e.key === "n") { e.preventDefault(); document.getElementById("note").focus(); return; }
+  const button = form.querySelector(`button[data-key="${CSS.escape(e.key)}"]`);
+  if (button) { e.preventDefault(); button.click(); }
+});

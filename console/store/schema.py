@@ -146,3 +146,20 @@ counters = Table(  # ingest counters per console instance: received, stored, rej
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+reviews = Table(  # a person's verdict on a unit's call: the console's half of the retraining data set
+    "reviews", metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("frame_id", String(128), primary_key=True),
+    Column("verdict", String(16), nullable=False),  # right | wrong | unsure
+    Column("truth", String(16), nullable=True),  # good | defective (None: unsure)
+    Column("predicted", String(40), nullable=True),
+    Column("p_defect", Float, nullable=True),
+    Column("model", String(100), nullable=True),
+    Column("model_sha256", String(64), nullable=True),
+    Column("sha256", String(64), nullable=True),  # the snapshot reviewed
+    Column("note", Text, nullable=False, default=""),
+    Column("user", String(64), nullable=False),
+    Column("ts", Float, nullable=False, index=True),
+    Column("feedback_request_id", String(128), nullable=True),  # cmd/feedback to the unit; its reply is in commands
+)

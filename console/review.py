@@ -1,0 +1,136 @@
+"""The review queue: people say whether the units' calls were right, and the reviewed frames become a data set.
+
+Items are the alerts a unit raised on a frame (defect, low confidence) with their snapshot. A verdict is ``right``,
+``wrong`` (with the truth: the part was good, or defective) or ``unsure``; it is stored centrally with the image the
+console holds (marked reviewed, so retention keeps it longest), and sent to the unit as ``cmd/feedback`` (the unit
+keeps it with the frame while it still buffers it; its reply is recorded either way, in the audit).
+
+``export`` writes reviewed frames as ``good/`` and ``defect/`` by their reviewed truth, split by time (the newest
+share held out for evaluation), in the layout ``defect-convert train`` and ``--eval`` take, with a manifest CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, desc, func, select, update
+
+from console import images
+from console.store import schema as s
+
+VERDICTS = {"right": None, "wrong_good": "good", "wrong_defective": "defective", "unsure": None}
+REVIEWED_KINDS = ("defect", "low_confidence")
+
+
+def truth_of(verdict: str, predicted: str | None) -> str | None:
+    """What the part really was, by the verdict: the call itself when it was right."""
+    if verdict == "right":
+        return predicted if predicted in ("good", "defective") else None
+    return VERDICTS[verdict]
+
+
+def _items_query(*, device_id: str | None, kind: str | None, model: str | None, since: float | None,
+                 state: str, frame_id: str | None = None) -> Any:
+    snap, heat = s.frame_images.alias("snap"), s.frame_images.alias("heat")
+    a, r = s.alerts, s.reviews
+    q = (select(a.c.device_id, a.c.frame_id, a.c.kind, a.c.ts, a.c.p_defect, a.c.payload, a.c.dedup_key,
+                snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"), r.c.verdict, r.c.truth,
+                r.c.user.label("reviewer"), r.c.ts.label("reviewed_at"), r.c.note)
+         .join(snap, and_(snap.c.device_id == a.c.device_id, snap.c.frame_id == a.c.frame_id,
+                          snap.c.kind == "snapshot"))
+         .outerjoin(heat, and_(heat.c.device_id == a.c.device_id, heat.c.frame_id == a.c.frame_id,
+                               heat.c.kind == "gradcam"))
+         .outerjoin(r, and_(r.c.device_id == a.c.device_id, r.c.frame_id == a.c.frame_id))
+         .where(a.c.kind.in_(REVIEWED_KINDS)))
+    if device_id:
+        q = q.where(a.c.device_id == device_id)
+    if frame_id:
+        q = q.where(a.c.frame_id == frame_id)
+    if kind:
+        q = q.where(a.c.kind == kind)
+    if model:
+        q = q.where(a.c.payload.contains(f'"model":{json.dumps(model)}'))
+    if since is not None:
+        q = q.where(a.c.ts >= since).where(a.c.ts < since + 86400)
+    if state == "waiting":
+        q = q.where(r.c.verdict.is_(None))
+    elif state == "reviewed":
+        q = q.where(r.c.verdict.is_not(None))
+    return q
+
+
+def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = None, model: str | None = None,
+          since: float | None = None, state: str = "waiting", limit: int = 20) -> tuple[list[dict[str, Any]], int]:
+    """Items, oldest waiting first (newest first for reviewed ones), and how many match."""
+    q = _items_query(device_id=device_id, kind=kind, model=model, since=since, state=state)
+    order = s.alerts.c.ts if state == "waiting" else desc(s.alerts.c.ts)
+    with engine.connect() as conn:
+        rows = [dict(x) for x in conn.execute(q.order_by(order, s.alerts.c.dedup_key).limit(limit)).mappings()]
+        total = int(conn.execute(select(func.count()).select_from(q.subquery())).scalar_one())
+    for row in rows:
+        payload = json.loads(row.pop("payload"))
+        row["predicted"], row["model"] = payload.get("label"), payload.get("model")
+    return rows, total
+
+
+def record(engine: Engine, *, device_id: str, frame_id: str, verdict: str, note: str, user: str,
+           request_id: str | None) -> dict[str, Any]:
+    """Store one verdict (again: the newest wins); the reviewed image is kept longest."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
+    q = _items_query(device_id=device_id, kind=None, model=None, since=None, state="all", frame_id=frame_id)
+    with engine.connect() as conn:
+        found = conn.execute(q.limit(1)).mappings().first()
+        sha = conn.execute(select(s.results.c.model_sha256).where(and_(
+            s.results.c.device_id == device_id, s.results.c.frame_id == frame_id))).scalar()
+    if found is None:
+        raise LookupError("no such item to review")
+    item = dict(found)
+    payload = json.loads(item.pop("payload"))
+    item["predicted"], item["model"] = payload.get("label"), payload.get("model")
+    truth = truth_of(verdict, item["predicted"])
+    values = {"verdict": verdict, "truth": truth, "predicted": item["predicted"], "p_defect": item["p_defect"],
+              "model": item["model"], "model_sha256": sha, "sha256": item["snapshot"], "note": note[:1000],
+              "user": user, "ts": time.time(), "feedback_request_id": request_id}
+    with engine.begin() as conn:
+        done = conn.execute(update(s.reviews).where(and_(s.reviews.c.device_id == device_id,
+                                                         s.reviews.c.frame_id == frame_id)).values(**values))
+        if not done.rowcount:
+            conn.execute(s.reviews.insert().values(device_id=device_id, frame_id=frame_id, **values))
+        shas = [x for x in (item["snapshot"], item["heatmap"]) if x]
+        conn.execute(update(s.images).where(s.images.c.sha256.in_(shas)).values(reviewed=True))
+    return {**item, **values}
+
+
+def export(engine: Engine, images_root: Path, out: Path, *, holdout: float = 0.2) -> dict[str, int]:
+    """Reviewed frames with a truth into ``out/train`` and ``out/eval`` (the newest ``holdout`` share), each with
+    ``good/`` and ``defect/``, and ``out/manifest.csv``. Returns how many frames went where."""
+    with engine.connect() as conn:
+        rows = [dict(x) for x in conn.execute(select(s.reviews).where(s.reviews.c.truth.is_not(None))
+                                              .where(s.reviews.c.sha256.is_not(None)).order_by(s.reviews.c.ts)
+                                              ).mappings()]
+    rows = [r for r in rows if images.path_of(images_root, r["sha256"]).is_file()]
+    cut = len(rows) - round(len(rows) * holdout)
+    counts = {"train_good": 0, "train_defect": 0, "eval_good": 0, "eval_defect": 0}
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "manifest.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "file", "frame_id", "unit", "model", "model_sha256", "p_defect", "predicted", "truth",
+                    "verdict", "reviewer", "reviewed_at"])
+        for i, r in enumerate(rows):
+            split = "train" if i < cut else "eval"
+            cls = "defect" if r["truth"] == "defective" else "good"
+            folder = out / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{r['frame_id']}.jpg"
+            shutil.copyfile(images.path_of(images_root, r["sha256"]), folder / name)
+            counts[f"{split}_{cls}"] += 1
+            w.writerow([split, f"{split}/{cls}/{name}", r["frame_id"], r["device_id"], r["model"] or "",
+                        r["model_sha256"] or "", r["p_defect"], r["predicted"], r["truth"], r["verdict"], r["user"],
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["ts"]))])
+    return counts

@@ -1,0 +1,118 @@
+"""The review queue in-process: verdicts by item and in bulk, the count that falls, the feedback that goes to the
+unit, reviewed images kept, and the export in the layout the converter reads."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
+
+from console import auth, config, images, review
+from console.app import Services, create_app
+from console.cli import main as console_main
+from console.live import LiveHub
+from console.store import db, writer
+from console.store import schema as s
+from contract import payloads
+from converter.dataset import open_folder
+from harness.units import jpeg
+
+PW = "a long password"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[TestClient, Engine, list[tuple[str, bytes]], config.ConsoleConfig]:
+    cfg = config.parse({"state": {"dir": str(tmp_path / "state")}})
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    auth.add_user(engine, "op", PW, "operator")
+    auth.add_user(engine, "view", PW, "viewer")
+    items = []
+    for i in range(10):
+        frame = f"u1-1-{i:09d}"
+        p = 0.9 if i % 2 == 0 else 0.55
+        a = payloads.Alert(device_id="u1", kind="defect" if p > 0.6 else "low_confidence", frame_id=frame,
+                           dedup_key=f"u1:x:{i}", label="defective", p_defect=p, model="mobilenetv2",
+                           ts=f"2026-11-28T03:{i:02d}:00.000Z")
+        sha = images.store(cfg.images_dir, jpeg(i))
+        items += [writer.Item("alert", "u1", 1.0, message=a),
+                  writer.Item("snapshot", "u1", 1.0, key=frame, sha256=sha, size=len(jpeg(i)))]
+    writer.write(engine, items)
+    sent: list[tuple[str, bytes]] = []
+    client = TestClient(create_app(Services(cfg, engine, LiveHub(), lambda t, p: sent.append((t, p)))))
+    return client, engine, sent, cfg
+
+
+def login(client: TestClient, name: str) -> str:
+    client.post("/login", data={"name": name, "password": PW})
+    m = re.search(r'name="csrf" value="([^"]+)"', client.get("/review").text)
+    assert m
+    return m.group(1)
+
+
+def waiting(client: TestClient) -> int:
+    return int(re.search(r'id="waiting">(\d+) waiting', client.get("/review").text).group(1))  # type: ignore[union-attr]
+
+
+def test_verdicts_are_stored_count_down_and_reach_the_unit(world: tuple[TestClient, Engine, list[tuple[str, bytes]],
+                                                                         config.ConsoleConfig]) -> None:
+    client, engine, sent, _ = world
+    token = login(client, "op")
+    assert waiting(client) == 10
+    page = client.get("/review").text
+    assert 'data-frame="u1-1-000000000"' in page, "oldest first"
+    for verdict, frame in (("right", 0), ("wrong_good", 1), ("unsure", 2)):
+        r = client.post("/review", data={"csrf": token, "device_id": "u1", "frame_id": f"u1-1-{frame:09d}",
+                                         "verdict": verdict, "note": "<b>burr</b>"}, follow_redirects=False)
+        assert r.status_code == 303
+    assert waiting(client) == 7
+    client.post("/review", data={"csrf": token, "verdict": "wrong_defective",
+                                 "items": ["u1|u1-1-000000003", "u1|u1-1-000000004"]})
+    assert waiting(client) == 5
+    with engine.connect() as conn:
+        rows = {r.frame_id: (r.verdict, r.truth, r.user) for r in conn.execute(select(s.reviews))}
+        kept = {r.sha256 for r in conn.execute(select(s.images.c.sha256).where(s.images.c.reviewed.is_(True)))}
+    assert rows["u1-1-000000000"] == ("right", "defective", "op")
+    assert rows["u1-1-000000001"] == ("wrong_good", "good", "op") and rows["u1-1-000000002"][1] is None
+    assert len(kept) == 5, "reviewed images are kept longest"
+    feedback = [json.loads(p) for t, p in sent if t == "defect-edge/u1/cmd/feedback"]
+    assert [(f["frame_id"][-1], f["label"]) for f in feedback] == [("0", "defective"), ("1", "good"),
+                                                                   ("3", "defective"), ("4", "defective")]
+    assert all(f["request_id"].startswith("console-") for f in feedback), "unsure sends nothing"
+    reviewed = client.get("/review?state=reviewed").text
+    assert "reviewed <strong>wrong_defective</strong> by op" in reviewed
+
+
+def test_a_viewer_sees_the_queue_but_cannot_review(world: tuple[TestClient, Engine, list[tuple[str, bytes]],
+                                                                 config.ConsoleConfig]) -> None:
+    client, _, sent, _ = world
+    token = login(client, "view")
+    assert "Reviewing needs the operator role" in client.get("/review").text
+    r = client.post("/review", data={"csrf": token, "device_id": "u1", "frame_id": "u1-1-000000000",
+                                     "verdict": "right"})
+    assert r.status_code == 403 and sent == []
+
+
+def test_export_writes_the_layout_the_converter_reads(world: tuple[TestClient, Engine, list[tuple[str, bytes]],
+                                                                    config.ConsoleConfig], tmp_path: Path) -> None:
+    client, engine, _, cfg = world
+    for i in range(10):
+        review.record(engine, device_id="u1", frame_id=f"u1-1-{i:09d}", verdict="right" if i % 3 else "wrong_good",
+                      note="", user="op", request_id=None)
+    toml = tmp_path / "console.toml"
+    toml.write_text(f'[state]\ndir = "{cfg.state.dir}"\n')
+    out = tmp_path / "reviewed"
+    assert console_main(["--config", str(toml), "export", str(out), "--holdout", "0.3"]) == 0
+    train, held = open_folder(out / "train"), open_folder(out / "eval")
+    assert len(train.paths) == 7 and len(held.paths) == 3, "the newest 30 % held out"
+    manifest = (out / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == ("split,file,frame_id,unit,model,model_sha256,p_defect,predicted,truth,verdict,reviewer,"
+                           "reviewed_at") and len(manifest) == 11
+    token = login(client, "op")
+    assert token
+    r = client.get("/review/export.zip")
+    assert r.status_code == 200 and r.content[:2] == b"PK"
