@@ -81,6 +81,11 @@ class LiveHub:
         with self._lock:
             self._watchers.discard(w)
 
+    def wants(self, kind: str, device: str) -> bool:
+        """Whether any browser watches this kind of message of this unit (else it is not even parsed)."""
+        with self._lock:
+            return any(kind in w.kinds and (w.device is None or w.device == device) for w in self._watchers)
+
     def publish(self, event: dict[str, Any]) -> None:
         """From any thread."""
         loop = self.loop
@@ -134,6 +139,8 @@ class LiveFeed:
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             where = topics.parse(self.cfg.mqtt.edge_prefix, msg.topic)
+            if not self.hub.wants(where.what, where.device_id):
+                return
             event = summary(where.what, where.device_id, bytes(msg.payload))
         except (PayloadError, TopicError):
             return  # the historian counts refusals; the live view just does not show them
