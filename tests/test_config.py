@@ -133,3 +133,11 @@ def test_check_config_reads_and_classifies_one_frame(models_dir: Path, tmp_path:
     write(str(frames), "[camera.roi]\nx = 100\ny = 100\nwidth = 150\nheight = 150\n")
     assert main(["check-config", "--config", str(cfg)]) == 1
     assert "does not fit a 200x200 frame" in capsys.readouterr().err
+
+
+def test_console_example_is_valid_and_documents_every_key() -> None:
+    from console import config as console_config
+
+    example = REPO / "examples" / "console.toml"
+    assert console_config.load(example, check_files=False).web.port == 8080
+    assert not undocumented(console_config.ConsoleConfig, example)
