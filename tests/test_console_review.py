@@ -116,3 +116,44 @@ def test_export_writes_the_layout_the_converter_reads(world: tuple[TestClient, E
     assert token
     r = client.get("/review/export.zip")
     assert r.status_code == 200 and r.content[:2] == b"PK"
+
+
+@pytest.mark.slow
+def test_an_export_round_trips_into_train_and_eval(tmp_path: Path) -> None:
+    """Reviewed synthetic parts, exported, train a model with defect-convert, which converts against the held-out
+    share: the export is a data set the converter takes as it is."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from converter import synth
+
+    cfg = config.parse({"state": {"dir": str(tmp_path / "state")}})
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    items = []
+    for i in range(40):
+        part = synth.sample(8, i, size=128)
+        frame = f"u1-1-{i:09d}"
+        data = cv2.imencode(".jpg", part.image[:, :, ::-1])[1].tobytes()
+        sha = images.store(cfg.images_dir, data)
+        a = payloads.Alert(device_id="u1", kind="defect", frame_id=frame, dedup_key=f"u1:d:{i}", label="defective",
+                           p_defect=0.9, model="m", ts=f"2026-11-28T03:{i:02d}:00.000Z")
+        items += [writer.Item("alert", "u1", 1.0, message=a),
+                  writer.Item("snapshot", "u1", 1.0, key=frame, sha256=sha, size=len(data))]
+        truth = "right" if part.defective else "wrong_good"  # the unit called them all defective
+        writer.write(engine, items[-2:])
+        review.record(engine, device_id="u1", frame_id=frame, verdict=truth, note="", user="op", request_id=None)
+    out = tmp_path / "reviewed"
+    counts = review.export(engine, cfg.images_dir, out, holdout=0.25)
+    assert counts["eval_good"] + counts["eval_defect"] == 10 and min(counts.values()) > 0, counts
+    tool = str(Path(sys.executable).parent / "defect-convert")
+    run = {"capture_output": True, "text": True, "timeout": 600}
+    trained = subprocess.run([tool, "train", str(out / "train"), "--arch", "cnn", "--epochs", "1", "--out",
+                              str(tmp_path / "reviewed.h5")], **run)  # type: ignore[call-overload]
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    converted = subprocess.run([tool, "convert", str(tmp_path / "reviewed.h5"), "--eval", str(out / "eval"),
+                                "--quantize", "float32", "--min-agreement", "0"], **run)  # type: ignore[call-overload]
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    assert json.loads((tmp_path / "reviewed.json").read_text())["parity"]["n"] == 10
