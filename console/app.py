@@ -34,7 +34,7 @@ from console.auth import Role, User
 from console.config import ConsoleConfig
 from console.inspect import Call, Inspector
 from console.live import LiveHub
-from console.store import queries, reports
+from console.store import queries, reports, writer
 from console.store import schema as s
 from contract import payloads, topics
 
@@ -355,6 +355,40 @@ def create_app(svc: Services) -> FastAPI:
         filters = {k: form.get(k, "") for k in ("unit", "kind", "model", "day", "state")}
         return RedirectResponse("/review?" + "&".join(f"{k}={v}" for k, v in filters.items() if v),
                                 status_code=303)
+
+    @app.post("/review/heatmap", response_class=HTMLResponse)
+    async def review_heatmap(request: Request) -> HTMLResponse:
+        """A heatmap of a stored frame: asked of the unit (it answers while it still buffers the frame), and made
+        here from the stored snapshot when the console's model store has the model; the first to arrive is kept."""
+        user, form = await posted(request, "operator")
+        device_id, frame_id = form.get("device_id", ""), form.get("frame_id", "")
+        method = form.get("method", "gradcam") if form.get("method") in ("gradcam", "gradcam++") else "gradcam"
+        items, _ = await asyncio.to_thread(lambda: review.queue(engine, device_id=device_id, frame_id=frame_id,
+                                                                 state="all", limit=1))
+        item = items[0] if items else None
+        if item is None:
+            raise HTTPException(404, "no such item")
+        send(user, device_id, "gradcam", {"frame_id": frame_id, "method": method})
+        frame = images.read_frame(cfg.images_dir, item["snapshot"])
+        here = await asyncio.to_thread(svc.inspector.heatmap_of, f"{device_id}|{frame_id}", item["model"] or "",
+                                       frame, method)
+        return page(request, "_review_heat.html", user, device_id=device_id, frame_id=frame_id,
+                    heat="asked the unit" + (", and making one here" if here == "queued" else f"; {here}"))
+
+    @app.get("/review/heatmap", response_class=HTMLResponse)
+    async def review_heatmap_state(request: Request, device_id: str, frame_id: str) -> HTMLResponse:
+        user = user_of(request, "operator")
+        found = svc.inspector.heatmap(f"{device_id}|{frame_id}")
+        if found is not None and isinstance(found[1], bytes):  # made here: stored like one from the unit
+            sha = images.store(cfg.images_dir, found[1])
+            await asyncio.to_thread(writer.write, engine, [writer.Item(
+                "gradcam_image", device_id, time.time(), key=frame_id, sha256=sha, size=len(found[1]))])
+        a = await asyncio.to_thread(lambda: review.queue(engine, device_id=device_id, frame_id=frame_id, state="all",
+                                                         limit=1))
+        item = a[0][0] if a[0] else None
+        heat = "ready" if item and item["heatmap"] else (str(found[1]) if found else "waiting")
+        return page(request, "_review_heat.html", user, device_id=device_id, frame_id=frame_id, heat=heat,
+                    sha=item["heatmap"] if item else None)
 
     @app.get("/review/export.zip")
     async def review_export(request: Request) -> Response:

@@ -8,6 +8,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 JPEG_MAGIC = b"\xff\xd8"
 
 
@@ -25,6 +27,13 @@ def store(root: Path, data: bytes) -> str:
         tmp.write_bytes(data)
         tmp.replace(target)
     return sha
+
+
+def read_frame(root: Path, sha256: str) -> np.ndarray:
+    """A stored image as an RGB frame (for a heatmap of it)."""
+    from edge.images import decode_rgb
+
+    return decode_rgb(path_of(root, sha256).read_bytes(), sha256[:12])
 
 
 def remove(root: Path, sha256: str) -> None:

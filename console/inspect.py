@@ -173,17 +173,24 @@ class Inspector:
             found = self._uploads.get(upload_id)
         if found is None:
             return "this upload is no longer kept; upload it again"
-        model, frame = found
-        assert self.models_dir is not None
-        from edge import manifest as mf
+        return self.heatmap_of(upload_id, found[0], found[1], method)
 
+    def heatmap_of(self, key: str, model: str, frame: np.ndarray, method: str) -> str:
+        """Queue a heatmap of ``frame`` under ``key`` (an upload, or a stored frame); "queued", or why not."""
+        if self.models_dir is None:
+            return "no heatmap: the console has no model store (models_dir)"
+        from edge import manifest as mf
+        from edge.models import list_models
+
+        if model not in list_models(self.models_dir):
+            return f"no heatmap here: model {model!r} is not in the console's model store"
         path = self.models_dir / f"{model}.json"
         if not mf.resolve(path, mf.load(path).source).is_file():
             return f"no heatmap: the Keras model of {model} (its .h5) is not in the model store"
         service = self._service(model, path)
         with self._lock:
-            self._heatmaps.pop(upload_id, None)
-        if not service.request(upload_id, frame, "RGB", method, {"p_defect_tflite": 0.0}):
+            self._heatmaps.pop(key, None)
+        if not service.request(key, frame, "RGB", method, {"p_defect_tflite": 0.0}):
             return "too many heatmaps waiting; try again shortly"
         return "queued"
 

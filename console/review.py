@@ -65,9 +65,10 @@ def _items_query(*, device_id: str | None, kind: str | None, model: str | None, 
 
 
 def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = None, model: str | None = None,
-          since: float | None = None, state: str = "waiting", limit: int = 20) -> tuple[list[dict[str, Any]], int]:
+          since: float | None = None, state: str = "waiting", limit: int = 20,
+          frame_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """Items, oldest waiting first (newest first for reviewed ones), and how many match."""
-    q = _items_query(device_id=device_id, kind=kind, model=model, since=since, state=state)
+    q = _items_query(device_id=device_id, kind=kind, model=model, since=since, state=state, frame_id=frame_id)
     order = s.alerts.c.ts if state == "waiting" else desc(s.alerts.c.ts)
     with engine.connect() as conn:
         rows = [dict(x) for x in conn.execute(q.order_by(order, s.alerts.c.dedup_key).limit(limit)).mappings()]

@@ -157,3 +157,45 @@ def test_an_export_round_trips_into_train_and_eval(tmp_path: Path) -> None:
                                 "--quantize", "float32", "--min-agreement", "0"], **run)  # type: ignore[call-overload]
     assert converted.returncode == 0, converted.stderr[-2000:]
     assert json.loads((tmp_path / "reviewed.json").read_text())["parity"]["n"] == 10
+
+
+@pytest.mark.slow
+def test_a_heatmap_for_a_frame_the_unit_no_longer_buffers(tmp_path: Path) -> None:
+    """The unit is asked (cmd/gradcam); the console also makes one from its stored snapshot with the same Grad-CAM
+    worker and the model's .h5 from its store, and keeps it with the frame."""
+    import time
+
+    import cv2
+
+    from converter import synth
+    from harness import REPO
+
+    cfg = config.parse({"state": {"dir": str(tmp_path / "state")}, "models_dir": str(REPO / "models")})
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    auth.add_user(engine, "op", PW, "operator")
+    data = cv2.imencode(".jpg", synth.render(3, 3, size=256, defect="crack").image[:, :, ::-1])[1].tobytes()
+    sha = images.store(cfg.images_dir, data)
+    a = payloads.Alert(device_id="u1", kind="defect", frame_id="u1-1-000000007", dedup_key="u1:d:7",
+                       label="defective", p_defect=0.9, model="mobilenetv2")
+    writer.write(engine, [writer.Item("alert", "u1", 1.0, message=a),
+                          writer.Item("snapshot", "u1", 1.0, key="u1-1-000000007", sha256=sha, size=len(data))])
+    sent: list[tuple[str, bytes]] = []
+    services = Services(cfg, engine, LiveHub(), lambda t, p: sent.append((t, p)))
+    client = TestClient(create_app(services))
+    token = login(client, "op")
+    assert "Make one" in client.get("/review").text
+    r = client.post("/review/heatmap", data={"csrf": token, "device_id": "u1", "frame_id": "u1-1-000000007"})
+    assert "asked the unit, and making one here" in r.text
+    assert [t for t, _ in sent] == ["defect-edge/u1/cmd/gradcam"]
+    deadline = time.monotonic() + 180
+    state = ""
+    while time.monotonic() < deadline:
+        state = client.get("/review/heatmap?device_id=u1&frame_id=u1-1-000000007").text
+        if 'id="heatmap"' in state:
+            break
+        time.sleep(0.5)
+    services.inspector.stop()
+    assert 'id="heatmap"' in state, state
+    rows, _ = review.queue(engine, device_id="u1", frame_id="u1-1-000000007", state="all")
+    assert rows[0]["heatmap"] and images.path_of(cfg.images_dir, rows[0]["heatmap"]).read_bytes()[:2] == b"\xff\xd8"
