@@ -24,7 +24,8 @@ from console import images
 from console.store import schema as s
 
 VERDICTS = {"right": None, "wrong_good": "good", "wrong_defective": "defective", "unsure": None}
-REVIEWED_KINDS = ("defect", "low_confidence")
+ALERT_KINDS = ("defect", "low_confidence")
+REVIEWED_KINDS = (*ALERT_KINDS, "sample")  # sample: a confident call the unit sent with its snapshot
 
 
 def truth_of(verdict: str, predicted: str | None) -> str | None:
@@ -46,7 +47,7 @@ def _items_query(*, device_id: str | None, kind: str | None, model: str | None, 
          .outerjoin(heat, and_(heat.c.device_id == a.c.device_id, heat.c.frame_id == a.c.frame_id,
                                heat.c.kind == "gradcam"))
          .outerjoin(r, and_(r.c.device_id == a.c.device_id, r.c.frame_id == a.c.frame_id))
-         .where(a.c.kind.in_(REVIEWED_KINDS)))
+         .where(a.c.kind.in_(ALERT_KINDS)))
     if device_id:
         q = q.where(a.c.device_id == device_id)
     if frame_id:
@@ -64,19 +65,61 @@ def _items_query(*, device_id: str | None, kind: str | None, model: str | None, 
     return q
 
 
+def _samples_query(*, device_id: str | None, model: str | None, since: float | None, state: str,
+                   frame_id: str | None = None) -> Any:
+    """Snapshots a unit sent without an alert (a sampled confident call), with the call from its stored result."""
+    snap, heat = s.frame_images.alias("snap"), s.frame_images.alias("heat")
+    a, r, res = s.alerts, s.reviews, s.results
+    ts = func.coalesce(res.c.ts, snap.c.received)
+    q = (select(snap.c.device_id, snap.c.frame_id, ts.label("ts"), res.c.p_defect, res.c.label.label("predicted"),
+                res.c.model, snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"), r.c.verdict, r.c.truth,
+                r.c.user.label("reviewer"), r.c.ts.label("reviewed_at"), r.c.note)
+         .outerjoin(a, and_(a.c.device_id == snap.c.device_id, a.c.frame_id == snap.c.frame_id))
+         .outerjoin(res, and_(res.c.device_id == snap.c.device_id, res.c.frame_id == snap.c.frame_id))
+         .outerjoin(heat, and_(heat.c.device_id == snap.c.device_id, heat.c.frame_id == snap.c.frame_id,
+                               heat.c.kind == "gradcam"))
+         .outerjoin(r, and_(r.c.device_id == snap.c.device_id, r.c.frame_id == snap.c.frame_id))
+         .where(snap.c.kind == "snapshot").where(a.c.dedup_key.is_(None)))
+    if device_id:
+        q = q.where(snap.c.device_id == device_id)
+    if frame_id:
+        q = q.where(snap.c.frame_id == frame_id)
+    if model:
+        q = q.where(res.c.model == model)
+    if since is not None:
+        q = q.where(ts >= since).where(ts < since + 86400)
+    if state == "waiting":
+        q = q.where(r.c.verdict.is_(None))
+    elif state == "reviewed":
+        q = q.where(r.c.verdict.is_not(None))
+    return q
+
+
 def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = None, model: str | None = None,
           since: float | None = None, state: str = "waiting", limit: int = 20,
           frame_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Items, oldest waiting first (newest first for reviewed ones), and how many match."""
-    q = _items_query(device_id=device_id, kind=kind, model=model, since=since, state=state, frame_id=frame_id)
-    order = s.alerts.c.ts if state == "waiting" else desc(s.alerts.c.ts)
+    """Items (alerts and sampled calls), oldest waiting first (newest first for reviewed ones), and how many match."""
+    rows: list[dict[str, Any]] = []
+    total = 0
     with engine.connect() as conn:
-        rows = [dict(x) for x in conn.execute(q.order_by(order, s.alerts.c.dedup_key).limit(limit)).mappings()]
-        total = int(conn.execute(select(func.count()).select_from(q.subquery())).scalar_one())
-    for row in rows:
-        payload = json.loads(row.pop("payload"))
-        row["predicted"], row["model"] = payload.get("label"), payload.get("model")
-    return rows, total
+        if kind != "sample":
+            q = _items_query(device_id=device_id, kind=kind, model=model, since=since, state=state,
+                             frame_id=frame_id)
+            order = s.alerts.c.ts if state == "waiting" else desc(s.alerts.c.ts)
+            for x in conn.execute(q.order_by(order, s.alerts.c.dedup_key).limit(limit)).mappings():
+                row = dict(x)
+                payload = json.loads(row.pop("payload"))
+                rows.append({**row, "predicted": payload.get("label"), "model": payload.get("model")})
+            total += int(conn.execute(select(func.count()).select_from(q.subquery())).scalar_one())
+        if kind in (None, "", "sample"):
+            q = _samples_query(device_id=device_id, model=model, since=since, state=state, frame_id=frame_id)
+            sub = q.subquery()
+            order = sub.c.ts if state == "waiting" else desc(sub.c.ts)
+            rows += [{**dict(x), "kind": "sample", "dedup_key": None}
+                     for x in conn.execute(select(sub).order_by(order, sub.c.frame_id).limit(limit)).mappings()]
+            total += int(conn.execute(select(func.count()).select_from(sub)).scalar_one())
+    rows.sort(key=lambda x: x["ts"], reverse=state != "waiting")
+    return rows[:limit], total
 
 
 def record(engine: Engine, *, device_id: str, frame_id: str, verdict: str, note: str, user: str,
@@ -84,16 +127,13 @@ def record(engine: Engine, *, device_id: str, frame_id: str, verdict: str, note:
     """Store one verdict (again: the newest wins); the reviewed image is kept longest."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
-    q = _items_query(device_id=device_id, kind=None, model=None, since=None, state="all", frame_id=frame_id)
+    found, _ = queue(engine, device_id=device_id, frame_id=frame_id, state="all", limit=1)
     with engine.connect() as conn:
-        found = conn.execute(q.limit(1)).mappings().first()
         sha = conn.execute(select(s.results.c.model_sha256).where(and_(
             s.results.c.device_id == device_id, s.results.c.frame_id == frame_id))).scalar()
-    if found is None:
+    if not found:
         raise LookupError("no such item to review")
-    item = dict(found)
-    payload = json.loads(item.pop("payload"))
-    item["predicted"], item["model"] = payload.get("label"), payload.get("model")
+    item = found[0]
     truth = truth_of(verdict, item["predicted"])
     values = {"verdict": verdict, "truth": truth, "predicted": item["predicted"], "p_defect": item["p_defect"],
               "model": item["model"], "model_sha256": sha, "sha256": item["snapshot"], "note": note[:1000],

@@ -186,6 +186,8 @@ models_dir = "{REPO / 'models'}"
 [alerts]
 on_low_confidence = false
 rearm_after_good_frames = 4
+sample_share = 0.05
+sample_per_minute = 6
 [gradcam]
 auto_on = ["defect"]
 method = "gradcam++"

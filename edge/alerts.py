@@ -7,6 +7,7 @@ again). Each alert has a stable dedup key: QoS 1 can deliver twice, and the rela
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,30 @@ class _Arm:
     armed: bool = True
     clean: int = 0
     fired_at: float = 0.0
+
+
+class Sampler:
+    """Which calls without an alert also send their snapshot: an even ``share`` of them (every 1/share-th call,
+    not a random draw, so a test and a plant see the same), at most ``per_minute`` a minute. The console's review
+    queue needs confident calls too, or a silent miss is never seen by a person."""
+
+    def __init__(self, share: float, per_minute: int):
+        self.share, self.per_minute = share, per_minute
+        self._calls = 0
+        self._sent: list[float] = []
+
+    def take(self, now: float | None = None) -> bool:
+        if self.share <= 0 or self.per_minute <= 0:
+            return False
+        now = time.monotonic() if now is None else now
+        self._calls += 1
+        if math.floor(self._calls * self.share) == math.floor((self._calls - 1) * self.share):
+            return False  # not this call's turn: the share is counted, not accumulated (no float drift)
+        self._sent = [t for t in self._sent if now - t < 60.0]
+        if len(self._sent) >= self.per_minute:
+            return False
+        self._sent.append(now)
+        return True
 
 
 class AlertPolicy:

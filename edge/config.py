@@ -111,6 +111,8 @@ class AlertsConfig(Section):
     repeat_after_s: float = Field(default=300.0, ge=0)  # the same part still bad after this long alerts again
     snapshot: bool = True
     snapshot_jpeg_quality: int = Field(default=85, ge=10, le=100)
+    sample_share: float = Field(default=0.0, ge=0, le=1)  # share of calls without an alert sent with a snapshot too
+    sample_per_minute: int = Field(default=6, ge=0)  # at most this many sampled snapshots a minute
 
 
 class MetricsConfig(Section):

@@ -22,7 +22,7 @@ from typing import Any
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
-from edge.alerts import Alert, AlertPolicy
+from edge.alerts import Alert, AlertPolicy, Sampler
 from edge.classifier import Classifier
 from edge.config import EdgeConfig
 from edge.control import Control
@@ -74,6 +74,7 @@ class Daemon:
         a = cfg.alerts
         self.alerts = AlertPolicy(cfg.device.id, on_defect=a.on_defect, on_low_confidence=a.on_low_confidence,
                                   rearm_after_good_frames=a.rearm_after_good_frames, repeat_after_s=a.repeat_after_s)
+        self.sampler = Sampler(a.sample_share, a.sample_per_minute)
         self.latency = StageLatency()
         self.swap_lock = threading.Lock()
         self.router = CommandRouter(cfg.mqtt.prefix, cfg.device.id, Control(self), self._reply)
@@ -146,7 +147,8 @@ class Daemon:
             timings_ms={k: round(v, 3) for k, v in r.timings_ms.items()})
         self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
         self.ring.add(Buffered(r.frame_id, r.frame.image, self.camera.frame_order, p, r.frame.captured_at))
-        for alert in self.alerts.on_result(r.frame_id, p):
+        alerts = self.alerts.on_result(r.frame_id, p)
+        for alert in alerts:
             self.publish_alert(alert, ts)
             if self.cfg.alerts.snapshot:
                 image = encode_jpeg(r.frame.image, self.camera.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
@@ -154,6 +156,9 @@ class Daemon:
             if self.gradcam and alert.kind in self.cfg.gradcam.auto_on:
                 self.gradcam.request(r.frame_id, r.frame.image, self.camera.frame_order, self.cfg.gradcam.method,
                                      {"p_defect_tflite": p.p_defect, "auto": alert.kind})
+        if not alerts and self.sampler.take():  # a confident call, for the console's review queue
+            image = encode_jpeg(r.frame.image, self.camera.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
+            self.link.publish(f"{topics.SNAPSHOT}/{r.frame_id}", image, qos=1, kind="sample")
         self.history.add_result(r.frame_id, r.frame.captured_at, p.label, p.p_defect, p.confidence,
                                 p.low_confidence, p.model, r.timings_ms)
         self._published_results += 1

@@ -87,6 +87,29 @@ def test_verdicts_are_stored_count_down_and_reach_the_unit(world: tuple[TestClie
     assert "reviewed <strong>wrong_defective</strong> by op" in reviewed
 
 
+def test_sampled_calls_join_the_queue_with_their_call(world: tuple[TestClient, Engine, list[tuple[str, bytes]],
+                                                                    config.ConsoleConfig]) -> None:
+    client, engine, sent, cfg = world
+    r = payloads.Result(device_id="u1", ts="2026-11-28T02:00:00.000Z", frame_id="u1-1-000000099", label="good",
+                        defective=False, p_defect=0.04, confidence=0.96, threshold=0.5, low_confidence=False,
+                        model=payloads.ModelRef(name="mobilenetv2", quantization="int8", sha256="7" * 64),
+                        timings_ms={})
+    sha = images.store(cfg.images_dir, jpeg(99))
+    writer.write(engine, [writer.Item("result", "u1", 1.0, message=r),
+                          writer.Item("snapshot", "u1", 1.0, key="u1-1-000000099", sha256=sha, size=10)])
+    token = login(client, "op")
+    assert waiting(client) == 11
+    page = client.get("/review?kind=sample").text
+    assert 'data-frame="u1-1-000000099"' in page and "called it <strong class=\"good\">good" in page
+    client.post("/review", data={"csrf": token, "device_id": "u1", "frame_id": "u1-1-000000099",
+                                 "verdict": "wrong_defective"})
+    assert waiting(client) == 10
+    feedback = json.loads(sent[-1][1])
+    assert sent[-1][0] == "defect-edge/u1/cmd/feedback" and feedback["label"] == "defective", "a silent miss, found"
+    rows, _ = review.queue(engine, frame_id="u1-1-000000099", state="reviewed")
+    assert rows[0]["truth"] == "defective" and rows[0]["kind"] == "sample"
+
+
 def test_a_viewer_sees_the_queue_but_cannot_review(world: tuple[TestClient, Engine, list[tuple[str, bytes]],
                                                                  config.ConsoleConfig]) -> None:
     client, _, sent, _ = world

@@ -150,3 +150,13 @@ def test_the_ring_is_bounded_by_frames_and_by_bytes() -> None:
     for i in range(8):
         ring.add(Buffered(f"f{i}", frame, "RGB", pred(0.1), float(i)))
     assert ring.get("f2") is None and ring.get("f3") is not None
+
+
+def test_the_sampler_takes_an_even_share_bounded_per_minute() -> None:
+    from edge.alerts import Sampler
+
+    s = Sampler(0.1, per_minute=3)
+    taken = [i for i in range(100) if s.take(now=i * 0.1)]  # 100 calls in 10 s
+    assert taken == [9, 19, 29], "every tenth call, three a minute at most"
+    assert [i for i in range(100, 130) if s.take(now=60 + i * 0.1)] == [109, 119, 129], "a minute later, again"
+    assert not any(Sampler(0.0, 10).take(now=i) for i in range(50))

@@ -46,7 +46,7 @@ def test_the_unit_classifies_alerts_answers_and_reports(tmp_path: Path, broker: 
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 1, "reconnect_max_s": 2},
         "camera": {"source": str(part_folder(tmp_path / "parts", count=6)), "fps": 15, "loop": True},
         "model": {"name": "mobilenetv2", "models_dir": str(REPO / "models"), "threshold": 0.0},
-        "alerts": {"on_low_confidence": False, "repeat_after_s": 0.3},
+        "alerts": {"on_low_confidence": False, "repeat_after_s": 0.3, "sample_share": 0.5, "sample_per_minute": 3},
         "metrics": {"interval_s": 1}, "state": {"dir": str(tmp_path / "state")},
         "gradcam": {"enabled": False}, "homeassistant": {"enabled": True},
     })
@@ -78,6 +78,9 @@ def test_the_unit_classifies_alerts_answers_and_reports(tmp_path: Path, broker: 
     assert result.model.name == "mobilenetv2" and result.model.quantization == "int8"
     alert = payloads.read(payloads.Alert, c.on("/alert")[0], device_id="unit1")
     assert alert.kind == "defect" and c.on(f"/snapshot/{alert.frame_id}")[0][:2] == b"\xff\xd8"
+    snapshots = {t.rsplit("/", 1)[1] for t, _, _ in c.messages if "/snapshot/" in t}
+    alerted = {json.loads(p)["frame_id"] for p in c.on("/alert")}
+    assert 1 <= len(snapshots - alerted) <= 3, "a sampled share of calls without an alert, at most 3 a minute"
     metrics = payloads.read(payloads.Metrics, c.on("/metrics")[0], device_id="unit1")
     assert metrics.fps > 0 and metrics.latency_ms["inference"]["p95"] > 0
     statuses = [payloads.read(payloads.Status, p, device_id="unit1") for p in c.on("/status")]

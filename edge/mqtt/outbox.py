@@ -2,8 +2,8 @@
 
 paho keeps unacknowledged messages in memory only; a broker outage or a daemon restart would lose them. Here they
 survive both and drain in order. The outbox is bounded by bytes: when a new message would overflow it, the least
-valuable messages go first (results, then metrics, then snapshot and Grad-CAM images, then alerts, oldest first
-within a kind), and what was shed is counted, persistently, and reported in ``metrics``.
+valuable messages go first (sampled snapshots of confident calls, results, metrics, the snapshot and Grad-CAM images
+of alerts, then alerts, oldest first within a kind), and what was shed is counted, persistently, and reported in ``metrics``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from contract.sqlite import connect
 
 # Lower sheds first. Images are evidence for an alert but cost far more bytes than the alert itself.
-PRIORITY: dict[str, int] = {"result": 0, "metrics": 1, "image": 2, "reply": 3, "event": 3, "alert": 4}
+PRIORITY: dict[str, int] = {"sample": 0, "result": 1, "metrics": 2, "image": 3, "reply": 4, "event": 4, "alert": 5}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
