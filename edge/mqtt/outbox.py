@@ -3,7 +3,8 @@
 paho keeps unacknowledged messages in memory only; a broker outage or a daemon restart would lose them. Here they
 survive both and drain in order. The outbox is bounded by bytes: when a new message would overflow it, the least
 valuable messages go first (sampled snapshots of confident calls, results, metrics, the snapshot and Grad-CAM images
-of alerts, then alerts, oldest first within a kind), and what was shed is counted, persistently, and reported in ``metrics``.
+of alerts, then alerts, oldest first within a kind), and what was shed is counted, persistently, and reported in
+``metrics``.
 """
 
 from __future__ import annotations
