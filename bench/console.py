@@ -133,6 +133,16 @@ def alerts_page_ms(console: ConsoleProc, url: str) -> float:
     return statistics.median(times[5:])
 
 
+def browser_login(browser: Any, console: ConsoleProc, user: str) -> Any:
+    page = browser.new_page()
+    page.goto(f"{console.url}/login")
+    page.fill("input[name=name]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{console.url}/")
+    return page
+
+
 def live_latency(broker: Broker, console: ConsoleProc, seconds: float) -> list[float]:
     from playwright.sync_api import sync_playwright
 
@@ -160,12 +170,7 @@ def live_latency(broker: Broker, console: ConsoleProc, seconds: float) -> list[f
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(f"{console.url}/login")
-        page.fill("input[name=name]", "admin")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{console.url}/")
+        page = browser_login(browser, console, "admin")
         target.result(0.3)  # the unit exists before its page opens
         time.sleep(0.5)
         page.goto(f"{console.url}/units/{target.device_id}")
@@ -205,12 +210,7 @@ def review_and_inspect(broker: Broker, tmp: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(f"{console.url}/login")
-        page.fill("input[name=name]", "op")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{console.url}/")
+        page = browser_login(browser, console, "op")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             page.goto(f"{console.url}/review")

@@ -35,6 +35,13 @@ def truth_of(verdict: str, predicted: str | None) -> str | None:
     return VERDICTS[verdict]
 
 
+def _by_state(q: Any, state: str) -> Any:
+    """Only the waiting items, only the reviewed ones, or all."""
+    r = s.reviews
+    return q.where(r.c.verdict.is_(None)) if state == "waiting" else \
+        q.where(r.c.verdict.is_not(None)) if state == "reviewed" else q
+
+
 def _items_query(*, device_id: str | None, kind: str | None, model: str | None, since: float | None,
                  state: str, frame_id: str | None = None) -> Any:
     snap, heat = s.frame_images.alias("snap"), s.frame_images.alias("heat")
@@ -58,11 +65,7 @@ def _items_query(*, device_id: str | None, kind: str | None, model: str | None, 
         q = q.where(a.c.payload.contains(f'"model":{json.dumps(model)}'))
     if since is not None:
         q = q.where(a.c.ts >= since).where(a.c.ts < since + 86400)
-    if state == "waiting":
-        q = q.where(r.c.verdict.is_(None))
-    elif state == "reviewed":
-        q = q.where(r.c.verdict.is_not(None))
-    return q
+    return _by_state(q, state)
 
 
 def _samples_query(*, device_id: str | None, model: str | None, since: float | None, state: str,
@@ -88,11 +91,7 @@ def _samples_query(*, device_id: str | None, model: str | None, since: float | N
         q = q.where(res.c.model == model)
     if since is not None:
         q = q.where(ts >= since).where(ts < since + 86400)
-    if state == "waiting":
-        q = q.where(r.c.verdict.is_(None))
-    elif state == "reviewed":
-        q = q.where(r.c.verdict.is_not(None))
-    return q
+    return _by_state(q, state)
 
 
 def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = None, model: str | None = None,
