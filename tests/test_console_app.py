@@ -184,6 +184,30 @@ def test_inspect_refuses_bad_files_with_a_clear_message(inspect_app: tuple[TestC
     assert r.status_code == 403, "no CSRF token, no inspection"
 
 
+def test_a_model_without_its_h5_inspects_but_says_why_there_is_no_heatmap(tmp_path: Path) -> None:
+    import shutil
+
+    from harness import REPO
+
+    store = tmp_path / "models"
+    store.mkdir()
+    for suffix in (".tflite", ".json"):
+        shutil.copy(REPO / "models" / f"mobilenetv2{suffix}", store)
+    cfg = config.parse({"state": {"dir": str(tmp_path / "state")}, "models_dir": str(store)})
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    auth.add_user(engine, "op", PW, "operator")
+    client = TestClient(create_app(Services(cfg, engine, LiveHub(), lambda t, p: None)))
+    token = login(client, "op")
+    assert "no heatmaps (no .h5)" in client.get("/inspect").text
+    data = (REPO / "docs" / "console" / "fleet.png").read_bytes()
+    r = client.post("/inspect", data={"csrf": token, "model": "mobilenetv2"},
+                    files=[("files", ("screen.png", data, "image/png"))])
+    upload = re.search(r"/inspect/([0-9a-f]{16})/heatmap", r.text).group(1)  # type: ignore[union-attr]
+    r = client.post(f"/inspect/{upload}/heatmap", data={"csrf": token, "method": "gradcam"})
+    assert "no heatmap: the Keras model of mobilenetv2 (its .h5) is not in the model store" in r.text
+
+
 def test_inspect_needs_the_operator_role(inspect_app: tuple[TestClient, str]) -> None:
     client, _ = inspect_app
     viewer = TestClient(client.app)

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,6 +282,12 @@ def test_inspect_a_photo_and_its_heatmap(browser: Any, tmp_path: Path, broker: B
         page.click("#upload button[type=submit]")
         page.locator("td.p_defect").wait_for()
         assert page.locator("td.defective strong").inner_text() == "defective"
+        cli = subprocess.run([str(Path(sys.executable).parent / "defect-edge"), "classify", str(part), "--json",
+                              "--models-dir", str(REPO / "models")], capture_output=True, text=True, timeout=120)
+        expected = json.loads(cli.stdout.splitlines()[0])["p_defect"]
+        assert abs(float(page.locator("td.p_defect").inner_text()) - expected) <= 1e-6, "the unit's own call"
+        csv_text = page.request.get(console.url + page.locator("a", has_text="CSV").get_attribute("href")).text()
+        assert csv_text.splitlines()[1].startswith("part_with_a_crack.png,mobilenetv2,defective,")
         page.click("text=Show heatmap")
         page.locator("img.heat").wait_for(timeout=180_000)  # the first heatmap starts TensorFlow in a worker
         assert until(lambda: page.locator("img.heat").evaluate("i => i.complete && i.naturalWidth") > 0, 30)
