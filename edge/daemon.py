@@ -145,8 +145,9 @@ class Daemon:
             threshold=p.threshold, low_confidence=p.low_confidence,
             model=payloads.ModelRef(name=p.model, quantization=clf.manifest.quantization, sha256=p.sha256),
             timings_ms={k: round(v, 3) for k, v in r.timings_ms.items()})
-        self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
+        # Buffered before it is announced: a command naming the frame may arrive as soon as the result is out.
         self.ring.add(Buffered(r.frame_id, r.frame.image, self.camera.frame_order, p, r.frame.captured_at))
+        self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
         alerts = self.alerts.on_result(r.frame_id, p)
         for alert in alerts:
             self.publish_alert(alert, ts)
