@@ -22,7 +22,7 @@ import numpy as np
 from bench.timing import median_ms
 from converter.architectures import ARCHITECTURES
 from converter.convert import QUANTIZATIONS
-from converter.export import ConvertSettings, convert_h5
+from converter.export import ConvertSettings, convert_model
 from converter.synth import render
 from edge import manifest as mf
 from edge.preprocess import Preprocessor
@@ -59,7 +59,7 @@ def main() -> None:
             for q in QUANTIZATIONS:
                 settings = ConvertSettings(quantize=q, name=f"{h5.stem}_{q}", min_agreement=0.0, eval_limit=100,
                                            calibration_count=200)
-                res = convert_h5(h5, Path(tmp), settings)
+                res = convert_model(h5, Path(tmp), settings)
                 sizes[q] = res.tflite_path.stat().st_size
                 t1 = invoke_ms(res.manifest_path, frame, 1, a.runs)
                 t2 = invoke_ms(res.manifest_path, frame, 2, a.runs)

@@ -1,4 +1,4 @@
-"""``defect-convert``: make synthetic data, train a reference model, convert an ``.h5`` to TFLite with proof of parity.
+"""``defect-convert``: make synthetic data, train a reference model, convert a Keras model to TFLite with parity proof.
 
 Every failure a user can cause (a missing file, a file that is not a Keras model, an unsupported model, an empty
 folder, an unwritable output) ends with one line on stderr and exit status 2; nothing is left half-written.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from converter import synth
 from converter.architectures import ARCHITECTURES
+from converter.dataset import CLASS_DIRS
 from converter.errors import UserError
 
 EXIT_BAD_INPUT = 2
@@ -66,18 +67,62 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _stem(model: Path) -> str:
+    """The model's name: the file's stem, or a SavedModel folder's own name."""
+    resolved = model.resolve()
+    return resolved.parent.name if resolved.name == "saved_model.pb" else resolved.stem if resolved.is_file() \
+        else resolved.name
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 224x224") from None
+    if not (8 <= w <= 4096 and 8 <= h <= 4096):
+        raise argparse.ArgumentTypeError(f"{text}: each side must be 8 to 4096 pixels")
+    return w, h
+
+
+def _defect_class(given: str | None, class_names: str | None, eval_folder: Path | None) -> int | None:
+    """``--defect-class`` as the output class index: 0 or 1, or a class folder's name.
+
+    A name is looked up in the training's class order: ``--class-names``, else the evaluation folder's class folders
+    sorted by name, which is the order Keras' ``flow_from_directory`` and ``image_dataset_from_directory`` give them.
+    """
+    if given is None:
+        return None
+    if given in ("0", "1"):
+        return int(given)
+    if class_names:
+        names = [n.strip() for n in class_names.split(",")]
+        origin = "--class-names"
+    elif eval_folder is not None and eval_folder.is_dir():
+        names = sorted(p.name for p in eval_folder.iterdir() if p.is_dir() and p.name in
+                       {n for group in CLASS_DIRS.values() for n in group})
+        origin = f"the class folders of {eval_folder}, sorted by name as Keras orders them"
+    else:
+        raise UserError(f"--defect-class {given}: a class name needs --class-names A,B (the training's class order) "
+                        "or --eval with the class folders")
+    if len(names) != 2 or given not in names:
+        raise UserError(f"--defect-class {given}: not one of the two classes {names} ({origin})")
+    return names.index(given)
+
+
 def _cmd_convert(a: argparse.Namespace) -> int:
-    from converter.export import ConvertSettings, convert_h5
+    from converter.export import ConvertSettings, convert_model
 
     if not a.model.exists():
         raise UserError(f"{a.model}: file not found")
     out_dir = _writable_dir(a.out_dir or a.model.parent)
     settings = ConvertSettings(
-        quantize=a.quantize, name=a.name or a.model.stem, calibration=a.calibration,
+        quantize=a.quantize, name=a.name or _stem(a.model), calibration=a.calibration,
         calibration_count=a.calibration_count,
         eval_folder=a.eval, eval_limit=a.eval_limit, min_agreement=a.min_agreement, int8_io=a.int8_io,
-        gradcam_layer=a.gradcam_layer, seed=a.seed)
-    result = convert_h5(a.model, out_dir, settings)
+        gradcam_layer=a.gradcam_layer, pixel_scaling=a.pixel_scaling, color_order=a.color_order,
+        defect_class=_defect_class(a.defect_class, a.class_names, a.eval), input_size=a.input_size,
+        force=a.force, seed=a.seed)
+    result = convert_model(a.model, out_dir, settings)
     for line in result.skipped:
         print(f"skipped: {line}", file=sys.stderr)
     for c in result.report["candidates"]:
@@ -120,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_train)
 
-    c = sub.add_parser("convert", help="convert a Keras .h5 to TFLite with a manifest and a parity report")
-    c.add_argument("model", type=Path, help="Keras .h5 (written by Keras 3 or Keras 2 / tf.keras)")
+    c = sub.add_parser("convert", help="convert a Keras model to TFLite with a manifest and a parity report")
+    c.add_argument("model", type=Path, help="Keras .h5 (Keras 2 or 3), .keras, or a SavedModel folder")
     c.add_argument("--quantize", choices=("auto", "int8", "dynamic", "float16", "float32"), default="auto",
                    help="auto tries int8, dynamic, float16, float32 and keeps the first that meets parity")
     c.add_argument("--calibration", type=Path, help="folder of representative images for int8 "
@@ -133,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-agreement", type=float, default=0.99)
     c.add_argument("--int8-io", choices=("uint8", "int8"), default="uint8", help="int8 models' input/output type")
     c.add_argument("--gradcam-layer", help="layer for Grad-CAM (default: known per architecture, else last conv)")
+    c.add_argument("--pixel-scaling", choices=("unit", "raw", "symmetric"),
+                   help="what the model was trained on: unit = pixels/255, raw = 0-255, symmetric = pixels/127.5-1 "
+                        "(keras.applications' preprocess_input for MobileNet); default: detected from --eval, else "
+                        "unit")
+    c.add_argument("--defect-class", metavar="INDEX|NAME",
+                   help="the output class that means defective: 1 (default) or 0 for a sigmoid trained with "
+                        "defective as class 0, a softmax's column, or a class folder name (see --class-names); "
+                        "default: detected from --eval, else 1")
+    c.add_argument("--class-names", metavar="A,B", help="the training's class names in index order, for a "
+                   "--defect-class NAME (default: --eval's class folders sorted by name, as Keras orders them)")
+    c.add_argument("--color-order", choices=("RGB", "BGR"), help="channel order the model was trained on "
+                   "(default RGB; BGR for models trained on OpenCV's cv2.imread)")
+    c.add_argument("--input-size", type=_input_size, metavar="WxH",
+                   help="the size to run a variable-size model at (the size it was trained at)")
+    c.add_argument("--force", action="store_true", help="write a model even when it is below chance on its "
+                   "own evaluation set")
     c.add_argument("--name", help="model name (default: the .h5 file's stem)")
     c.add_argument("--out-dir", type=Path, help="where to write (default: beside the .h5)")
     c.add_argument("--seed", type=int, default=0)

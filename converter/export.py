@@ -1,4 +1,8 @@
-"""``defect-convert convert``: one ``.h5`` → ``NAME.tflite`` + ``NAME.json`` manifest + ``NAME.parity.{json,md,png}``.
+"""``defect-convert convert``: one Keras model (``.h5``, ``.keras``, SavedModel) → ``NAME.tflite`` + ``NAME.json``
+manifest + ``NAME.parity.{json,md,png}``.
+
+Before any conversion, the Keras model is read under every plausible convention against the evaluation folder's
+labels (:mod:`converter.conventions`), so the manifest records how the model was trained, not a guess.
 
 Each candidate quantization is converted into a temporary file, loaded by the edge's own classifier and checked for
 parity; only the accepted one is renamed into place, with its manifest written last. A crash or a rejection leaves
@@ -8,6 +12,7 @@ no half-written model behind, and an older model of the same name stays untouche
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import sys
@@ -20,11 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from converter import report, synth
+from converter import conventions, report, synth
 from converter.convert import QUANTIZATIONS, ConversionError, to_tflite
 from converter.dataset import LabelledFolder, open_folder
-from converter.keras_compat import ModelInfo, inspect, load_model
-from converter.parity import KerasReference, compare, keras_reference
+from converter.errors import UserError
+from converter.keras_compat import ModelInfo, fixed_size, inspect, load_model
+from converter.parity import KerasReference, compare, keras_p, keras_reference
 from edge import manifest as mf
 from edge.classifier import Classifier
 from edge.preprocess import Preprocessor, pixel_affine
@@ -47,8 +53,12 @@ class ConvertSettings:
     min_agreement: float = 0.99
     int8_io: Literal["uint8", "int8"] = "uint8"
     gradcam_layer: str | None = None
-    pixel_scaling: mf.PixelScaling = "unit"
-    defect_index: int = 1  # softmax2 models only: the column that means defective
+    # None: not given on the command line; detected from the evaluation folder, else the default.
+    pixel_scaling: mf.PixelScaling | None = None
+    defect_class: int | None = None  # the output class meaning defective: 1 = p as it is, 0 = 1 - p (or column 0)
+    color_order: Literal["RGB", "BGR"] | None = None
+    input_size: tuple[int, int] | None = None  # (width, height) for a model that takes any size
+    force: bool = False  # write a model below chance on its evaluation set
     seed: int = 0
 
 
@@ -76,7 +86,7 @@ def _synthetic_frames(seed: int, count: int, size: int) -> list[tuple[int, np.nd
     return [(int(p.defective), p.image) for p in synth.iter_parts(seed, count, size=size)]
 
 
-def _calibration(settings: ConvertSettings, pre: Preprocessor, size: int) -> np.ndarray:
+def _calibration(settings: ConvertSettings, pre: Preprocessor, size: int, scaling: mf.PixelScaling) -> np.ndarray:
     """Representative inputs from both classes (a one-class set would clip p_defect to its range)."""
     if settings.calibration:
         folder = open_folder(settings.calibration).sample(settings.calibration_count, settings.seed)
@@ -87,7 +97,7 @@ def _calibration(settings: ConvertSettings, pre: Preprocessor, size: int) -> np.
     xs = np.stack([pre(f) for _, _, f in frames])
     # Pin the observed input range to the full pixel range, so the uint8 model's input scale is exactly one pixel
     # step and the edge feeds raw pixels with no arithmetic (docs/unit.md). Two pixels barely move any activation range.
-    factor, offset = pixel_affine(settings.pixel_scaling)
+    factor, offset = pixel_affine(scaling)
     xs[0, 0, 0, :] = offset
     xs[0, 0, 1, :] = 255 * factor + offset
     return xs
@@ -100,8 +110,8 @@ def _spec_from_tensor(details: dict[str, Any], base: mf.InputSpec) -> mf.InputSp
                                    "zero_point": int(zp) if dtype != "float32" else 0})
 
 
-def _manifest(name: str, quantization: str, tflite: Path, h5: Path, info: ModelInfo, keras_spec: mf.InputSpec,
-              settings: ConvertSettings, parity: dict[str, Any], versions: dict[str, str]) -> mf.Manifest:
+def _manifest(name: str, quantization: str, tflite: Path, source: Path, info: ModelInfo, keras_spec: mf.InputSpec,
+              choice: conventions.Choice, parity: dict[str, Any], versions: dict[str, str]) -> mf.Manifest:
     interp, _ = create_interpreter(tflite, num_threads=1)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     out_dtype = np.dtype(out["dtype"]).name
@@ -109,15 +119,52 @@ def _manifest(name: str, quantization: str, tflite: Path, h5: Path, info: ModelI
     quantized_out = out_dtype != "float32"
     return mf.Manifest.model_validate({
         "name": name, "architecture": info.architecture, "quantization": quantization,
-        "tflite": mf.file_ref(tflite, tflite.parent), "source": mf.file_ref(h5, tflite.parent),
+        "tflite": mf.file_ref(tflite, tflite.parent), "source": mf.file_ref(source, tflite.parent),
         "input": _spec_from_tensor(inp, keras_spec),
-        "output": {"kind": info.output_kind,
-                   "defect_index": settings.defect_index if info.output_kind == "softmax2" else 0,
+        "output": {"kind": info.output_kind, **_output_class(info, choice.defect_class),
                    "dtype": out_dtype, "scale": float(o_scale) if quantized_out else 0.0,
                    "zero_point": int(o_zp) if quantized_out else 0},
-        "gradcam": {"layer": info.gradcam_layer}, "parity": parity, "versions": versions,
+        "gradcam": {"layer": info.gradcam_layer} if info.gradcam_layer else None, "parity": parity,
+        "versions": versions,
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     })
+
+
+def _size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _conventions_report(info: ModelInfo, settings: ConvertSettings, choice: conventions.Choice) -> dict[str, Any]:
+    """Each convention with its value and how it was decided (given / detected / default / model), for the report."""
+    size = f"{info.width}x{info.height}"
+    return {
+        "input_size": {"value": size, "decided": "given" if info.variable_size else "model"},
+        "channels": {"value": "grey" if info.channels == 1 else "RGB", "decided": "model"},
+        "pixel_scaling": {"value": choice.pixel_scaling, "decided": choice.decided["pixel_scaling"],
+                          "meaning": conventions.MEANING[choice.pixel_scaling]},
+        "defect_class": {"value": choice.defect_class, "decided": choice.decided["defect_class"],
+                         "output": info.output_kind},
+        "color_order": {"value": settings.color_order or "RGB",
+                        "decided": "given" if settings.color_order else "default"},
+    }
+
+
+def _detection_report(info: ModelInfo, choice: conventions.Choice) -> dict[str, Any]:
+    """Every reading tried on the evaluation set, the scaling layers found inside, and the lines told the user."""
+    return {
+        "readings": [{"pixel_scaling": r.pixel_scaling, "defect_class": r.defect_class,
+                      "balanced_accuracy": r.balanced_accuracy, "auc": r.auc} for r in choice.readings],
+        "scaling_layers": list(info.scaling_layers),
+        "scalings_tried": sorted({r.pixel_scaling for r in choice.readings}),
+        "notes": list(choice.notes),
+    }
+
+
+def _output_class(info: ModelInfo, defect_class: int) -> dict[str, Any]:
+    """The manifest's way of naming the defective class: a softmax's column, or what a sigmoid's p means."""
+    if info.output_kind == "softmax2":
+        return {"defect_index": defect_class}
+    return {"defect_index": 0, "positive": "defective" if defect_class == 1 else "good"}
 
 
 def _eval_source(settings: ConvertSettings, size: int) -> tuple[Any, str, LabelledFolder | None]:
@@ -132,20 +179,66 @@ def _eval_source(settings: ConvertSettings, size: int) -> tuple[Any, str, Labell
     return (lambda: synthetic), f"synthetic parts (seed {SYNTHETIC_EVAL_SEED})", None
 
 
-def convert_h5(h5: Path, out_dir: Path, settings: ConvertSettings) -> ConvertResult:
-    model = load_model(h5)
-    info = inspect(model, h5, gradcam_layer=settings.gradcam_layer)
-    keras_spec = mf.InputSpec(height=info.height, width=info.width, dtype="float32",
-                              pixel_scaling=settings.pixel_scaling)
-    keras_pre = Preprocessor(keras_spec)
+def _conventions(model: Any, info: ModelInfo, settings: ConvertSettings, frames: Any, eval_name: str
+                 ) -> tuple[conventions.Choice, KerasReference, Preprocessor, mf.InputSpec]:
+    """Read the model under every plausible convention, decide, and return the reference under the chosen one."""
+    def spec(scaling: mf.PixelScaling) -> mf.InputSpec:
+        return mf.InputSpec(height=info.height, width=info.width, channels=info.channels, dtype="float32",
+                            pixel_scaling=scaling, color_order=settings.color_order or "RGB")
+
+    column = 1 if info.output_kind == "softmax2" else 0  # p as the model gives it; the other class is 1 - p
+    first = settings.pixel_scaling or conventions.SCALINGS[0]
+    computed: dict[mf.PixelScaling, tuple[np.ndarray, np.ndarray]] = {}
+
+    def read(scalings: Iterable[mf.PixelScaling]) -> tuple[conventions.Reading, ...]:
+        for s in scalings:
+            labels, p = computed[s] = keras_p(model, Preprocessor(spec(s)), frames, defect_index=column)
+            if len(set(labels.tolist())) < 2:
+                raise ValueError(f"{eval_name}: evaluation needs both classes")
+            if not np.isfinite(p).all() or p.min() < -1e-6 or p.max() > 1 + 1e-6:
+                raise UserError(f"{info.architecture}: outputs range {p.min():.3g}..{p.max():.3g} with {s} "
+                                "scaling, not probabilities (a head without its sigmoid or softmax?)")
+        return conventions.readings(computed[first][0], {s: p for s, (_, p) in computed.items()},
+                                    mf.Decision().threshold)
+
+    found = read([first])
+    if settings.pixel_scaling is None and not conventions.settled(found, first):
+        found = read(s for s in conventions.SCALINGS if s != first)
+    labels = computed[first][0]
+    choice = conventions.choose(found, scaling=settings.pixel_scaling, defect_class=settings.defect_class,
+                                evidence=f"{len(labels)} images of {eval_name}",
+                                chance_auc=conventions.chance_floor(labels))
+    if info.implied_scaling and info.implied_scaling != choice.pixel_scaling:
+        choice = dataclasses.replace(choice, notes=(*choice.notes, (
+            f"note: the model's own {info.scaling_layers[0]}, yet it reads as trained on "
+            f"{conventions.MEANING[choice.pixel_scaling]} ({choice.decided['pixel_scaling']}): its input is scaled "
+            "twice, which is right only if it was trained that way (as the reference EfficientNetB0 was)")))
+    for line in choice.notes:
+        print(f"defect-convert: {line}", file=sys.stderr)
+    if choice.below_chance and not settings.force:
+        raise UserError(f"the model is below chance on its own evaluation set ({choice.chosen.describe()}, chance "
+                        f"AUC at least {choice.chance_auc:.2f}, on {len(labels)} images of {eval_name}) with "
+                        f"--pixel-scaling {choice.pixel_scaling} --defect-class {choice.defect_class}: the "
+                        "conventions or the evaluation folder are "
+                        "wrong; --force writes it anyway")
+    keras_spec = spec(choice.pixel_scaling)
+    pre = Preprocessor(keras_spec)
+    _, p = computed[choice.pixel_scaling]
+    p_defect = p if choice.defect_class == 1 else 1.0 - p
+    ref = keras_reference(model, pre, frames, defect_index=0, computed=(labels, p_defect))
+    return choice, ref, pre, keras_spec
+
+
+def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> ConvertResult:
+    loaded = load_model(path)
+    info = inspect(loaded, path, gradcam_layer=settings.gradcam_layer, input_size=settings.input_size)
+    model = fixed_size(loaded, info)
+    source = path / "saved_model.pb" if info.file_format == "savedmodel" else path
     size = max(info.height, info.width)
     frames, eval_name, folder = _eval_source(settings, size)
-    defect_index = settings.defect_index if info.output_kind == "softmax2" else 0
-    ref: KerasReference = keras_reference(model, keras_pre, frames, defect_index=defect_index)
-    if len(set(ref.labels.tolist())) < 2:
-        raise ValueError(f"{eval_name}: evaluation needs both classes")
+    choice, ref, keras_pre, keras_spec = _conventions(model, info, settings, frames, eval_name)
     candidates = list(QUANTIZATIONS) if settings.quantize == "auto" else [settings.quantize]
-    calib = _calibration(settings, keras_pre, size) if "int8" in candidates else None
+    calib = _calibration(settings, keras_pre, size, choice.pixel_scaling) if "int8" in candidates else None
     versions = _versions()
     name = settings.name
     final_tflite, final_manifest = out_dir / f"{name}.tflite", out_dir / f"{name}.json"
@@ -168,7 +261,7 @@ def convert_h5(h5: Path, out_dir: Path, settings: ConvertSettings) -> ConvertRes
             tmp_man = out_dir / f".{name}.{q}.tmp.json"
             tmp_files += [tmp, tmp_man]
             mf.write_atomic(tmp, data)
-            mf.write_atomic(tmp_man, _manifest(name, q, tmp, h5, info, keras_spec, settings, {}, versions)
+            mf.write_atomic(tmp_man, _manifest(name, q, tmp, source, info, keras_spec, choice, {}, versions)
                             .to_json().encode())
             figures = compare(ref, Classifier(tmp_man, num_threads=1), frames)
             p_tfl = figures.pop("p_tflite")
@@ -183,8 +276,10 @@ def convert_h5(h5: Path, out_dir: Path, settings: ConvertSettings) -> ConvertRes
                                                       f"decisions differ)", _p=p_tfl)
         shown = chosen[2] if chosen else next((r for r in reversed(rows) if "_p" in r), None)
         result: dict[str, Any] = {
-            "name": name, "source": str(h5), "source_size_bytes": h5.stat().st_size,
+            "name": name, "source": str(path), "source_size_bytes": _size_bytes(path),
             "architecture": info.architecture, "keras_file_version": info.keras_version,
+            "file_format": info.file_format, "conventions": _conventions_report(info, settings, choice),
+            "detection": _detection_report(info, choice),
             "eval": {"folder": eval_name, "n": len(ref.p),
                      "unreadable_skipped": len(folder.skipped) if folder else 0,
                      "good": int((ref.labels == 0).sum()), "defect": int((ref.labels == 1).sum())},
@@ -209,7 +304,8 @@ def convert_h5(h5: Path, out_dir: Path, settings: ConvertSettings) -> ConvertRes
                                           "max_abs_dp", "auc_keras", "auc_tflite", "latency_ms_tflite",
                                           "latency_ms_keras", "size_bytes")}
             parity.update(eval=eval_name, n=len(ref.p), min_agreement=settings.min_agreement)
-            m = _manifest(name, q, final_tflite, h5, info, keras_spec, settings, parity, versions)
+            parity["conventions"] = {k: v["decided"] for k, v in result["conventions"].items()}
+            m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, parity, versions)
             mf.write_atomic(final_manifest, m.to_json().encode())
     finally:
         for t in tmp_files:

@@ -40,3 +40,9 @@ def summary(labels: np.ndarray, p_defect: np.ndarray, predicted: np.ndarray) -> 
         "roc_auc": roc_auc(labels, p_defect),
         "confusion": cm.tolist(),
     }
+
+
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean of the two classes' recalls: 0.5 is chance whatever the classes' shares, below it is worse than chance."""
+    (tn, fp), (fn, tp) = confusion(labels, predicted)
+    return float((tn / (tn + fp) + tp / (tp + fn)) / 2) if (tn + fp) and (tp + fn) else float("nan")

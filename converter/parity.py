@@ -46,26 +46,33 @@ def _batches(frames: Iterable[tuple[int, np.ndarray]], pre: Preprocessor, size: 
         yield labels, np.stack(batch)
 
 
-def keras_reference(model: Any, pre: Preprocessor, frames: Frames, *, defect_index: int,
-                    latency_runs: int = 20) -> KerasReference:
+def keras_p(model: Any, pre: Preprocessor, frames: Frames, *, defect_index: int, inverted: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, p_defect) of the Keras model on every evaluation frame, fed through ``pre``."""
     labels: list[int] = []
     ps: list[np.ndarray] = []
-    first: np.ndarray | None = None
     for lab, x in _batches(frames(), pre, 32):
         out = np.asarray(model(x, training=False))
         ps.append(out[:, defect_index] if out.shape[-1] > 1 else out[:, 0])
         labels += lab
-        if first is None:
-            first = x[:1]
-    if first is None:
+    if not ps:
         raise ValueError("no evaluation image could be read")
+    p = np.concatenate(ps).astype(np.float64)
+    return np.asarray(labels), (1.0 - p if inverted else p)
+
+
+def keras_reference(model: Any, pre: Preprocessor, frames: Frames, *, defect_index: int, inverted: bool = False,
+                    latency_runs: int = 20, computed: tuple[np.ndarray, np.ndarray] | None = None) -> KerasReference:
+    """The reference for every candidate; ``computed``: (labels, p_defect) already computed with ``pre``."""
+    labels, p = computed or keras_p(model, pre, frames, defect_index=defect_index, inverted=inverted)
+    first = pre(next(iter(frames()))[1])[None]
     model.predict(first, verbose=0)
     times = []
     for _ in range(latency_runs):
         t = time.perf_counter()
         model.predict(first, verbose=0)
         times.append((time.perf_counter() - t) * 1e3)
-    return KerasReference(np.asarray(labels), np.concatenate(ps).astype(np.float64), statistics.median(times))
+    return KerasReference(labels, p, statistics.median(times))
 
 
 def compare(ref: KerasReference, clf: Classifier, frames: Frames, *, latency_runs: int = 50) -> dict[str, Any]:

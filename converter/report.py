@@ -110,4 +110,24 @@ def parity_markdown(r: dict[str, Any]) -> str:
     for c in r["candidates"]:
         if c.get("reason"):
             lines.append(f"- {c['quantization']}: {c['reason']}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _conventions_markdown(r)) + "\n"
+
+
+def _conventions_markdown(r: dict[str, Any]) -> list[str]:
+    """What the model was taken to expect and mean, how each was decided, and the readings that decided it."""
+    conv, det = r["conventions"], r["detection"]
+    lines = ["", f"## Conventions ({r['file_format']} file)", "", "| convention | value | decided |", "|---|---|---|"]
+    for key, c in conv.items():
+        value = f"{c['value']} ({c['meaning']})" if "meaning" in c else str(c["value"])
+        lines.append(f"| {key.replace('_', ' ')} | {value} | {c['decided']} |")
+    lines += ["", "Scaling layers inside the model: " + ("; ".join(det["scaling_layers"]) or "none") + ".", "",
+              "Every reading tried on the evaluation set (balanced accuracy 0.5 is chance):", "",
+              "| pixel scaling | defective class | balanced accuracy | ROC AUC |", "|---|---|---|---|"]
+    for t in det["readings"]:
+        lines.append(f"| {t['pixel_scaling']} | {t['defect_class']} | {_fmt(t['balanced_accuracy'])} | "
+                     f"{_fmt(t['auc'])} |")
+    if len(det["scalings_tried"]) == 1 and conv["pixel_scaling"]["decided"] != "given":
+        lines += ["", "Other pixel scalings were not tried: no reading can beat this one's ROC AUC by the 0.1 margin "
+                      "detection asks for."]
+    lines += [""] + [f"- {note}" for note in det["notes"]]
+    return lines

@@ -55,7 +55,7 @@ class Prediction:
 
 
 def _check_tensors(m: mf.Manifest, inp: dict[str, Any], out: dict[str, Any], where: Path) -> None:
-    want_shape = [1, m.input.height, m.input.width, 3]
+    want_shape = [1, m.input.height, m.input.width, m.input.channels]
     shape = [int(d) for d in inp["shape"]]
     problems = []
     if shape != want_shape:
@@ -98,6 +98,7 @@ class Classifier:
         self.decision = decision or m.decision
         self._out_scale = np.float32(m.output.scale) if m.output.dtype != "float32" else None
         self._out_zp = m.output.zero_point
+        self._p_is_good = m.output.positive == "good"
 
     @property
     def name(self) -> str:
@@ -108,7 +109,7 @@ class Classifier:
         row = raw.reshape(-1)
         v = (np.float32(row[self.manifest.output.defect_index]) - self._out_zp) * self._out_scale \
             if self._out_scale is not None else row[self.manifest.output.defect_index]
-        return float(v)
+        return 1.0 - float(v) if self._p_is_good else float(v)
 
     def classify(self, frame: np.ndarray) -> Prediction:
         t0 = time.perf_counter()

@@ -125,9 +125,9 @@ def _cmd_gradcam(a: argparse.Namespace) -> int:
     image = blend(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), full_frame_heatmap(heat.cam, frame.shape[:2], None),
                   alpha=a.alpha)
     a.out.write_bytes(encode(image, a.out.suffix.lower() if a.out.suffix.lower() in (".png", ".jpg") else ".png"))
-    layer = mf.load(path).gradcam.layer
-    print(f"wrote {a.out}: {a.method} on layer {layer}, p_defect (Keras) {heat.p_defect:.4f}; model loaded in "
-          f"{loaded:.1f} s, heatmap in {compute * 1e3:.0f} ms")
+    spec = mf.load(path).gradcam
+    print(f"wrote {a.out}: {a.method} on layer {spec.layer if spec else '?'}, p_defect (Keras) {heat.p_defect:.4f}; "
+          f"model loaded in {loaded:.1f} s, heatmap in {compute * 1e3:.0f} ms")
     return 0
 
 

@@ -179,7 +179,7 @@ class Daemon:
             self.history.add_heatmap(o.frame_id, o.method, o.jpeg)
         event = payloads.GradcamEvent(
             device_id=self.cfg.device.id, frame_id=o.frame_id, method=o.method, ok=o.ok,
-            layer=self.classifier.manifest.gradcam.layer, model=self.classifier.name,
+            layer=spec.layer if (spec := self.classifier.manifest.gradcam) else "", model=self.classifier.name,
             p_defect_keras=None if o.p_defect_keras is None else round(o.p_defect_keras, 6),
             p_defect_tflite=round(o.context["p_defect_tflite"], 6),
             timings_ms={k: round(v, 3) for k, v in o.timings_ms.items()},

@@ -36,7 +36,7 @@ class InputSpec(_Frozen):
 
     height: int = Field(gt=0)
     width: int = Field(gt=0)
-    channels: Literal[3] = 3
+    channels: Literal[1, 3] = 3  # 1: the model takes one grey channel; the frame is converted once, after the resize
     dtype: TensorDType
     scale: float = 0.0  # quantization scale of the input tensor; 0 for float inputs
     zero_point: int = 0
@@ -48,14 +48,19 @@ class InputSpec(_Frozen):
 class OutputSpec(_Frozen):
     kind: Literal["sigmoid", "softmax2"] = "sigmoid"
     defect_index: int = Field(default=0, ge=0, le=1)  # for softmax2: which column is P(defective)
+    # For a sigmoid: the class its p is the probability of. "good" when the model was trained with defective as
+    # class 0 (Keras' flow_from_directory sorts class folders by name: def_front/ before ok_front/); p_defect = 1 - p.
+    positive: Literal["defective", "good"] = "defective"
     dtype: TensorDType = "float32"
     scale: float = 0.0
     zero_point: int = 0
 
     @model_validator(mode="after")
-    def _sigmoid_has_one_column(self) -> OutputSpec:
+    def _one_way_to_say_which_class(self) -> OutputSpec:
         if self.kind == "sigmoid" and self.defect_index != 0:
             raise ValueError("a sigmoid output has one column: defect_index must be 0")
+        if self.kind == "softmax2" and self.positive != "defective":
+            raise ValueError("a softmax2 output names its defective column with defect_index, not positive")
         return self
 
 
@@ -89,12 +94,12 @@ class Manifest(_Frozen):
     architecture: str
     quantization: Quantization
     tflite: FileRef
-    source: FileRef  # the Keras .h5 the .tflite came from, used by Grad-CAM
+    source: FileRef  # the Keras file the .tflite came from (a SavedModel's saved_model.pb), used by Grad-CAM
     input: InputSpec
     output: OutputSpec
     labels: tuple[str, str] = ("good", "defective")
     decision: Decision = Decision()
-    gradcam: GradCamSpec
+    gradcam: GradCamSpec | None = None  # None: no heatmaps (a SavedModel has no Keras layers to look into)
     parity: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""

@@ -5,8 +5,9 @@ converter's calibration data and parity check, and training. So a model is alway
 
 Order of work, chosen so the expensive steps touch as few pixels as possible: ROI crop (a view, no copy) → resize (into
 the destination buffer when the model takes raw pixels) → one channel swap if the camera's order differs from the
-model's → scaling and quantization. For a uint8 model with input scale 1/255 and zero point 0 the quantized input *is*
-the pixel, and for int8 with zero point -128 it is the pixel with its top bit flipped: no float arithmetic happens.
+model's, or the one conversion to grey for a model with one channel → scaling and quantization. For a uint8 model with
+input scale 1/255 and zero point 0 the quantized input *is* the pixel, and for int8 with zero point -128 it is the
+pixel with its top bit flipped: no float arithmetic happens.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _plan(spec: InputSpec) -> Plan:
 
 
 class Preprocessor:
-    """Turns H x W x 3 uint8 frames into the model input described by an :class:`InputSpec`.
+    """Turns H x W x 3 uint8 frames (or grey H x W ones) into the model input described by an :class:`InputSpec`.
 
     ``frame_order`` is the channel order the *camera* delivers (OpenCV gives BGR, picamera2 and PIL give RGB); the
     single swap to the model's order happens after the resize, on the smaller image.
@@ -87,20 +88,27 @@ class Preprocessor:
         self.plan: Plan = _plan(spec)
         self._size = (spec.width, spec.height)
         self._interp = _INTERPOLATION[spec.resize]
-        self._swap = frame_order != spec.color_order
+        self._grey = spec.channels == 1
+        self._swap = not self._grey and frame_order != spec.color_order
+        # The luma weights apply to R, G and B wherever the camera put them.
+        self._to_grey = cv2.COLOR_BGR2GRAY if frame_order == "BGR" else cv2.COLOR_RGB2GRAY
         self._factor, self._offset = pixel_affine(spec.pixel_scaling)
         self._dtype = _DTYPES[spec.dtype]
-        # Scratch for the resized pixels when they cannot go straight into the destination.
-        self._pixels = np.empty((spec.height, spec.width, 3), np.uint8)
+        # Scratch for the resized pixels when they cannot go straight into the destination; a grey model's colour
+        # frame is resized in colour first (three channels of the small image cost less than converting the large one).
+        self._pixels = np.empty(self.shape, np.uint8)
+        self._colour = np.empty((spec.height, spec.width, 3), np.uint8) if self._grey else self._pixels
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (self.spec.height, self.spec.width, 3)
+        return (self.spec.height, self.spec.width, self.spec.channels)
 
     def _as_rgb_frame(self, frame: np.ndarray) -> np.ndarray:
         if frame.dtype != np.uint8:
             raise FrameError(f"frame dtype is {frame.dtype}; cameras deliver uint8")
         if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+            if self._grey:
+                return frame.reshape(frame.shape[:2])  # grey camera, grey model: nothing to convert
             return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)  # grey camera: same value in every channel
         if frame.ndim == 3 and frame.shape[2] == 4:
             return frame[:, :, :3]  # XRGB/RGBA from picamera2: drop the fourth channel
@@ -128,16 +136,27 @@ class Preprocessor:
 
     def _resized(self, src: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         dst = self._pixels if out is None else out
-        if src.shape[:2] == (self.spec.height, self.spec.width):
-            np.copyto(dst, src)
-        else:
-            cv2.resize(src, self._size, dst=dst, interpolation=self._interp)
+        if self._grey:
+            flat = dst.reshape(dst.shape[:2])  # a view: OpenCV writes H x W, the model reads H x W x 1
+            if src.ndim == 2:
+                self._resize(src, flat)
+            else:
+                cv2.cvtColor(self._resize(src, self._colour), self._to_grey, dst=flat)
+            return dst
+        self._resize(src, dst)
         if self._swap:
             cv2.cvtColor(dst, cv2.COLOR_RGB2BGR, dst=dst)
         return dst
 
+    def _resize(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        if src.shape[:2] == (self.spec.height, self.spec.width):
+            np.copyto(dst, src)
+        else:
+            cv2.resize(src, self._size, dst=dst, interpolation=self._interp)
+        return dst
+
     def __call__(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Write the model input for ``frame`` into ``out`` (H x W x 3 of the model's dtype) and return it.
+        """Write the model input for ``frame`` into ``out`` (H x W x C of the model's dtype) and return it.
 
         Pass the interpreter's own input buffer as ``out`` to avoid every copy but the resize itself.
         """

@@ -1,4 +1,4 @@
-"""The one place the product imports TensorFlow and Keras, quietly, and loads the ``.h5`` files users have.
+"""The one place the product imports TensorFlow and Keras, quietly, and loads the model files users have.
 
 Only the converter and the Grad-CAM worker (its own process) call into this module; the unit's hot path never does,
 and importing ``edge`` or ``converter`` must not import TensorFlow, so :func:`tf_keras` imports it inside. TensorFlow's
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -73,6 +75,9 @@ class ModelError(ValueError):
 
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = b"PK\x03\x04"
+FORMATS = ".h5 (Keras 2 or 3), .keras (Keras 3) or a SavedModel folder"
+
 
 def _compat_objects(keras: Any) -> dict[str, Any]:
     class DepthwiseConv2D(keras.layers.DepthwiseConv2D):  # type: ignore[misc]  # Keras is untyped
@@ -95,8 +100,25 @@ def file_attrs(path: Path) -> dict[str, str]:
         raise ModelError(f"{path}: HDF5 file is damaged or truncated ({e})") from None
 
 
-def load_model(path: Path) -> Any:
-    """Load a Keras 2 or Keras 3 ``.h5`` for inference (not compiled). One-line :class:`ModelError` otherwise."""
+def _keras_archive_version(path: Path) -> str:
+    """The Keras version in a ``.keras`` archive's ``metadata.json``; checks it is one."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "config.json" not in names:
+                raise ModelError(f"{path}: zip file without config.json; expected a Keras 3 .keras model")
+            meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: .keras archive is damaged or truncated ({e})") from None
+    return str(meta.get("keras_version", "unknown")) if isinstance(meta, dict) else "unknown"
+
+
+def describe_file(path: Path) -> tuple[str, str]:
+    """``(format, keras_version)`` of a model file or folder, checked enough to give a clear error before Keras."""
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ModelError(f"{path}: folder without saved_model.pb; expected {FORMATS}")
+        return "savedmodel", "unknown"
     try:
         with path.open("rb") as f:
             head = f.read(8)
@@ -104,14 +126,52 @@ def load_model(path: Path) -> Any:
         raise ModelError(f"{path}: file not found") from None
     except OSError as e:
         raise ModelError(f"{path}: cannot read: {e.strerror or e}") from None
-    if head != _HDF5_MAGIC:
-        raise ModelError(f"{path}: not an HDF5 file; expected a Keras model saved as .h5")
-    attrs = file_attrs(path)
-    if "model_config" not in attrs:
-        raise ModelError(f"{path}: HDF5 file holds no Keras model (weights only? save with model.save('x.h5'))")
+    if head == _HDF5_MAGIC:
+        attrs = file_attrs(path)
+        if "model_config" not in attrs:
+            raise ModelError(f"{path}: HDF5 file holds no Keras model (weights only? save with model.save('x.h5'))")
+        return "h5", attrs.get("keras_version", "unknown")
+    if head.startswith(_ZIP_MAGIC):
+        return "keras", _keras_archive_version(path)
+    if path.name == "saved_model.pb":
+        return describe_file(path.parent)
+    raise ModelError(f"{path}: not a Keras model file; expected {FORMATS}")
+
+
+def _saved_model(path: Path, keras: Any) -> Any:
+    """A SavedModel's serving signature as a Keras model: callable and convertible, but without layers inside."""
+    tf, _ = tf_keras()
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise ModelError(f"{path}: SavedModel has no serving_default signature (export it with model.export())")
+    specs = list(signature.structured_input_signature[1].values())
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise ModelError(f"{path}: SavedModel signature takes {[tuple(s.shape) for s in specs]}; supported: one "
+                         "batch of images (N, H, W, C)")
+    inp = keras.Input(tuple(specs[0].shape)[1:], name="image")
+    out = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default", name="saved_model")(inp)
+    if isinstance(out, dict):
+        if len(out) != 1:
+            raise ModelError(f"{path}: SavedModel signature has {len(out)} outputs ({', '.join(out)}); supported: one")
+        out = next(iter(out.values()))
+    return keras.Model(inp, out, name=path.name)
+
+
+def load_model(path: Path) -> Any:
+    """Load a Keras model for inference (not compiled): ``.h5`` of Keras 2 or 3, ``.keras``, a SavedModel folder.
+
+    One-line :class:`ModelError` when it cannot. A SavedModel comes back as a Keras model around its serving
+    signature, so it converts and predicts like the others; its layers are not reachable (no Grad-CAM).
+    """
+    kind, _ = describe_file(path)
     _, keras = tf_keras()
     try:
+        if kind == "savedmodel":
+            return _saved_model(path if path.is_dir() else path.parent, keras)
         model = keras.models.load_model(path, compile=False, custom_objects=_compat_objects(keras))
+    except ModelError:
+        raise
     except Exception as e:  # Keras raises many types for a model it cannot rebuild; all mean the same to a user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{path}: Keras cannot rebuild this model: {first[:300]}") from None

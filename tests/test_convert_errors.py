@@ -31,7 +31,8 @@ def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
 def test_not_hdf5(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     bad = tmp_path / "model.h5"
     bad.write_text("this is a text file\n")
-    fails_with(capsys, ["convert", bad], "not an HDF5 file; expected a Keras model saved as .h5")
+    fails_with(capsys, ["convert", bad], "not a Keras model file; expected .h5 (Keras 2 or 3), .keras "
+                                                "(Keras 3) or a SavedModel folder")
 
 
 def test_hdf5_without_a_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_unsupported_models_say_what_is_supported(capsys: pytest.CaptureFixture[
     fails_with(capsys, ["convert", three], "output shape (None, 3) with activation 'softmax' is not supported")
     vec = k.Input((10,))
     tabular = _save(k, vec, k.layers.Dense(1, activation="sigmoid")(vec), tmp_path / "tab.h5")
-    fails_with(capsys, ["convert", tabular], "input shape (None, 10) is not one fixed-size RGB image")
+    fails_with(capsys, ["convert", tabular], "input shape (None, 10) is not one RGB or grey image")
     fails_with(capsys, ["convert", two_heads.with_name("three.h5"), "--gradcam-layer", "nope"],
                "output shape (None, 3)")
 

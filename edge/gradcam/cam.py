@@ -32,7 +32,8 @@ class Heatmap:
 
 
 class GradCam:
-    def __init__(self, model: Any, layer: str, *, defect_index: int = 0):
+    def __init__(self, model: Any, layer: str, *, defect_index: int = 0, p_is_good: bool = False):
+        """``p_is_good``: a sigmoid trained with defective as class 0; its logit is the evidence for *good*."""
         tf, keras = tf_keras()
         try:
             target = model.get_layer(layer)
@@ -54,6 +55,8 @@ class GradCam:
                     score = z[:, 0] if z.shape[-1] == 1 else z[:, defect_index] - z[:, 1 - defect_index]
                 else:
                     score = before[:, defect_index]
+                if p_is_good:
+                    score = -score
             grads = tape.gradient(score, maps)
             if plus:  # Grad-CAM++ (Chattopadhyay et al. 2018), closed form with powers of the gradient
                 g2, g3 = grads**2, grads**3
@@ -63,7 +66,7 @@ class GradCam:
             else:
                 weights = tf.reduce_mean(grads, axis=(1, 2))
             cam = tf.nn.relu(tf.reduce_sum(maps * weights[:, None, None, :], axis=-1))
-            return cam, out[:, defect_index]
+            return cam, 1.0 - out[:, 0] if p_is_good else out[:, defect_index]
 
         self._compute = compute
 

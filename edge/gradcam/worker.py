@@ -42,13 +42,17 @@ def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: i
     from edge.preprocess import Preprocessor, Roi
 
     m = mf.load(manifest_path)
-    h5 = mf.resolve(manifest_path, m.source)
-    if not h5.is_file():
-        raise RuntimeError(f"the Keras model {h5} named by {manifest_path.name} is missing (Grad-CAM needs the .h5)")
-    if mf.sha256_file(h5) != m.source.sha256:
-        raise RuntimeError(f"{h5.name} does not match the sha256 in {manifest_path.name} (a different model?)")
-    model = load_model(h5)
-    cam = GradCam(model, m.gradcam.layer, defect_index=m.output.defect_index)
+    if m.gradcam is None:
+        raise RuntimeError(f"{manifest_path.name} has no Grad-CAM layer: it was converted from a SavedModel, whose "
+                           "layers Keras cannot reach; convert the model's .keras or .h5 file to have heatmaps")
+    source = mf.resolve(manifest_path, m.source)
+    if not source.is_file():
+        raise RuntimeError(f"the Keras model {source} named by {manifest_path.name} is missing (Grad-CAM needs it)")
+    if mf.sha256_file(source) != m.source.sha256:
+        raise RuntimeError(f"{source.name} does not match the sha256 in {manifest_path.name} (a different model?)")
+    model = load_model(source)
+    cam = GradCam(model, m.gradcam.layer, defect_index=m.output.defect_index,
+                  p_is_good=m.output.positive == "good")
     spec = m.input.model_copy(update={"dtype": "float32", "scale": 0.0, "zero_point": 0})
     region = Roi(*roi) if roi else None
     pre = {order: Preprocessor(spec, roi=region, frame_order=order) for order in ("RGB", "BGR")}
