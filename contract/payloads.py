@@ -92,6 +92,7 @@ class Status(Message):
 class Result(Message):
     """One per classified frame."""
 
+    omit_if_none = frozenset({"part_id"})
     frame_id: str = Field(pattern=topics.FRAME_ID.pattern)
     label: str = Field(max_length=40)  # the manifest's label: "good" / "defective" unless it names others
     defective: bool
@@ -101,13 +102,44 @@ class Result(Message):
     low_confidence: bool
     model: ModelRef
     timings_ms: dict[str, float]
+    part_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # part modes: the part it was for
+
+
+class PartFrame(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    frame_id: str = Field(pattern=topics.FRAME_ID.pattern)
+    p_defect: Probability
+
+
+class Part(Message):
+    """One verdict per part (part modes): what the line acts on. ``verdict`` is ``ok``, ``ng``, ``unsure`` (inside
+    the low-confidence band) or ``missed`` (no frame in time: ``error`` says why, and the p fields are absent)."""
+
+    omit_if_none = frozenset({"label", "defective", "p_defect", "confidence", "threshold", "low_confidence",
+                              "error", "frame_id"})
+    part_id: str = Field(pattern=topics.FRAME_ID.pattern)
+    seq: int = Field(ge=1)
+    trigger: Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
+    verdict: Literal["ok", "ng", "unsure", "missed"]
+    aggregate: Literal["max", "mean", "centred"]
+    frames: list[PartFrame]
+    frame_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # the frame that decided it
+    label: str | None = Field(default=None, max_length=40)
+    defective: bool | None = None
+    p_defect: Probability | None = None
+    confidence: Probability | None = None
+    threshold: Probability | None = None
+    low_confidence: bool | None = None
+    model: ModelRef
+    timings_ms: dict[str, float]  # trigger_to_first_frame, trigger_to_verdict
+    error: str | None = None
 
 
 class Alert(Message):
     """A defect, a low-confidence call, a camera gone, or frames the model failed on (``kind``)."""
 
     omit_if_none = frozenset({"label", "p_defect", "confidence", "threshold", "model", "since", "error",
-                              "frame_errors"})
+                              "frame_errors", "part_id"})
     kind: AlertKind
     frame_id: str | None = Field(pattern=topics.FRAME_ID.pattern)
     dedup_key: str = Field(pattern=topics.DEDUP_KEY.pattern)
@@ -119,6 +151,7 @@ class Alert(Message):
     since: str | None = None  # camera_offline: when the camera went
     error: str | None = None  # camera_offline, model_error: the last error
     frame_errors: int | None = None  # model_error: frames that failed since the last alert
+    part_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # part modes: the part it is about
 
 
 class Metrics(Message):
@@ -138,6 +171,9 @@ class Metrics(Message):
     camera: dict[str, Any]
     alerts_suppressed: int
     uptime_s: float
+    parts: dict[str, Any] | None = None  # part modes: judged, missed, pending triggers, line interfaces
+
+    omit_if_none = frozenset({"parts"})
 
 
 class GradcamEvent(Message):

@@ -15,6 +15,7 @@ DEFAULT_PREFIX = "defect-edge"
 AVAILABLE = "available"
 STATUS = "status"
 RESULT = "result"
+PART = "part"  # one verdict per part (part modes)
 ALERT = "alert"
 METRICS = "metrics"
 SNAPSHOT = "snapshot"  # snapshot/<frame_id>: JPEG bytes
@@ -64,7 +65,7 @@ class TopicError(ValueError):
 
 @dataclass(frozen=True)
 class Topic:
-    """A unit's topic, split: ``what`` is one of available, status, result, alert, metrics, snapshot, gradcam
+    """A unit's topic, split: ``what`` is one of available, status, result, part, alert, metrics, snapshot, gradcam
     (the event), gradcam_image, reply; ``key`` is the frame id of an image or the command name of a reply."""
 
     what: str
@@ -72,7 +73,7 @@ class Topic:
     key: str | None = None
 
 
-_PLAIN = {AVAILABLE, STATUS, RESULT, ALERT, METRICS, GRADCAM}
+_PLAIN = {AVAILABLE, STATUS, RESULT, PART, ALERT, METRICS, GRADCAM}
 
 
 def parse(prefix: str, topic: str) -> Topic:

@@ -272,12 +272,14 @@ def write_dataset(out: Path, *, count: int, seed: int = 0, size: int = 256, defe
 
 
 def write_video(path: Path, *, parts: int = 12, seed: int = 0, size: int = 256, fps: float = 15.0,
-                frames_per_part: int = 24, defect_rate: float = 0.35) -> list[dict[str, object]]:
+                frames_per_part: int = 24, defect_rate: float = 0.35, lead_frames: int = 0,
+                gap_frames: int = 0) -> list[dict[str, object]]:
     """Write a clip of parts sliding along a conveyor under a fixed camera, and return per-part ground truth.
 
-    Each part enters from the left, passes the centre of the frame (where a trigger would fire) and leaves right.
-    The ground truth is also written beside the video as ``<name>.json``: part index, defect kind, and the frame
-    range in which the part is fully in view.
+    Each part enters from the left, passes the centre of the frame (where a trigger would fire) and leaves right;
+    ``frames_per_part`` sets the belt's speed, ``gap_frames`` of empty belt between parts their spacing, and
+    ``lead_frames`` of empty belt open the clip (a line starting up). The ground truth is also written beside the
+    video as ``<name>.json``: part index, defect kind, and the first frame in which the part is centred.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (size, size))
@@ -285,7 +287,16 @@ def write_video(path: Path, *, parts: int = 12, seed: int = 0, size: int = 256, 
         raise OSError(f"cannot write video {path}: OpenCV has no MJPG writer here")
     truth: list[dict[str, object]] = []
     frame_no = 0
+
+    def empty_belt(index: int, count: int) -> None:
+        nonlocal frame_no
+        belt = render(seed, index, size=size, center=(-10.0 * size, size / 2)).image  # the part far out of view
+        for _ in range(count):
+            writer.write(cv2.cvtColor(belt, cv2.COLOR_RGB2BGR))
+            frame_no += 1
+
     try:
+        empty_belt(0, lead_frames)
         for i in range(parts):
             kind_rng = _rng(seed ^ 0xF11D, i)
             defect = None
@@ -300,6 +311,7 @@ def write_video(path: Path, *, parts: int = 12, seed: int = 0, size: int = 256, 
                 writer.write(cv2.cvtColor(part.image, cv2.COLOR_RGB2BGR))
                 frame_no += 1
             truth.append({"part": i, "defect": defect, "centred_frame": first_full})
+            empty_belt(i, gap_frames)
     finally:
         writer.release()
     path.with_suffix(".json").write_text(json.dumps(truth, indent=1))

@@ -1,5 +1,7 @@
 """Which results become alerts, with hysteresis so one bad part under a stopped camera is one alert, not 300.
 
+When the unit judges parts (``docs/line.md``), alerts are per part instead: one per defective or unsure part.
+
 After an alert of a kind, that kind is disarmed until the camera has seen ``rearm_after_good_frames`` consecutive
 frames without it (a new part came along), or ``repeat_after_s`` has passed (the same part is still there: say so
 again). Each alert has a stable dedup key: QoS 1 can deliver twice, and the relay mails each key once.
@@ -89,3 +91,13 @@ class AlertPolicy:
             else:
                 self.suppressed += 1
         return out
+
+    def on_part(self, part_id: str, frame_id: str, pred: Prediction) -> list[Alert]:
+        """A part's verdict: each part is its own, so no hysteresis, and its id keys the alert."""
+        checks: tuple[tuple[AlertKind, bool], ...] = (("defect", pred.defective),
+                                                      ("low_confidence", pred.low_confidence))
+        return [Alert(kind, frame_id, f"{self.device_id}:{kind}:{part_id}",
+                      {"label": pred.label, "p_defect": round(pred.p_defect, 6),
+                       "confidence": round(pred.confidence, 6), "threshold": pred.threshold, "model": pred.model,
+                       "part_id": part_id})
+                for kind, hit in checks if hit and self.enabled[kind]]

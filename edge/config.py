@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from contract import topics
 from contract.payloads import Band
@@ -140,6 +140,54 @@ class GradcamConfig(Section):
     jpeg_quality: int = Field(default=90, ge=10, le=100)
 
 
+class PartsConfig(Section):
+    """One verdict per part (docs/line.md): by presence on the ROI, or per trigger in on_demand mode."""
+
+    presence: bool = False  # continuous mode: classify only frames with a part in position, one verdict per part
+    aggregate: Literal["max", "mean", "centred"] = "max"  # a part's p_defect from its frames'
+    frames_per_trigger: int = Field(default=1, ge=1, le=16)  # on_demand: frames classified per trigger
+    max_frame_delay_ms: float = Field(default=100.0, gt=0)  # on_demand: a first frame later than this is a miss
+    max_pending: int = Field(default=8, ge=1, le=1000)  # on_demand: triggers waiting; more are answered missed
+    frame_results: bool = True  # also publish each classified frame's result
+    gap_frames: int = Field(default=1, ge=0, le=30)  # presence: frames out of position tolerated within one part
+    pixel_threshold: int = Field(default=30, ge=1, le=255)  # presence: grey levels from the empty belt
+    min_area: float = Field(default=0.02, gt=0, lt=1)  # presence: share of the ROI a part covers at least
+    centre_tolerance: float = Field(default=0.15, gt=0, le=0.5)  # presence: centre offset as a share of the ROI
+    learn_frames: int = Field(default=30, ge=1, le=10000)  # presence: frames whose median is the empty belt
+
+
+class GpioConfig(Section):
+    enabled: bool = False
+    trigger_pin: int | None = Field(default=None, ge=0, le=63)  # BCM numbers, as gpiozero takes them
+    trigger_active_high: bool = True
+    trigger_bounce_ms: float = Field(default=5.0, ge=0, le=1000)
+    reject_pin: int | None = Field(default=None, ge=0, le=63)
+    ok_pin: int | None = Field(default=None, ge=0, le=63)
+    ready_pin: int | None = Field(default=None, ge=0, le=63)
+    pulse_ms: float = Field(default=200.0, gt=0, le=60000)
+    reject_delay_ms: float = Field(default=0.0, ge=0, le=600000)  # belt travel from the camera to the ejector
+    reject_unsure: bool = True  # unsure and missed parts are rejected too (fail safe)
+
+
+class ModbusConfig(Section):
+    enabled: bool = False
+    host: str = "0.0.0.0"  # the line's network: bind to its interface's address where the unit has two
+    port: int = Field(default=5020, ge=1, le=65535)  # 502 needs CAP_NET_BIND_SERVICE
+    device_id: int = Field(default=1, ge=0, le=247)
+
+
+class OpcUaConfig(Section):
+    enabled: bool = False
+    endpoint: str = Field(default="opc.tcp://0.0.0.0:4840/defect-edge/", pattern=r"^opc\.tcp://[^\s]+$")
+    namespace: str = Field(default="urn:defect-inspection:edge", min_length=1, max_length=200)
+
+
+class LineConfig(Section):
+    gpio: GpioConfig = GpioConfig()
+    modbus: ModbusConfig = ModbusConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
+
+
 class HomeAssistantConfig(Section):
     enabled: bool = False
     prefix: str = "homeassistant"
@@ -156,6 +204,29 @@ class EdgeConfig(Section):
     state: StateConfig = Field(default_factory=StateConfig)  # reads $STATE_DIRECTORY when loaded, not imported
     gradcam: GradcamConfig = GradcamConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    parts: PartsConfig = PartsConfig()
+    line: LineConfig = LineConfig()
+
+    @model_validator(mode="after")
+    def _parts_fit_the_mode(self) -> EdgeConfig:
+        on_demand = self.inference.mode == "on_demand"
+        if self.parts.presence and on_demand:
+            raise ValueError("parts.presence judges parts in continuous mode; on_demand judges one per trigger: "
+                             "choose one")
+        line = [n for n in ("gpio", "modbus", "opcua") if getattr(self.line, n).enabled]
+        if line and not (on_demand or self.parts.presence):
+            raise ValueError(f"line.{line[0]} delivers part verdicts: set inference.mode = \"on_demand\" (a "
+                             "trigger per part) or parts.presence = true")
+        g = self.line.gpio
+        if g.enabled and g.trigger_pin is not None and not on_demand:
+            raise ValueError("line.gpio.trigger_pin triggers parts: it needs inference.mode = \"on_demand\"")
+        pins = [p for p in (g.trigger_pin, g.reject_pin, g.ok_pin, g.ready_pin) if p is not None]
+        if len(pins) != len(set(pins)):
+            raise ValueError(f"line.gpio: a pin is used twice ({sorted(pins)})")
+        if self.line.modbus.enabled and self.line.opcua.enabled and \
+                self.line.opcua.endpoint.rsplit(":", 1)[-1].split("/")[0] == str(self.line.modbus.port):
+            raise ValueError("line.modbus.port and line.opcua's endpoint use the same port")
+        return self
 
     @property
     def base_topic(self) -> str:

@@ -57,8 +57,9 @@ class Control:
     def cmd_trigger(self, args: TriggerArgs) -> dict[str, Any]:
         if self.d.pipeline.mode != "on_demand":
             raise CommandError("this unit classifies continuously; set inference.mode = \"on_demand\" to use trigger")
-        self.d.pipeline.trigger()
-        return {"triggered": True}
+        part = self.d.pipeline.trigger("mqtt")
+        return {"triggered": True, "part_id": part.part_id, "seq": part.seq,
+                "result_topic": topics.PART}
 
     def cmd_feedback(self, args: FeedbackArgs) -> dict[str, Any]:
         item = self._buffered_or_error(args.frame_id)

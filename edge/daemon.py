@@ -30,12 +30,14 @@ from edge.gradcam.service import GradcamService, Outcome
 from edge.health import Health
 from edge.history import History
 from edge.images import encode_jpeg
+from edge.io import LineInterface, LineState, line_interfaces
 from edge.metrics import StageLatency
 from edge.models import manifest_path
 from edge.mqtt.client import MqttLink
 from edge.mqtt.commands import CommandRouter
 from edge.mqtt.homeassistant import discovery_messages
 from edge.mqtt.outbox import Outbox
+from edge.parts import PartSettings, PartVerdict, deciding_frame
 from edge.pipeline import Pipeline, Result
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
@@ -68,8 +70,11 @@ class Daemon:
         self.camera = Camera(cfg.camera.frame_source(), stall_timeout=cfg.camera.stall_timeout_s)
         self.pipeline = Pipeline(self.camera, self.load_classifier(cfg.model.name), device_id=cfg.device.id,
                                  mode=cfg.inference.mode, target_fps=cfg.inference.target_fps,
-                                 queue_size=cfg.inference.queue_size,
-                                 drop_when_behind=self.camera.source.live)
+                                 queue_size=cfg.inference.queue_size, drop_when_behind=self.camera.source.live,
+                                 parts=PartSettings.from_config(cfg.parts, cfg.camera.region()))
+        self.line_state = LineState()
+        self.line_state.pending = lambda: self.pipeline.triggers.pending
+        self.line: list[LineInterface] = line_interfaces(cfg.line, self.line_state)
         self.ring = FrameRing(max_frames=cfg.state.ring_frames, max_bytes=int(cfg.state.ring_max_mb * 1024 * 1024))
         a = cfg.alerts
         self.alerts = AlertPolicy(cfg.device.id, on_defect=a.on_defect, on_low_confidence=a.on_low_confidence,
@@ -135,28 +140,37 @@ class Daemon:
         self.link.publish(topics.ALERT, payloads.dumps(message), qos=1, kind="alert")
         self.history.event("alert", kind=alert.kind, frame_id=alert.frame_id)
 
+    def _model_ref(self) -> payloads.ModelRef:
+        m = self.classifier.manifest
+        return payloads.ModelRef(name=m.name, quantization=m.quantization, sha256=m.tflite.sha256)
+
+    def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered) -> None:
+        """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap."""
+        for alert in alerts:
+            self.publish_alert(alert, ts)
+            if self.cfg.alerts.snapshot:
+                image = encode_jpeg(frame.image, frame.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
+                self.link.publish(f"{topics.SNAPSHOT}/{frame.frame_id}", image, qos=1, kind="image")
+            if self.gradcam and alert.kind in self.cfg.gradcam.auto_on:
+                self.gradcam.request(frame.frame_id, frame.image, frame.frame_order, self.cfg.gradcam.method,
+                                     {"p_defect_tflite": frame.prediction.p_defect, "auto": alert.kind})
+
     def on_result(self, r: Result) -> None:
         t0 = time.perf_counter()
-        p, clf = r.prediction, self.classifier
+        p = r.prediction
         ts = topics.iso(r.frame.captured_at)
         message = payloads.Result(
             device_id=self.cfg.device.id, ts=ts, frame_id=r.frame_id, label=p.label,
             defective=p.defective, p_defect=round(p.p_defect, 6), confidence=round(p.confidence, 6),
-            threshold=p.threshold, low_confidence=p.low_confidence,
-            model=payloads.ModelRef(name=p.model, quantization=clf.manifest.quantization, sha256=p.sha256),
-            timings_ms={k: round(v, 3) for k, v in r.timings_ms.items()})
+            threshold=p.threshold, low_confidence=p.low_confidence, model=self._model_ref(),
+            timings_ms={k: round(v, 3) for k, v in r.timings_ms.items()}, part_id=r.part_id)
         # Buffered before it is announced: a command naming the frame may arrive as soon as the result is out.
-        self.ring.add(Buffered(r.frame_id, r.frame.image, self.camera.frame_order, p, r.frame.captured_at))
-        self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
-        alerts = self.alerts.on_result(r.frame_id, p)
-        for alert in alerts:
-            self.publish_alert(alert, ts)
-            if self.cfg.alerts.snapshot:
-                image = encode_jpeg(r.frame.image, self.camera.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
-                self.link.publish(f"{topics.SNAPSHOT}/{r.frame_id}", image, qos=1, kind="image")
-            if self.gradcam and alert.kind in self.cfg.gradcam.auto_on:
-                self.gradcam.request(r.frame_id, r.frame.image, self.camera.frame_order, self.cfg.gradcam.method,
-                                     {"p_defect_tflite": p.p_defect, "auto": alert.kind})
+        buffered = Buffered(r.frame_id, r.frame.image, self.camera.frame_order, p, r.frame.captured_at)
+        self.ring.add(buffered)
+        if r.part_id is None or self.cfg.parts.frame_results:
+            self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
+        alerts = [] if self.pipeline.judges_parts else self.alerts.on_result(r.frame_id, p)  # parts: on_part
+        self._alerted(alerts, ts, buffered)
         if not alerts and self.sampler.take():  # a confident call, for the console's review queue
             image = encode_jpeg(r.frame.image, self.camera.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
             self.link.publish(f"{topics.SNAPSHOT}/{r.frame_id}", image, qos=1, kind="sample")
@@ -164,6 +178,35 @@ class Daemon:
                                 p.low_confidence, p.model, r.timings_ms)
         self._published_results += 1
         self.latency.add({**r.timings_ms, "publish": (time.perf_counter() - t0) * 1e3})
+
+    def on_part(self, v: PartVerdict) -> None:
+        """A part's verdict: to the line first (a PLC is waiting), then MQTT, alerts and history."""
+        self.line_state.decided(v)
+        for interface in self.line:
+            try:
+                interface.decided(v)
+            except Exception as e:  # one interface's failure must not cost the others, or the verdict
+                log.warning("%s: verdict not delivered: %s", interface.name, e)
+        part, p = v.part, v.prediction
+        frame = self.ring.get(deciding_frame(part, self.cfg.parts.aggregate).frame_id) if part.frames else None
+        ts = topics.iso(frame.captured_at if frame else time.time())
+        started = part.first_frame
+        message = payloads.Part(
+            device_id=self.cfg.device.id, ts=ts, part_id=part.part_id, seq=part.seq, trigger=part.source,
+            verdict=v.verdict, aggregate=self.cfg.parts.aggregate,
+            frames=[payloads.PartFrame(frame_id=f.frame_id, p_defect=round(f.p_defect, 6)) for f in part.frames],
+            frame_id=frame.frame_id if frame else None, label=p.label if p else None,
+            defective=p.defective if p else None, p_defect=round(p.p_defect, 6) if p else None,
+            confidence=round(p.confidence, 6) if p else None, threshold=p.threshold if p else None,
+            low_confidence=p.low_confidence if p else None, model=self._model_ref(), error=v.error,
+            timings_ms={"trigger_to_verdict": round(v.trigger_to_verdict_ms, 3),
+                        **({"trigger_to_first_frame": round((started - part.started) * 1e3, 3)}
+                           if started is not None else {})})
+        self.link.publish(topics.PART, payloads.dumps(message), qos=1, kind="part")
+        self.history.event("part", part_id=part.part_id, verdict=v.verdict,
+                           p_defect=None if p is None else round(p.p_defect, 6))
+        if p is not None and frame is not None:
+            self._alerted(self.alerts.on_part(part.part_id, frame.frame_id, p), ts, frame)
 
     def _reply(self, topic: str, payload: bytes, props: Properties | None) -> None:
         """A command's reply: through the outbox on the unit's own reply topic, directly to a v5 response topic."""
@@ -211,10 +254,23 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         self.notifier.watchdog()
+        self.line_state.beat(self.camera.state == "streaming")
         if not self._ready and (self.camera.state == "streaming"
                                 or time.time() - self.started_at > self.cfg.camera.stall_timeout_s):
             self._ready = True
             self.notifier.ready(f"model {self.classifier.name}, camera {self.camera.state}")
+
+    def _start_line(self) -> list[LineInterface]:
+        """Start each configured line interface; one that cannot start is said in one line and left out."""
+        started = []
+        for interface in self.line:
+            try:
+                interface.start(self.pipeline.trigger)
+                started.append(interface)
+            except OSError as e:
+                log.error("%s", e)
+                self.history.event("line_error", interface=interface.name, error=str(e))
+        return started
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -230,16 +286,20 @@ class Daemon:
         self.link.start()
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
+        self.line = self._start_line()
         log.info("running: device %s, model %s, camera %s", self.cfg.device.id, self.classifier.name,
                  self.camera.source.description)
         try:
-            self.pipeline.run(self.stop_event, self.on_result, self._heartbeat)
+            self.pipeline.run(self.stop_event, self.on_result, self._heartbeat, self.on_part)
             if self.camera.state == "ended":
                 log.info("the replay ended")
         finally:
             self.request_stop()
             deadline = time.monotonic() + STOP_WITHIN_S
             housekeeping.join(timeout=1.0)
+            self.line_state.stopping()
+            for interface in self.line:
+                interface.stop()
             if self.gradcam:
                 self.gradcam.stop()
             self.history.event("stop", frames=self._published_results)

@@ -71,4 +71,7 @@ class Health:
             outbox={"depth": depth, "bytes": nbytes, "shed": d.outbox.shed_counts()},
             mqtt={"reconnects": d.link.outage.reconnects, "dropped_qos0": d.link.stats.dropped_qos0},
             camera={"state": d.camera.state, "reconnects": cam.reconnects, "stalls": cam.stalls},
-            alerts_suppressed=d.alerts.suppressed, uptime_s=round(time.time() - d.started_at, 1))
+            alerts_suppressed=d.alerts.suppressed, uptime_s=round(time.time() - d.started_at, 1),
+            parts={"judged": d.pipeline.stats.parts, "missed": d.pipeline.stats.missed,
+                   "pending": d.pipeline.triggers.pending, "line_refused": d.line_state.refused,
+                   "line": [i.name for i in d.line]} if d.pipeline.judges_parts else None)

@@ -2,8 +2,9 @@
 
 On a live line the newest frame wins: when inference falls behind, the oldest waiting frame is dropped and counted,
 so results never lag the conveyor. A replay of recorded frames may instead ask that nothing be dropped
-(``drop_when_behind=False``): capture then waits for inference. Trigger modes: ``continuous`` (every frame, or at most
-``target_fps``) and ``on_demand`` (one frame per :meth:`Pipeline.trigger`, e.g. from a part-present sensor).
+(``drop_when_behind=False``): capture then waits for inference. Modes: ``continuous`` (every frame, or at most
+``target_fps``; with :class:`~edge.parts.Presence`, only the frames where a part is in position, one verdict per
+part) and ``on_demand`` (each :meth:`Pipeline.trigger` is a part: the frames captured after it, one verdict).
 """
 
 from __future__ import annotations
@@ -17,6 +18,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edge.classifier import Classifier, Prediction
+from edge.parts import (
+    Part,
+    PartFrame,
+    PartIds,
+    PartSettings,
+    PartVerdict,
+    Triggers,
+    TriggerSource,
+    missed,
+    verdict_of,
+)
 from edge.preprocess import FrameError
 from edge.sources.base import Camera, Frame
 
@@ -96,6 +108,7 @@ class Result:
     frame: Frame
     prediction: Prediction
     timings_ms: dict[str, float] = field(default_factory=dict)  # capture, queue, preprocess, inference, postprocess
+    part_id: str | None = None  # the part this frame was classified for (part modes)
 
 
 @dataclass
@@ -103,13 +116,19 @@ class PipelineStats:
     inferred: int = 0
     frame_errors: int = 0
     last_error: str = ""
+    parts: int = 0
+    missed: int = 0
+
+
+PartCallback = Callable[[PartVerdict], None]
 
 
 class Pipeline:
     """Runs a camera through a classifier until stopped or the stream ends. ``classifier`` may be swapped live."""
 
     def __init__(self, camera: Camera, classifier: Classifier, *, device_id: str, mode: Mode = "continuous",
-                 target_fps: float = 0.0, queue_size: int = 1, drop_when_behind: bool = True):
+                 target_fps: float = 0.0, queue_size: int = 1, drop_when_behind: bool = True,
+                 parts: PartSettings | None = None):
         if classifier.preprocess.frame_order != camera.frame_order:
             raise ValueError(f"classifier expects {classifier.preprocess.frame_order} frames, camera gives "
                              f"{camera.frame_order}: create it with frame_order=camera.frame_order")
@@ -120,15 +139,23 @@ class Pipeline:
         self.ids = FrameIds(device_id)
         self.slot = FrameSlot(queue_size, drop_when_behind=drop_when_behind)
         self.stats = PipelineStats()
-        self._triggers = threading.Semaphore(0)
+        self.parts = parts or PartSettings()
+        self.part_ids = PartIds(device_id)
+        self.triggers = Triggers(self.part_ids, self.parts.max_pending)
+        self._current: Part | None = None  # presence: the part in position now
+        self._gap = 0
 
     @property
     def dropped(self) -> int:
         return self.slot.dropped
 
-    def trigger(self) -> None:
-        """On-demand mode: classify the next frame captured after this call."""
-        self._triggers.release()
+    @property
+    def judges_parts(self) -> bool:
+        return self.mode == "on_demand" or self.parts.presence is not None
+
+    def trigger(self, source: TriggerSource = "api") -> Part:
+        """On-demand mode: a part is in position now. Its verdict comes from the frames captured after this call."""
+        return self.triggers.add(source)
 
     def _capture(self, stop: threading.Event) -> None:
         try:
@@ -140,12 +167,6 @@ class Pipeline:
             self.slot.close()
 
     def _next_frame(self, stop: threading.Event, heartbeat: Callable[[], None]) -> Frame | None:
-        if self.mode == "on_demand":
-            while not self._triggers.acquire(timeout=0.5):
-                heartbeat()
-                if stop.is_set() or self.slot.closed_and_empty:
-                    return None
-            self.slot.clear()  # the part is under the camera now: older frames show the previous one
         while not stop.is_set():
             frame = self.slot.get(0.5)
             if frame is not None:
@@ -155,9 +176,89 @@ class Pipeline:
                 return None
         return None
 
+    def _classify(self, frame: Frame, part: Part | None = None, offset: float = 0.0) -> Result | None:
+        clf = self.classifier
+        queued = (time.perf_counter() - frame.monotonic) * 1e3
+        try:
+            pred = clf.classify(frame.image)
+        except FrameError as e:
+            self.stats.frame_errors += 1
+            self.stats.last_error = str(e)
+            log.warning("frame %d skipped: %s", frame.index, e)
+            return None
+        self.stats.inferred += 1
+        result = Result(frame_id=self.ids.next(), frame=frame, prediction=pred,
+                        timings_ms={"capture": frame.capture_ms, "queue": queued, **pred.timings_ms},
+                        part_id=part.part_id if part else None)
+        if part is not None:
+            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset))
+            part.first_frame = part.first_frame or frame.monotonic
+        return result
+
+    def _decided(self, v: PartVerdict, on_part: PartCallback) -> None:
+        self.stats.parts += 1
+        self.stats.missed += v.verdict == "missed"
+        on_part(v)
+
+    def _triggered(self, stop: threading.Event, heartbeat: Callable[[], None], on_result: Callable[[Result], None],
+                   on_part: PartCallback) -> bool:
+        """Inspect the next triggered part; False when the loop should end."""
+        for late in self.triggers.overflowed():
+            self._decided(missed(late, f"{self.parts.max_pending} triggers already waiting for inference"), on_part)
+        part = self.triggers.take(0.5)
+        if part is None:
+            heartbeat()
+            return not (stop.is_set() or self.slot.closed_and_empty)
+        limit = self.parts.max_frame_delay_s
+        while len(part.frames) < self.parts.frames_per_trigger:
+            frame = self.slot.get(0.05)
+            heartbeat()
+            if frame is None:
+                if stop.is_set() or self.slot.closed_and_empty:
+                    self._decided(missed(part, "the unit is stopping"), on_part)
+                    return False
+                if not part.frames and time.perf_counter() - part.started > limit + 1.0:
+                    self._decided(missed(part, "no frame from the camera after the trigger"), on_part)
+                    return True
+                continue
+            if frame.monotonic < part.started:
+                continue  # captured before the trigger: what was in position then was not this part
+            if not part.frames and frame.monotonic - part.started > limit:
+                delay = (frame.monotonic - part.started) * 1e3
+                self._decided(missed(part, f"the first frame after the trigger came {delay:.0f} ms later "
+                                           f"(limit {limit * 1e3:.0f} ms): the part has moved on"), on_part)
+                return True
+            result = self._classify(frame, part)
+            if result is not None:
+                on_result(result)
+        self._decided(verdict_of(part, self.parts.aggregate, self.classifier), on_part)
+        return True
+
+    def _gated(self, frame: Frame, on_result: Callable[[Result], None], on_part: PartCallback) -> None:
+        """Presence mode: classify the frame only if a part is in position; close the part when it has left."""
+        presence = self.parts.presence
+        assert presence is not None
+        seen = presence.observe(frame.image)
+        if seen is not None and seen.in_position:
+            if self._current is None:
+                self._current = self.part_ids.next("presence", started=frame.monotonic)
+            self._gap = 0
+            result = self._classify(frame, self._current, seen.offset)
+            if result is not None:
+                on_result(result)
+            return
+        if self._current is not None:
+            self._gap += 1
+            if self._gap > self.parts.gap_frames:
+                part = self._current
+                self._current = None
+                self._decided(verdict_of(part, self.parts.aggregate, self.classifier) if part.frames
+                              else missed(part, "no frame of the part could be classified"), on_part)
+
     def run(self, stop: threading.Event, on_result: Callable[[Result], None],
-            heartbeat: Callable[[], None] = lambda: None) -> None:
-        """Classify frames until ``stop`` is set or a finite source ends; call ``on_result`` for each.
+            heartbeat: Callable[[], None] = lambda: None, on_part: PartCallback = lambda v: None) -> None:
+        """Classify frames until ``stop`` is set or a finite source ends; call ``on_result`` for each, and
+        ``on_part`` for each part's verdict (part modes).
 
         ``heartbeat`` is called at least every half second while the loop is alive (the systemd watchdog hangs off
         it). On return ``stop`` is set, so the capture thread ends too.
@@ -167,25 +268,26 @@ class Pipeline:
         next_at = 0.0
         try:
             while True:
+                if self.mode == "on_demand":
+                    if not self._triggered(stop, heartbeat, on_result, on_part):
+                        break
+                    continue
                 frame = self._next_frame(stop, heartbeat)
                 if frame is None:
                     break
                 heartbeat()
-                clf = self.classifier
-                queued = (time.perf_counter() - frame.monotonic) * 1e3
-                try:
-                    pred = clf.classify(frame.image)
-                except FrameError as e:
-                    self.stats.frame_errors += 1
-                    self.stats.last_error = str(e)
-                    log.warning("frame %d skipped: %s", frame.index, e)
-                    continue
-                self.stats.inferred += 1
-                on_result(Result(frame_id=self.ids.next(), frame=frame, prediction=pred,
-                                 timings_ms={"capture": frame.capture_ms, "queue": queued, **pred.timings_ms}))
+                if self.parts.presence is not None:
+                    self._gated(frame, on_result, on_part)
+                else:
+                    result = self._classify(frame)
+                    if result is not None:
+                        on_result(result)
                 if self.period:
                     next_at = max(next_at + self.period, time.monotonic())
                     stop.wait(max(0.0, next_at - time.monotonic()))
+            if self._current is not None and self._current.frames:  # a replay that ended with a part in view
+                self._decided(verdict_of(self._current, self.parts.aggregate, self.classifier), on_part)
+                self._current = None
         finally:
             stop.set()
             capture.join(timeout=5)

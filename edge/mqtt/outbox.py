@@ -17,7 +17,8 @@ from pathlib import Path
 from contract.sqlite import connect
 
 # Lower sheds first. Images are evidence for an alert but cost far more bytes than the alert itself.
-PRIORITY: dict[str, int] = {"sample": 0, "result": 1, "metrics": 2, "image": 3, "reply": 4, "event": 4, "alert": 5}
+PRIORITY: dict[str, int] = {"sample": 0, "result": 1, "metrics": 2, "image": 3, "reply": 4, "event": 4, "part": 5,
+                            "alert": 5}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -1,0 +1,125 @@
+"""The line's own wires: a part sensor and a reject output on GPIO, a PLC over Modbus TCP or OPC UA.
+
+Every interface shows the same :class:`LineState`, the one copy of what the unit tells the line, and may trigger
+parts. Each is optional (``[line.*]`` in ``edge.toml``) and isolated: a PLC that disappears, never reads, or writes
+garbage is refused and counted, and never stops inspection (``docs/line.md``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from edge.config import LineConfig
+from edge.parts import Part, PartVerdict, TriggerSource
+
+Trigger = Callable[[TriggerSource], Part]
+UnitState = Literal["starting", "ready", "not_ready", "stopping"]
+STATE_CODES: dict[UnitState, int] = {"starting": 0, "ready": 1, "not_ready": 2, "stopping": 3}
+VERDICT_CODES = {"none": 0, "ok": 1, "ng": 2, "unsure": 3, "missed": 4}
+STALLED_AFTER_S = 2.0  # no heartbeat from the inference loop this long: the unit cannot inspect
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view for a PLC: a verdict's fields never mix two parts."""
+
+    heartbeat: int
+    state: UnitState
+    seq: int
+    part_id: str
+    verdict: str
+    p_defect: float
+    trigger_to_verdict_ms: float
+    missed: int
+    pending: int
+    refused: int
+
+
+class LineState:
+    """What the unit tells the line, updated by the daemon and read by every interface, under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._beats = 0
+        self._last_beat = 0.0
+        self._state: UnitState = "starting"
+        self._verdict: PartVerdict | None = None
+        self._missed = 0
+        self.pending: Callable[[], int] = lambda: 0  # the pipeline's waiting triggers, set by the daemon
+        self.refused = 0  # writes refused from the line (garbage, read-only registers), all interfaces
+
+    def beat(self, ready: bool) -> None:
+        """From the inference loop: alive, and whether it can inspect (camera streaming, model loaded)."""
+        with self._lock:
+            self._beats += 1
+            self._last_beat = time.monotonic()
+            if self._state != "stopping":
+                self._state = "ready" if ready else "not_ready"
+
+    def stopping(self) -> None:
+        with self._lock:
+            self._state = "stopping"
+
+    def decided(self, v: PartVerdict) -> None:
+        with self._lock:
+            self._verdict = v
+            self._missed += v.verdict == "missed"
+
+    def refuse(self) -> None:
+        with self._lock:
+            self.refused += 1
+
+    def state(self) -> UnitState:
+        with self._lock:
+            stalled = self._state == "ready" and time.monotonic() - self._last_beat > STALLED_AFTER_S
+            return "not_ready" if stalled else self._state
+
+    def snapshot(self) -> Snapshot:
+        state = self.state()
+        with self._lock:
+            v = self._verdict
+            p = v.prediction.p_defect if v is not None and v.prediction is not None else 0.0
+            return Snapshot(heartbeat=self._beats, state=state, seq=v.part.seq if v else 0,
+                            part_id=v.part.part_id if v else "", verdict=v.verdict if v else "none", p_defect=p,
+                            trigger_to_verdict_ms=v.trigger_to_verdict_ms if v else 0.0, missed=self._missed,
+                            pending=self.pending(), refused=self.refused)
+
+
+class LineInterface(Protocol):
+    """One of the line's wires. ``start`` may raise :class:`OSError` (a port taken, a pin busy): the daemon says
+    so in one line and runs without it."""
+
+    name: str
+
+    def start(self, trigger: Trigger) -> None: ...
+
+    def decided(self, v: PartVerdict) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def line_interfaces(line: LineConfig, state: LineState, *, pin_factory: Any = None) -> list[LineInterface]:
+    """The configured line interfaces, not started. ``pin_factory``: gpiozero's, for tests and benchmarks."""
+    out: list[LineInterface] = []
+    if line.gpio.enabled:
+        from edge.io.gpio import GpioLine
+
+        g = line.gpio
+        out.append(GpioLine(state, trigger_pin=g.trigger_pin, trigger_active_high=g.trigger_active_high,
+                            trigger_bounce_ms=g.trigger_bounce_ms, reject_pin=g.reject_pin, ok_pin=g.ok_pin,
+                            ready_pin=g.ready_pin, pulse_ms=g.pulse_ms, reject_delay_ms=g.reject_delay_ms,
+                            reject_unsure=g.reject_unsure, pin_factory=pin_factory))
+    if line.modbus.enabled:
+        from edge.io.modbus import ModbusLine
+
+        out.append(ModbusLine(state, host=line.modbus.host, port=line.modbus.port,
+                              device_id=line.modbus.device_id))
+    if line.opcua.enabled:
+        from edge.io.opcua import OpcUaLine
+
+        out.append(OpcUaLine(state, endpoint=line.opcua.endpoint, namespace=line.opcua.namespace))
+    return out

@@ -1,0 +1,240 @@
+"""One verdict per part: when a part is in the inspection position, which frames it had, and what it was.
+
+A line wants one answer per part, at the moment it passes, not one per frame of a part sliding in and out of view
+(each of which the model calls on its own, half-visible ones included). Two ways to know a part is there:
+
+- **presence** (no model, no wiring): a small grey copy of the ROI against the empty belt, learnt at start as the
+  per-pixel median of the first frames (parts move, the belt does not) and refreshed slowly from empty frames. The
+  largest blob of changed pixels is the part; it is *in position* when it is wholly inside the ROI (touches no edge)
+  and its centre is within ``centre_tolerance`` of the ROI's. A run of in-position frames is one part; only those
+  frames are classified, so the model never sees a half part and the unit spends no inference on the empty belt.
+- **an external trigger** (a part sensor on GPIO, a PLC over Modbus or OPC UA, an MQTT ``cmd/trigger``): the part
+  gets its id at the trigger, and the frames captured after it are its frames.
+
+The verdict aggregates the part's frames (``max`` or ``mean`` of p_defect, or the most ``centred`` frame's), through
+the same decision rule as a single frame: ``ok``, ``ng``, ``unsure`` (inside the low-confidence band) or ``missed``
+(a trigger with no frame in time: counted and answered, never given another part's frame).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from edge.classifier import Classifier, Prediction, decide
+from edge.config import PartsConfig
+from edge.preprocess import Roi
+
+Aggregate = Literal["max", "mean", "centred"]
+Verdict = Literal["ok", "ng", "unsure", "missed"]
+TriggerSource = Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
+
+
+@dataclass(frozen=True)
+class PresenceSettings:
+    pixel_threshold: int = 30  # grey levels a pixel must differ from the belt by to count as part
+    min_area: float = 0.02  # share of the ROI the largest blob must cover to be a part (dust and glare are not)
+    centre_tolerance: float = 0.15  # |blob centre - ROI centre| / ROI size, both axes
+    learn_frames: int = 30  # frames whose median is the empty belt
+    refresh: float = 0.02  # weight of each empty frame in the belt's running mean
+    width: int = 96  # the grey copy's width in pixels; enough to see a part, cheap to compare
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What presence saw in one frame."""
+
+    area: float  # share of the ROI covered by the largest blob
+    offset: float  # distance of its centre from the ROI's, as a share of the ROI (0 = centred)
+    in_position: bool
+
+
+class Presence:
+    """Is a part in the inspection position? No model: a difference against the empty belt."""
+
+    def __init__(self, settings: PresenceSettings, *, roi: Roi | None = None):
+        self.s = settings
+        self.roi = roi
+        self._learning: list[np.ndarray] = []
+        self.belt: np.ndarray | None = None
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        if self.roi is not None:
+            r = self.roi
+            image = image[r.y:r.y + r.height, r.x:r.x + r.width]
+        h, w = image.shape[:2]
+        size = (self.s.width, max(8, round(self.s.width * h / w)))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)  # luma: channel order moot
+        return cv2.GaussianBlur(grey, (5, 5), 0).astype(np.float32)
+
+    @property
+    def learning(self) -> bool:
+        return self.belt is None
+
+    def observe(self, image: np.ndarray) -> Sighting | None:
+        """The sighting in ``image``; None while the belt is still being learnt."""
+        grey = self._small(image)
+        if self.belt is None:
+            self._learning.append(grey)
+            if len(self._learning) >= self.s.learn_frames:
+                self.belt = np.median(np.stack(self._learning), axis=0).astype(np.float32)
+                self._learning.clear()
+            return None
+        changed = (np.abs(grey - self.belt) > self.s.pixel_threshold).astype(np.uint8)
+        count, _, stats, centroids = cv2.connectedComponentsWithStats(changed, connectivity=8)
+        h, w = changed.shape
+        if count <= 1:
+            cv2.accumulateWeighted(grey, self.belt, self.s.refresh)  # an empty belt: follow the light slowly
+            return Sighting(0.0, 1.0, False)
+        blob = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        x, y, bw, bh, area = (int(v) for v in stats[blob])
+        share = area / (h * w)
+        if share < self.s.min_area:
+            cv2.accumulateWeighted(grey, self.belt, self.s.refresh, mask=1 - changed)
+            return Sighting(share, 1.0, False)
+        cx, cy = centroids[blob]
+        offset = max(abs(cx - w / 2) / w, abs(cy - h / 2) / h)
+        inside = x > 0 and y > 0 and x + bw < w and y + bh < h
+        return Sighting(share, float(offset), inside and offset <= self.s.centre_tolerance)
+
+
+@dataclass(frozen=True)
+class PartSettings:
+    """How parts are judged (``[parts]`` in ``edge.toml``)."""
+
+    aggregate: Aggregate = "max"
+    frames_per_trigger: int = 1
+    max_frame_delay_s: float = 0.1  # a trigger's first frame later than this: the part has moved on (missed)
+    max_pending: int = 8  # triggers waiting for inference; more are answered as missed
+    gap_frames: int = 1  # presence: frames out of position tolerated inside one part
+    presence: Presence | None = None
+
+    @classmethod
+    def from_config(cls, p: PartsConfig, roi: Roi | None) -> PartSettings:
+        presence = Presence(PresenceSettings(pixel_threshold=p.pixel_threshold, min_area=p.min_area,
+                                             centre_tolerance=p.centre_tolerance, learn_frames=p.learn_frames),
+                            roi=roi) if p.presence else None
+        return cls(aggregate=p.aggregate, frames_per_trigger=p.frames_per_trigger,
+                   max_frame_delay_s=p.max_frame_delay_ms / 1e3, max_pending=p.max_pending,
+                   gap_frames=p.gap_frames, presence=presence)
+
+
+@dataclass
+class PartFrame:
+    frame_id: str
+    p_defect: float
+    offset: float  # from presence; 0 for triggered frames
+
+
+@dataclass
+class Part:
+    """A part being inspected: its id, what started it, and its frames so far."""
+
+    part_id: str
+    seq: int
+    source: TriggerSource
+    started: float  # perf_counter time of the trigger, or of the first in-position frame
+    frames: list[PartFrame] = field(default_factory=list)
+    first_frame: float | None = None  # perf_counter capture time of its first frame
+
+
+@dataclass(frozen=True)
+class PartVerdict:
+    part: Part
+    verdict: Verdict
+    prediction: Prediction | None  # the aggregated call; None when missed
+    error: str | None
+    decided: float  # perf_counter time of the verdict
+
+    @property
+    def trigger_to_verdict_ms(self) -> float:
+        return (self.decided - self.part.started) * 1e3
+
+
+def aggregate(part: Part, rule: Aggregate) -> float:
+    """The part's p_defect from its frames' (there is at least one)."""
+    if rule == "mean":
+        return float(np.mean([f.p_defect for f in part.frames]))
+    return deciding_frame(part, rule).p_defect
+
+
+def deciding_frame(part: Part, rule: Aggregate) -> PartFrame:
+    """The frame that shows the verdict best: the most defective one for ``max``, else the most centred one."""
+    if rule == "max":
+        return max(part.frames, key=lambda f: f.p_defect)
+    return min(part.frames, key=lambda f: f.offset)
+
+
+def verdict_of(part: Part, rule: Aggregate, clf: Classifier) -> PartVerdict:
+    """Decide ``part`` from its frames with the classifier's own single-frame rule, labels and model."""
+    p = aggregate(part, rule)
+    defective, confidence, low = decide(p, clf.decision)
+    prediction = Prediction(
+        label=clf.manifest.labels[1] if defective else clf.manifest.labels[0], defective=defective, p_defect=p,
+        confidence=confidence, threshold=clf.decision.threshold, low_confidence=low, model=clf.name,
+        sha256=clf.manifest.tflite.sha256, timings_ms={})
+    call: Verdict = "unsure" if low else "ng" if defective else "ok"
+    return PartVerdict(part, call, prediction, None, time.perf_counter())
+
+
+def missed(part: Part, why: str) -> PartVerdict:
+    return PartVerdict(part, "missed", None, why, time.perf_counter())
+
+
+class PartIds:
+    """``<device>-<boot epoch>-p<sequence>``: unique per device like frame ids, with the sequence a PLC reads."""
+
+    def __init__(self, device_id: str, boot_epoch: int | None = None):
+        self.prefix = f"{device_id}-{boot_epoch if boot_epoch is not None else int(time.time()):010d}-p"
+        self.seq = 0
+        self._lock = threading.Lock()
+
+    def next(self, source: TriggerSource, started: float | None = None) -> Part:
+        with self._lock:
+            self.seq += 1
+            return Part(f"{self.prefix}{self.seq:09d}", self.seq, source,
+                        time.perf_counter() if started is None else started)
+
+
+class Triggers:
+    """Triggers waiting for their frames, oldest first and bounded: a storm beyond it is answered as missed."""
+
+    def __init__(self, ids: PartIds, max_pending: int):
+        self.ids = ids
+        self.max_pending = max_pending
+        self._waiting: deque[Part] = deque()
+        self._overflow: list[Part] = []
+        self._cond = threading.Condition()
+
+    def add(self, source: TriggerSource) -> Part:
+        part = self.ids.next(source)
+        with self._cond:
+            if len(self._waiting) >= self.max_pending:
+                self._overflow.append(part)
+            else:
+                self._waiting.append(part)
+            self._cond.notify_all()
+        return part
+
+    def take(self, timeout: float) -> Part | None:
+        with self._cond:
+            if not self._waiting:
+                self._cond.wait(timeout)
+            return self._waiting.popleft() if self._waiting else None
+
+    def overflowed(self) -> list[Part]:
+        with self._cond:
+            out, self._overflow = self._overflow, []
+            return out
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._waiting)
