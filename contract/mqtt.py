@@ -7,7 +7,9 @@ at every retry: :class:`OutageLog` says each distinct failure once (again only i
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import sys
 import time
@@ -125,3 +127,16 @@ class OutageLog:
     def lost(self, rc: Any) -> None:
         self.last_error = f"disconnected: {reason(rc)}"
         self.log.warning("%s %s; reconnecting with backoff", self.where, self.last_error)
+
+
+def no_delay(client: mqtt.Client) -> None:
+    """Turn Nagle's algorithm off on ``client``'s connection (call it on connect).
+
+    paho writes each packet on its own; with Nagle on, a small publish that follows another one (a command's reply,
+    then the verdict it triggered) waits for the first one's acknowledgement, which Linux delays up to 40 ms.
+    Measured by ``bench.line``: trigger to verdict over MQTT took 46 ms with it, against 11 ms inside the unit.
+    """
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too; paho's websocket wrapper is not
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -133,8 +133,9 @@ def main() -> int:
         (RUN / sub).mkdir(parents=True)
     video = RUN / "line.avi"
     print("writing a production-line video of synthetic parts ...", flush=True)
-    truth = synth.write_video(video, parts=16, seed=7, size=256, fps=12, frames_per_part=24, defect_rate=0.4)
-    mqtt_port, smtp_port = free_port(), free_port()
+    truth = synth.write_video(video, parts=16, seed=7, size=256, fps=12, frames_per_part=24, defect_rate=0.4,
+                              lead_frames=36)  # the line starts empty: the unit learns its belt
+    mqtt_port, smtp_port, modbus_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     smtp = Smtp(folder=MAIL, port=smtp_port)
@@ -191,6 +192,12 @@ sample_per_minute = 6
 [gradcam]
 auto_on = ["defect"]
 method = "gradcam++"
+[parts]
+presence = true
+[line.modbus]
+enabled = true
+host = "127.0.0.1"
+port = {modbus_port}
 [metrics]
 interval_s = 2
 [state]
@@ -207,6 +214,7 @@ dir = "{RUN / 'edge'}"
         print(f"the line console: http://127.0.0.1:{CONSOLE_PORT}/  user admin, password {password}", flush=True)
         watch = Collector(mqtt_port, "defect-edge/#", persistent=False)
         live(watch, sink, stop, truth)
+        plc_view(modbus_port)
         watch.close()
     finally:
         for p in reversed(procs):  # one at a time, the broker last: each says goodbye to it cleanly
@@ -237,7 +245,7 @@ def live(watch: Any, sink: Any, stop: threading.Event, truth: list[dict[str, obj
     except ImportError:
         Live = None  # noqa: N806 - a plain-text view instead
     state: dict[str, Any] = {"results": 0, "defective": 0, "alerts": 0, "heatmaps": 0, "fps": 0.0,
-                             "p50": 0.0, "p95": 0.0}
+                             "p50": 0.0, "p95": 0.0, "parts": []}
 
     def update() -> None:
         nonlocal seen
@@ -251,6 +259,11 @@ def live(watch: Any, sink: Any, stop: threading.Event, truth: list[dict[str, obj
                 state["defective"] += r["defective"]
                 recent.append(f"{r['frame_id'][-6:]}  {r['label']:<9} p={r['p_defect']:.3f}  "
                               f"{sum(r['timings_ms'].values()):5.1f} ms")
+            elif kind == "part":
+                part = json.loads(payload)
+                state["parts"].append(part["verdict"])
+                recent.append(f"part {part['seq']:>3}  {part['verdict'].upper():<6} p={part.get('p_defect', 0):.3f}  "
+                              f"{len(part['frames'])} frames")
             elif kind == "alert":
                 state["alerts"] += 1
             elif kind.startswith("gradcam/"):
@@ -263,11 +276,13 @@ def live(watch: Any, sink: Any, stop: threading.Event, truth: list[dict[str, obj
     def table() -> Any:
         t = Table(title=f"defect-edge demo: station1 on a replayed line ({max(0, end - time.monotonic()):.0f} s left,"
                         " Ctrl-C to stop)")
-        t.add_column("last results (frame, call, p_defect, latency)")
+        t.add_column("last parts and frames (call, p_defect)")
         t.add_column("unit", justify="right")
         rate = state["defective"] / state["results"] if state["results"] else 0.0
+        parts = state["parts"]
         stats = [f"fps {state['fps']:.1f}", f"inference p50 {state['p50']:.2f} ms", f"p95 {state['p95']:.2f} ms",
-                 f"results {state['results']}", f"defect rate {rate:.0%}", f"alerts {state['alerts']}",
+                 f"parts {len(parts)}, NG {parts.count('ng')}", f"frames classified {state['results']}",
+                 f"defective frames {rate:.0%}", f"alerts {state['alerts']}",
                  f"heatmaps {state['heatmaps']}", f"mails sent {len(sink.mails)}"]
         for i in range(max(len(recent), len(stats))):
             t.add_row(list(recent)[i] if i < len(recent) else "", stats[i] if i < len(stats) else "")
@@ -282,14 +297,41 @@ def live(watch: Any, sink: Any, stop: threading.Event, truth: list[dict[str, obj
     else:
         while not stop.is_set() and time.monotonic() < end:
             update()
-            print(f"{max(0, end - time.monotonic()):4.0f}s  results {state['results']}  fps {state['fps']:.1f}  "
+            print(f"{max(0, end - time.monotonic()):4.0f}s  parts {len(state['parts'])}  "
+                  f"results {state['results']}  fps {state['fps']:.1f}  "
                   f"alerts {state['alerts']}  heatmaps {state['heatmaps']}  mails {len(sink.mails)}", flush=True)
             stop.wait(5)
     update()
     defective_parts = sum(1 for t in truth if t["defect"])
-    print(f"\nthe video holds {len(truth)} parts, {defective_parts} of them defective; the unit made "
-          f"{state['results']} calls ({state['defective']} defective), {state['alerts']} alerts and "
-          f"{state['heatmaps']} heatmaps")
+    parts = state["parts"]
+    first = parts[:len(truth)]  # the video loops: its first pass against its ground truth, part by part
+    right = sum(1 for v, t in zip(first, truth, strict=False) if v == ("ng" if t["defect"] else "ok"))
+    print(f"\nthe video holds {len(truth)} parts, {defective_parts} of them defective. The unit judged "
+          f"{len(parts)} parts ({parts.count('ng')} NG, {parts.count('ok')} OK, "
+          f"{len(parts) - parts.count('ng') - parts.count('ok')} unsure or missed) from {state['results']} "
+          f"classified frames; on the first pass {right} of {len(first)} verdicts match the ground truth. "
+          f"{state['alerts']} alerts, {state['heatmaps']} heatmaps.")
+
+
+def plc_view(port: int) -> None:
+    """What a PLC polling the unit's Modbus registers reads now (the register map: docs/line.md)."""
+    try:
+        from pymodbus.client import ModbusTcpClient
+    except ImportError:
+        return
+    client = ModbusTcpClient("127.0.0.1", port=port)
+    if not client.connect():
+        print("the unit's Modbus server did not answer")
+        return
+    reply = client.read_holding_registers(0, count=10, device_id=1)
+    client.close()
+    if reply.isError():
+        print(f"the unit's Modbus server answered {reply}")
+        return
+    r = reply.registers
+    verdict = {0: "none", 1: "OK", 2: "NG", 3: "unsure", 4: "missed"}.get(r[3], r[3])
+    print(f"a PLC on Modbus TCP 127.0.0.1:{port} reads: heartbeat {r[0]}, state {r[1]}, last part {r[2]}: "
+          f"{verdict}, p_defect x1000 {r[4]}, trigger-to-verdict {r[5]} ms, missed {r[6]}")
 
 
 def summary() -> None:

@@ -22,39 +22,10 @@ from edge.cli import main
 from edge.pipeline import Pipeline, Result
 from edge.preprocess import Roi
 from edge.runtime import RuntimeUnavailableError
-from edge.sources.base import Camera, EndOfStream, FrameSource
+from edge.sources.base import Camera
+from harness.frames import MemoryFrames as Frames
 
 pytestmark = pytest.mark.slow  # the models_dir fixture converts models
-
-
-class Frames(FrameSource):
-    """In-memory frames, as fast as asked, optionally looping: a camera with no I/O cost."""
-
-    frame_order = "RGB"
-
-    def __init__(self, images: list[np.ndarray], *, loop: bool = False, period: float = 0.0):
-        self.images, self.loop, self.period = images, loop, period
-        self.i = 0
-
-    @property
-    def description(self) -> str:
-        return "memory"
-
-    def open(self) -> None:
-        pass
-
-    def read(self) -> tuple[np.ndarray, str] | None:
-        if self.i >= len(self.images):
-            if not self.loop:
-                raise EndOfStream
-            self.i = 0
-        if self.period:
-            time.sleep(self.period)
-        self.i += 1
-        return self.images[self.i - 1], str(self.i - 1)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ addr  name                   value
 6     missed                 missed triggers since start (wraps)
 7     pending                triggers waiting for inference
 8     refused                writes refused from the line since start (wraps)
+9     (reserved)             0
 10    trigger                write 1 to trigger a part; any other value is refused (ILLEGAL DATA VALUE)
 ====  =====================  ====================================================================================
 
-Registers 0-8 are read-only (a write gets ILLEGAL DATA ADDRESS); they are filled from :class:`~edge.io.LineState`
-at the moment of each read, so one read of 2-5 always shows one part's verdict.
+Registers 0-9 are read-only (a write gets ILLEGAL DATA ADDRESS, and is counted); they are filled from
+:class:`~edge.io.LineState` at the moment of each read, so one read of 2-5 always shows one part's verdict.
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from edge.parts import PartVerdict
 log = logging.getLogger(__name__)
 
 TRIGGER_REGISTER = 10
-READ_ONLY = 9  # registers 0..8
+READ_ONLY = 10  # registers 0..9
 U16 = 0xFFFF
 
 
 def registers(state: LineState) -> list[int]:
-    """Registers 0-8 as a PLC reads them now."""
+    """Registers 0-9 as a PLC reads them now."""
     s = state.snapshot()
     return [s.heartbeat & U16, STATE_CODES[s.state], s.seq & U16, VERDICT_CODES[s.verdict],
             round(s.p_defect * 1000), min(U16, round(s.trigger_to_verdict_ms)), s.missed & U16,
-            min(U16, s.pending), s.refused & U16]
+            min(U16, s.pending), s.refused & U16, 0]
 
 
 class ModbusLine:
@@ -73,7 +74,7 @@ class ModbusLine:
             self.state.refuse()
             log.warning("modbus: refused a write of %s at %d (only 1 at %d, the trigger)", values[:4], address,
                         TRIGGER_REGISTER)
-            return ExcCodes.ILLEGAL_VALUE
+            return ExcCodes.ILLEGAL_ADDRESS if address < READ_ONLY else ExcCodes.ILLEGAL_VALUE
         if self._trigger is not None:
             self._trigger("modbus")
             self.triggers += 1
@@ -84,8 +85,8 @@ class ModbusLine:
         from pymodbus.simulator import DataType, SimData, SimDevice
 
         device = SimDevice(self.device_id, action=self._action, simdata=[
-            SimData(0, count=READ_ONLY, datatype=DataType.REGISTERS, readonly=True),
-            SimData(TRIGGER_REGISTER, count=1, datatype=DataType.REGISTERS)])
+            # Writable to pymodbus, so every write reaches _action, which refuses and counts what it must.
+            SimData(0, count=TRIGGER_REGISTER + 1, datatype=DataType.REGISTERS)])
         self._server = ModbusTcpServer(device, address=(self.host, self.port))
         await self._server.serve_forever(background=True)
 

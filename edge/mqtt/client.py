@@ -156,6 +156,7 @@ class MqttLink:
             self.outage.refused(rc)
             return
         self.outage.connected()
+        mqttc.no_delay(client)
         # MQTT delivers a live retained publish with retain=0; v5's "retain as published" keeps the flag, so a
         # retained command is recognised (and ignored) even when it arrives while the unit is subscribed.
         client.subscribe(self.topic(topics.CMD, "+"),

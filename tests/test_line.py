@@ -1,0 +1,243 @@
+"""At the line: one verdict per part, and the line's own wires, with real clients.
+
+Presence runs on the synthetic line, whose generator knows each part and its defect, at two belt speeds and
+spacings; the committed MobileNetV2 judges them. Modbus is pymodbus's client against the unit's server, OPC UA
+asyncua's client against its server; GPIO is gpiozero's mock pin factory (no pins exist here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from converter import synth
+from edge.classifier import Classifier
+from edge.io import LineState
+from edge.io.modbus import TRIGGER_REGISTER, ModbusLine
+from edge.parts import Part, PartSettings, PartVerdict, Presence, PresenceSettings, TriggerSource
+from edge.pipeline import Pipeline, Result
+from edge.sources import Camera, source_from_spec
+from harness import REPO
+from harness.frames import MemoryFrames
+from harness.wait import until
+
+MODEL = REPO / "models" / "mobilenetv2.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def judge_video(tmp: Path, **video: Any) -> tuple[list[PartVerdict], list[dict[str, Any]], dict[str, int]]:
+    path = tmp / "line.avi"
+    truth = synth.write_video(path, parts=16, seed=7, size=256, fps=12, defect_rate=0.4, lead_frames=36, **video)
+    camera = Camera(source_from_spec(str(path)))
+    pipe = Pipeline(camera, Classifier(MODEL, frame_order=camera.frame_order), device_id="u1",
+                    drop_when_behind=False, parts=PartSettings(presence=Presence(PresenceSettings())))
+    verdicts: list[PartVerdict] = []
+    results: list[Result] = []
+    pipe.run(threading.Event(), results.append, on_part=verdicts.append)
+    return verdicts, truth, {r.frame_id: r.frame.index for r in results}
+
+
+@pytest.mark.parametrize("video", [{"frames_per_part": 24}, {"frames_per_part": 16, "gap_frames": 6}],
+                         ids=["demo_line", "faster_spaced"])
+def test_presence_gives_one_verdict_per_part(tmp_path: Path, video: dict[str, int]) -> None:
+    verdicts, truth, frame_index = judge_video(tmp_path, **video)
+    assert len(verdicts) == len(truth) == 16
+    for v, t in zip(verdicts, truth, strict=True):
+        first = frame_index[v.part.frames[0].frame_id]
+        assert abs(first - int(t["centred_frame"])) <= 2, "the part's frames are where the generator centred it"
+        assert v.verdict == ("ng" if t["defect"] else "ok"), (v.part.seq, t)
+        assert v.part.source == "presence" and 1 <= len(v.part.frames) <= 5
+    assert sum(len(v.part.frames) for v in verdicts) < 0.2 * max(frame_index.values()), \
+        "only frames with a part in position are classified"
+
+
+def test_presence_learns_the_belt_and_ignores_what_is_not_a_part() -> None:
+    belt = synth.render(7, 0, size=128, center=(-1280.0, 64.0)).image
+    presence = Presence(PresenceSettings(learn_frames=5))
+    assert all(presence.observe(belt) is None for _ in range(5)) and not presence.learning
+    assert presence.observe(belt) == (seen := presence.observe(belt)) and not seen.in_position and seen.area == 0
+    speck = belt.copy()
+    speck[60:63, 60:63] = 255  # dust: far below min_area
+    assert not presence.observe(speck).in_position
+    centred = synth.render(7, 1, size=128, center=(64.0, 64.0)).image
+    assert presence.observe(centred).in_position
+    edge = synth.render(7, 1, size=128, center=(10.0, 64.0)).image
+    half = presence.observe(edge)
+    assert not half.in_position and half.area > 0.02, "a part touching the ROI's edge is not in position"
+
+
+def _parts_frames(count: int = 8) -> list[np.ndarray]:
+    return [p.image for p in synth.iter_parts(3, count, size=224)]
+
+
+def test_trigger_storm_every_trigger_answered_never_with_another_parts_frame() -> None:
+    camera = Camera(MemoryFrames(_parts_frames(), loop=True, period=0.002))
+    pipe = Pipeline(camera, Classifier(MODEL, num_threads=1), device_id="u1", mode="on_demand",
+                    parts=PartSettings(max_frame_delay_s=0.02, max_pending=4))
+    verdicts: list[PartVerdict] = []
+    results: dict[str, Result] = {}
+    stop = threading.Event()
+    runner = threading.Thread(target=pipe.run, args=(stop, lambda r: results.setdefault(r.frame_id, r)),
+                              kwargs={"on_part": verdicts.append})
+    runner.start()
+    triggered = [pipe.trigger("api") for _ in range(200)]  # all at once: far faster than inference
+    assert until(lambda: len(verdicts) == 200, 30), f"{len(verdicts)} of 200 triggers answered"
+    stop.set()
+    runner.join(10)
+    assert sorted(v.part.seq for v in verdicts) == [p.seq for p in triggered]
+    assert len({v.part.part_id for v in verdicts}) == 200
+    judged = [v for v in verdicts if v.verdict != "missed"]
+    assert judged and len(judged) < 200, "some judged, the rest answered as missed"
+    for v in judged:
+        frame = results[v.part.frames[0].frame_id].frame
+        assert v.part.started <= frame.monotonic <= v.part.started + 0.02, "a frame captured after its trigger"
+    assert {v.error.split(":")[0] for v in verdicts if v.error} <= {
+        "4 triggers already waiting for inference", "the first frame after the trigger came"} | {
+        v.error.split(":")[0] for v in verdicts if v.error and v.error.startswith("the first frame")}
+
+
+class Triggered:
+    def __init__(self) -> None:
+        self.sources: list[TriggerSource] = []
+
+    def __call__(self, source: TriggerSource) -> Part:
+        self.sources.append(source)
+        return Part(f"u1-0000000001-p{len(self.sources):09d}", len(self.sources), source, time.perf_counter())
+
+
+def _verdict(seq: int, verdict: str, p: float) -> PartVerdict:
+    from edge.classifier import Prediction
+
+    part = Part(f"u1-0000000001-p{seq:09d}", seq, "modbus", time.perf_counter() - 0.012)
+    pred = Prediction("defective" if p > 0.5 else "good", p > 0.5, p, max(p, 1 - p), 0.5, False, "m", "0" * 64)
+    return PartVerdict(part, verdict, pred, None, time.perf_counter())  # type: ignore[arg-type]
+
+
+def test_modbus_register_map_trigger_and_garbage() -> None:
+    from pymodbus.client import ModbusTcpClient
+
+    state, triggered, port = LineState(), Triggered(), free_port()
+    line = ModbusLine(state, host="127.0.0.1", port=port, device_id=1)
+    line.start(triggered)
+    idle = socket.create_connection(("127.0.0.1", port))  # a client that connects and never reads
+    try:
+        c = ModbusTcpClient("127.0.0.1", port=port)
+        assert c.connect()
+        state.beat(ready=True)
+        regs = c.read_holding_registers(0, count=9, device_id=1).registers
+        assert regs[1] == 1 and regs[2:4] == [0, 0], "ready, no verdict yet"
+        assert not c.write_register(TRIGGER_REGISTER, 1, device_id=1).isError()
+        assert triggered.sources == ["modbus"]
+        state.decided(_verdict(7, "ng", 0.8734))
+        line.decided(_verdict(7, "ng", 0.8734))
+        regs = c.read_holding_registers(0, count=11, device_id=1).registers
+        assert regs[2:5] == [7, 2, 873] and 11 <= regs[5] <= 200 and regs[10] == 0
+        for address, value in ((TRIGGER_REGISTER, 2), (TRIGGER_REGISTER, 65535), (3, 1), (0, 9)):
+            assert c.write_register(address, value, device_id=1).isError(), (address, value)
+        assert c.write_registers(TRIGGER_REGISTER, [1, 1], device_id=1).isError(), "past the map"
+        assert triggered.sources == ["modbus"], "garbage triggers nothing"
+        regs = c.read_holding_registers(0, count=9, device_id=1).registers
+        assert regs[8] >= 3 and state.refused == regs[8], "refused writes counted"
+        assert regs[0] >= 1 and regs[2:4] == [7, 2], "the unit carries on"
+        c.close()
+    finally:
+        idle.close()
+        line.stop()
+
+
+def test_opcua_variables_trigger_and_refusals() -> None:
+    from asyncua import Client, ua
+
+    from edge.io.opcua import OBJECT, OpcUaLine
+
+    state, triggered, port = LineState(), Triggered(), free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}/defect-edge/"
+    line = OpcUaLine(state, endpoint=endpoint, namespace="urn:test:unit")
+    beating = threading.Event()
+
+    def inference_loop() -> None:  # a live unit's heartbeat, as the daemon's loop gives it
+        while not beating.wait(0.1):
+            state.beat(ready=True)
+
+    threading.Thread(target=inference_loop, daemon=True).start()
+    line.start(triggered)
+
+    async def client() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Client(endpoint) as c:
+            ns = await c.get_namespace_index("urn:test:unit")
+            obj = await c.nodes.objects.get_child(f"{ns}:{OBJECT}")
+
+            async def read(name: str) -> Any:
+                return await (await obj.get_child(f"{ns}:{name}")).read_value()
+
+            await (await obj.get_child(f"{ns}:Trigger")).write_value(ua.Variant(True, ua.VariantType.Boolean))
+            out["trigger_after"] = await read("Trigger")
+            for name, variant in (("Trigger", ua.Variant(3, ua.VariantType.Int32)),
+                                  ("PartSeq", ua.Variant(9, ua.VariantType.UInt32))):
+                try:
+                    await (await obj.get_child(f"{ns}:{name}")).write_value(variant)
+                    out[f"refused_{name}"] = None
+                except ua.UaStatusCodeError as e:
+                    out[f"refused_{name}"] = type(e).__name__
+            state.decided(_verdict(3, "ok", 0.12))
+            line.decided(_verdict(3, "ok", 0.12))
+            deadline = time.monotonic() + 5
+            while await read("PartSeq") != 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            for name in ("PartSeq", "Verdict", "VerdictCode", "PDefect", "State", "Ready"):
+                out[name] = await read(name)
+        return out
+
+    try:
+        out = asyncio.run(client())
+    finally:
+        beating.set()
+        line.stop()
+    assert triggered.sources == ["opcua"] and out["trigger_after"] is False
+    assert out["refused_Trigger"] == "BadTypeMismatch" and out["refused_PartSeq"] == "BadUserAccessDenied"
+    assert (out["PartSeq"], out["Verdict"], out["VerdictCode"]) == (3, "ok", 1)
+    assert out["PDefect"] == pytest.approx(0.12) and (out["State"], out["Ready"]) == ("ready", True)
+    assert state.refused == 2
+
+
+def test_gpio_trigger_reject_ok_and_ready_on_mock_pins() -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.io.gpio import GpioLine
+
+    pins = MockFactory()
+    state, triggered = LineState(), Triggered()
+    line = GpioLine(state, trigger_pin=17, trigger_active_high=True, trigger_bounce_ms=0, reject_pin=27, ok_pin=23,
+                    ready_pin=22, pulse_ms=30, reject_delay_ms=0, reject_unsure=True, pin_factory=pins)
+    line.start(triggered)
+    try:
+        sensor, reject, ok, ready = (pins.pin(n) for n in (17, 27, 23, 22))
+        sensor.drive_high()
+        sensor.drive_low()
+        sensor.drive_high()
+        assert triggered.sources == ["gpio", "gpio"]
+        state.beat(ready=True)
+        assert until(lambda: ready.state, 2), "ready while the loop beats"
+        line.decided(_verdict(1, "ng", 0.9))
+        assert until(lambda: any(s.state for s in reject.states), 2) and not any(s.state for s in ok.states)
+        assert until(lambda: not reject.state, 2), "a pulse, not a level"
+        line.decided(_verdict(2, "ok", 0.1))
+        assert until(lambda: any(s.state for s in ok.states), 2)
+        line.decided(_verdict(3, "missed", 0.5))
+        assert until(lambda: sum(1 for s in reject.states if s.state) == 2, 2), "missed is rejected (fail safe)"
+        assert until(lambda: not ready.state, 4), "ready drops when the loop stops beating"
+    finally:
+        line.stop()
