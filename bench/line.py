@@ -90,12 +90,14 @@ def gpio_trigger() -> Callable[[], float]:
     pins = Device.pin_factory
     sensor, outputs = pins.pin(TRIGGER_PIN), (pins.pin(REJECT_PIN), pins.pin(OK_PIN))
 
+    def rising_edges() -> int:  # the mock pins record every change: a short pulse is not missed between polls
+        return sum(1 for p in outputs for s in p.states if s.state)
+
     def one() -> float:
-        while any(p.state for p in outputs):  # the previous pulse still on
-            time.sleep(0.0005)
+        before = rising_edges()
         t = time.perf_counter()
         sensor.drive_high()
-        while not any(p.state for p in outputs):
+        while rising_edges() == before:
             time.sleep(0.0002)  # a pure-Python busy loop would hold the GIL from the unit it is timing
             if time.perf_counter() - t > 5:
                 raise SystemExit("gpio: no pulse within 5 s")
@@ -146,7 +148,7 @@ def main() -> int:
         })
         daemon = Daemon(cfg)
         images = [cv2.cvtColor(p.image, cv2.COLOR_RGB2BGR) for p in synth.iter_parts(5, 8, size=480)]
-        frames = MemoryFrames(images, loop=True, period=0.001)
+        frames = MemoryFrames(images, loop=True, period=0.004)
         frames.frame_order = daemon.camera.frame_order
         daemon.camera = daemon.pipeline.camera = Camera(frames)
         collector = Collector(broker.port, f"{BASE}/part", persistent=False)
@@ -168,8 +170,10 @@ def main() -> int:
 
         threading.Thread(target=drive, daemon=True).start()
         daemon.run()
-        inside_ms = [json.loads(p)["timings_ms"]["trigger_to_verdict"] for p in collector.on("/part")]
+        timings = [json.loads(p)["timings_ms"] for p in collector.on("/part")]
+        inside_ms = [t["trigger_to_verdict"] for t in timings]
         inside = (round(percentile(inside_ms, 50), 3), round(percentile(inside_ms, 99), 3))
+        first_frame = round(percentile([t["trigger_to_first_frame"] for t in timings], 50), 3)
         collector.close()
         broker.stop()
         if errors:
@@ -186,7 +190,8 @@ def main() -> int:
         verdict = "met" if p99 <= inv50 + 15 else "MISSED"
         print(f"{name:<10} {p50:>10.2f} {p99:>8.2f} {p99 - inv50:>13.2f} {verdict:>13}")
     print(f"inside the unit, trigger to verdict (the part messages' own timing): median {inside[0]:.2f} ms, "
-          f"p99 {inside[1]:.2f} ms")
+          f"p99 {inside[1]:.2f} ms; trigger to its first frame: median {first_frame:.2f} ms")
+    out["inside_trigger_to_first_frame_p50_ms"] = first_frame
     out["inside_trigger_to_verdict_p50_ms"], out["inside_trigger_to_verdict_p99_ms"] = inside
     print(json.dumps(out))
     return 0

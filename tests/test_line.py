@@ -241,3 +241,116 @@ def test_gpio_trigger_reject_ok_and_ready_on_mock_pins() -> None:
         assert until(lambda: not ready.state, 4), "ready drops when the loop stops beating"
     finally:
         line.stop()
+
+
+@pytest.mark.parametrize(("over", "message"), [
+    ({"parts": {"presence": True}, "inference": {"mode": "on_demand"}}, "parts.presence judges parts in continuous"),
+    ({"line": {"modbus": {"enabled": True}}}, "line.modbus delivers part verdicts"),
+    ({"inference": {"mode": "on_demand"}, "line": {"gpio": {"enabled": True, "reject_pin": 5, "ok_pin": 5}}},
+     "line.gpio: a pin is used twice"),
+    ({"parts": {"presence": True}, "line": {"gpio": {"enabled": True, "trigger_pin": 17}}},
+     "line.gpio.trigger_pin triggers parts"),
+    ({"inference": {"mode": "on_demand"}, "line": {"modbus": {"enabled": True, "port": 4840},
+                                                    "opcua": {"enabled": True}}}, "use the same port"),
+    ({"parts": {"aggregate": "median", "max_frame_delay_ms": 0}}, "parts.aggregate"),
+])
+def test_line_configuration_is_checked(over: dict[str, Any], message: str) -> None:
+    from edge import config
+
+    data: dict[str, Any] = {"device": {"id": "u1"}, "camera": {"source": "0"}, **over}
+    with pytest.raises(config.ConfigError, match=message):
+        config.parse(data, check_files=False)
+
+
+def test_the_unit_reports_parts_on_mqtt_and_modbus(tmp_path: Path, broker: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon in this process, triggered over MQTT and Modbus: each trigger a part message, the same verdict
+    on the registers, alerts per part; a port already taken costs the line interface, not the unit."""
+    import json
+
+    from pymodbus.client import ModbusTcpClient
+
+    from contract import payloads
+    from edge import config
+    from edge.daemon import Daemon
+    from harness.broker import Collector
+    from harness.daemon import BASE
+
+    port, taken = free_port(), socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cfg = config.parse({
+        "device": {"id": "unit1"}, "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "camera": {"source": str(tmp_path / "parts"), "fps": 30, "loop": True},
+        "model": {"name": "mobilenetv2", "models_dir": str(REPO / "models"), "threshold": 0.0},
+        "inference": {"mode": "on_demand"}, "parts": {"frames_per_trigger": 2, "max_frame_delay_ms": 500},
+        "alerts": {"on_low_confidence": False}, "gradcam": {"enabled": False},
+        "state": {"dir": str(tmp_path / "state")},
+        "line": {"modbus": {"enabled": True, "host": "127.0.0.1", "port": port},
+                 "opcua": {"enabled": True, "endpoint": f"opc.tcp://127.0.0.1:{taken.getsockname()[1]}/x/"}},
+    }, check_files=False)
+    (tmp_path / "parts").mkdir()
+    for i, p in enumerate(synth.iter_parts(2, 4, size=224)):
+        import cv2
+
+        cv2.imwrite(str(tmp_path / "parts" / f"{i}.png"), cv2.cvtColor(p.image, cv2.COLOR_RGB2BGR))
+    c = Collector(broker.port, f"{BASE}/#")
+    daemon = Daemon(cfg)
+    seen: dict[str, Any] = {}
+
+    def steps() -> None:
+        try:
+            assert c.wait(lambda m: any(t.endswith("/status") for t, _, _ in m), 20)
+            assert until(lambda: daemon.camera.state == "streaming", 20), "a trigger before it would be missed"
+            plc = ModbusTcpClient("127.0.0.1", port=port)
+            assert until(plc.connect, 10)
+            c.publish(f"{BASE}/cmd/trigger", "{}")
+            assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/part")]) == 1, 20)
+            assert not plc.write_register(10, 1, device_id=1).isError()
+            assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/part")]) == 2, 20)
+            seen["registers"] = plc.read_holding_registers(0, count=10, device_id=1).registers
+            plc.close()
+        finally:
+            daemon.request_stop()
+
+    runner = threading.Thread(target=steps, daemon=True)
+    runner.start()
+    assert daemon.run() == 0
+    runner.join(5)
+    taken.close()
+    parts = [payloads.read(payloads.Part, p, device_id="unit1") for p in c.on("/part")]
+    assert [(p.seq, p.trigger, p.verdict) for p in parts] == [(1, "mqtt", "ng"), (2, "modbus", "ng")]\
+        , [(p.verdict, p.error) for p in parts]
+    assert all(len(p.frames) == 2 and p.frame_id in {f.frame_id for f in p.frames} for p in parts)
+    assert seen["registers"][2:4] == [2, 2], "Modbus shows the last part, NG"
+    reply = json.loads(c.on("/cmd/trigger/reply")[0])
+    assert reply["ok"] and reply["result"]["part_id"] == parts[0].part_id
+    alerts = [payloads.read(payloads.Alert, p, device_id="unit1") for p in c.on("/alert")]
+    assert [a.part_id for a in alerts] == [p.part_id for p in parts] and all(a.kind == "defect" for a in alerts)
+    results = [payloads.read(payloads.Result, p, device_id="unit1") for p in c.on("/result")]
+    assert {r.part_id for r in results} == {p.part_id for p in parts} and len(results) == 4
+    assert "opcua: cannot serve opc.tcp://127.0.0.1:" in caplog.text, "the taken port is said, in one line"
+    assert [i.name for i in daemon.line] == ["modbus"], "the unit ran without the interface that could not start"
+    c.close()
+
+
+def test_gpio_active_low_sensor_idles_high_on_its_pull_up() -> None:
+    """An optocoupler's open collector pulls the pin low for a part: the pin's own pull-up holds it high between."""
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.io.gpio import GpioLine
+
+    pins = MockFactory()
+    triggered = Triggered()
+    line = GpioLine(LineState(), trigger_pin=17, trigger_active_high=False, trigger_bounce_ms=0, reject_pin=None,
+                    ok_pin=None, ready_pin=None, pulse_ms=10, reject_delay_ms=0, reject_unsure=True,
+                    pin_factory=pins)
+    line.start(triggered)
+    try:
+        sensor = pins.pin(17)
+        assert sensor.state, "idle high on the pull-up"
+        sensor.drive_low()
+        sensor.drive_high()
+        assert triggered.sources == ["gpio"]
+    finally:
+        line.stop()

@@ -51,8 +51,9 @@ class GpioLine:
         kw = {"pin_factory": self.pin_factory} if self.pin_factory is not None else {}
         try:
             if self.pins["trigger"] is not None:
-                sensor = DigitalInputDevice(self.pins["trigger"], pull_up=None,
-                                            active_state=self.trigger_active_high,
+                # The SoC's own pull resistor holds the idle level: pull-up for an active-low input (an
+                # optocoupler's open collector), pull-down for an active-high one.
+                sensor = DigitalInputDevice(self.pins["trigger"], pull_up=not self.trigger_active_high,
                                             bounce_time=self.bounce_s or None, **kw)
 
                 def pressed() -> None:

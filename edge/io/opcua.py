@@ -35,6 +35,9 @@ from edge.io.aio import AsyncThread
 from edge.parts import PartVerdict
 
 log = logging.getLogger(__name__)
+# asyncua warns on every start that the endpoint has no encryption (it is said once in docs/line.md) and logs a
+# traceback of its own when it cannot bind; the unit says what went wrong in one line instead.
+logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
 OBJECT = "DefectInspection"
 
