@@ -87,6 +87,9 @@ class Status(Message):
     model: StatusModel
     camera: CameraState
     gradcam: dict[str, Any]
+    model_refused: str | None = None  # the last model the unit would not load (cmd/model), and why
+
+    omit_if_none = frozenset({"model_refused"})
 
 
 class Result(Message):

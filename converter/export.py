@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from converter import conventions, report, synth
+from converter import conventions, report, synth, verification
 from converter.convert import QUANTIZATIONS, ConversionError, to_tflite
 from converter.dataset import LabelledFolder, open_folder
 from converter.errors import UserError
@@ -243,7 +243,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
     name = settings.name
     final_tflite, final_manifest = out_dir / f"{name}.tflite", out_dir / f"{name}.json"
     rows: list[dict[str, Any]] = []
-    chosen: tuple[str, Path, dict[str, Any]] | None = None
+    chosen: tuple[str, Path, dict[str, Any], Path] | None = None
     tmp_files: list[Path] = []
     try:
         for q in candidates:
@@ -268,13 +268,16 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             row.update(figures, size_bytes=len(data))
             if figures["agreement"] >= settings.min_agreement:
                 row["verdict"] = "accepted"
-                chosen = (q, tmp, row)
+                chosen = (q, tmp, row, tmp_man)
                 row["_p"] = p_tfl
             else:
                 row.update(verdict="rejected", reason=f"agreement {figures['agreement']:.4f} < "
                                                       f"{settings.min_agreement} ({figures['disagreements']} "
                                                       f"decisions differ)", _p=p_tfl)
         shown = chosen[2] if chosen else next((r for r in reversed(rows) if "_p" in r), None)
+        threshold = mf.Decision().threshold
+        verify_json = verification.write(name, out_dir, frames(), verification.select(ref.p, threshold), model,
+                                         keras_pre, chosen[3], chosen[0], threshold) if chosen else None
         result: dict[str, Any] = {
             "name": name, "source": str(path), "source_size_bytes": _size_bytes(path),
             "architecture": info.architecture, "keras_file_version": info.keras_version,
@@ -283,7 +286,10 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             "eval": {"folder": eval_name, "n": len(ref.p),
                      "unreadable_skipped": len(folder.skipped) if folder else 0,
                      "good": int((ref.labels == 0).sum()), "defect": int((ref.labels == 1).sum())},
-            "threshold": mf.Decision().threshold, "min_agreement": settings.min_agreement,
+            "threshold": threshold, "min_agreement": settings.min_agreement,
+            "verification": json.loads(verify_json.read_text())["tolerance"] | {
+                "file": verify_json.name, "images": len(json.loads(verify_json.read_text())["images"])}
+            if verify_json else None,
             "chosen": chosen[0] if chosen else None,
             "candidates": [{k: v for k, v in r.items() if k != "_p"} for r in rows],
             "versions": versions,
@@ -298,7 +304,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                               title=f"{name} ({shown['quantization']}): agreement {shown['agreement']:.4f}")
             png.replace(out_dir / f"{name}.parity.png")
         if chosen:
-            q, tmp, row = chosen
+            q, tmp, row, _ = chosen
             tmp.replace(final_tflite)
             parity = {k: row[k] for k in ("agreement", "accuracy_keras", "accuracy_tflite", "mean_abs_dp",
                                           "max_abs_dp", "auc_keras", "auc_tflite", "latency_ms_tflite",
@@ -306,6 +312,8 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             parity.update(eval=eval_name, n=len(ref.p), min_agreement=settings.min_agreement)
             parity["conventions"] = {k: v["decided"] for k, v in result["conventions"].items()}
             m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, parity, versions)
+            if verify_json is not None:
+                m = m.model_copy(update={"verification": mf.file_ref(verify_json, out_dir)})
             mf.write_atomic(final_manifest, m.to_json().encode())
     finally:
         for t in tmp_files:

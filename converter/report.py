@@ -107,6 +107,11 @@ def parity_markdown(r: dict[str, Any]) -> str:
             f"(.h5 {r['source_size_bytes'] / 1e6:.2f} MB) | {c['latency_ms_tflite']:.2f} ms | "
             f"{c['latency_ms_keras']:.1f} ms |")
     lines += ["", f"Chosen: **{r['chosen'] or 'none'}** (minimum agreement {r['min_agreement']}).", ""]
+    v = r.get("verification")
+    if v:
+        lines += [f"Verification set `{v['file']}`: {v['images']} images a unit re-runs on its own runtime "
+                  f"(`defect-edge verify-model`); tolerance |p - p_keras| <= {v['max_abs_dp']:.4f} across platforms "
+                  f"(measured on this machine: {v['measured_here_max_abs_dp']:.6f}).", ""]
     for c in r["candidates"]:
         if c.get("reason"):
             lines.append(f"- {c['quantization']}: {c['reason']}")

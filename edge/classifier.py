@@ -84,6 +84,7 @@ class Classifier:
         self.manifest = mf.load(manifest_path)
         m = self.manifest
         self.threads = num_threads or default_threads()
+        self.delegate = delegate
         self.interpreter, self.runtime = create_interpreter(
             mf.resolve(manifest_path, m.tflite), num_threads=self.threads, delegate=delegate, runtime=runtime)
         inp = self.interpreter.get_input_details()

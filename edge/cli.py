@@ -149,6 +149,12 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     src = cfg.camera.frame_source()
     clf = Classifier(manifest_path(cfg.model.models_dir, cfg.model.name), num_threads=cfg.model.threads,
                      delegate=cfg.model.delegate, roi=cfg.camera.region(), frame_order=src.frame_order)
+    from edge.verify import verify
+
+    report = verify(clf)
+    print(report.line())
+    if not report.ok:
+        return EXIT_BAD_INPUT
     print(f"{a.config}: OK: device {cfg.device.id}, base topic {cfg.base_topic}, broker {cfg.mqtt.host}:"
           f"{cfg.mqtt.port} (MQTT {cfg.mqtt.protocol}{', TLS' if cfg.mqtt.tls else ''}), model {clf.name} "
           f"({clf.manifest.quantization}) on {clf.runtime.name}, camera {src.description}")
@@ -169,6 +175,17 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     print(f"camera {src.description}: a {w}x{h} frame in {took:.1f} s, called {p.label} "
           f"(p_defect {p.p_defect:.3f}) in {sum(p.timings_ms.values()):.1f} ms")
     return 0
+
+
+def _cmd_verify_model(a: argparse.Namespace) -> int:
+    """Exit 0 when the model reproduces its verification set on this unit, 1 when it does not."""
+    from edge.classifier import Classifier
+    from edge.models import manifest_path
+    from edge.verify import verify
+
+    report = verify(Classifier(manifest_path(a.models_dir, a.model), num_threads=a.threads, delegate=a.delegate))
+    print(report.line())
+    return 0 if report.ok else 1
 
 
 def _cmd_export_feedback(a: argparse.Namespace) -> int:
@@ -219,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))
     k.add_argument("--no-camera", action="store_true", help="do not open the camera (a running unit holds it)")
     k.set_defaults(func=_cmd_check_config)
+    v = sub.add_parser("verify-model", help="re-prove a model's parity with Keras on this unit's runtime and CPU")
+    v.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    v.add_argument("--models-dir", type=Path, default=default_models_dir())
+    v.add_argument("--threads", type=int, default=None, help="inference threads, as the unit runs it")
+    v.add_argument("--delegate", default=None, help="e.g. libedgetpu.so.1, as the unit runs it")
+    v.set_defaults(func=_cmd_verify_model)
     e = sub.add_parser("export-feedback", help="write operator-corrected frames as good/ and defect/ for retraining")
     e.add_argument("out", type=Path)
     e.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))

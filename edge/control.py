@@ -35,9 +35,12 @@ class Control:
             try:
                 new = d.load_classifier(args.name)
             except USER_ERRORS as e:
+                d.model_refused = f"{args.name}: {e}"
+                d.publish_status()
                 raise CommandError(f"model {args.name!r} not loaded, keeping {d.classifier.name}: {e}") from None
             old = d.pipeline.classifier
             d.pipeline.classifier = new  # one reference swap: the next frame uses the new model
+            d.model_refused = None
         d.history.event("model", old=old.name, new=new.name, sha256=new.manifest.tflite.sha256)
         d.publish_status()
         return {"model": new.name, "quantization": new.manifest.quantization, "sha256": new.manifest.tflite.sha256,

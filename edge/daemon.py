@@ -42,6 +42,7 @@ from edge.pipeline import Pipeline, Result
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
 from edge.systemd import Notifier
+from edge.verify import VerificationError, verify
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,17 @@ class Daemon:
         self.health = Health(self)
         self._ready = False
         self._published_results = 0
+        self.model_refused: str | None = None  # shown on status until a model loads
 
     # -- model -----------------------------------------------------------------------------------------------
     def load_classifier(self, name: str) -> Classifier:
         m = self.cfg.model
         clf = Classifier(manifest_path(m.models_dir, name), num_threads=m.threads, delegate=m.delegate,
                          roi=self.cfg.camera.region(), frame_order=self.camera.frame_order)
+        report = verify(clf)  # parity on this unit's own runtime: a model that fails it is not loaded
+        log.info("%s", report.line())
+        if not report.ok:
+            raise VerificationError(report.line())
         if m.threshold is not None or m.low_confidence_band is not None:
             clf.decision = clf.decision.model_copy(update={
                 k: v for k, v in (("threshold", m.threshold), ("low_confidence_band", m.low_confidence_band))
@@ -125,7 +131,7 @@ class Daemon:
                                         reconnects=cam.stats.reconnects, stalls=cam.stats.stalls,
                                         last_error=cam.stats.last_error),
             gradcam={"state": self.gradcam.state, "pid": self.gradcam.pid, **self.gradcam.counts}
-            if self.gradcam else {"state": "disabled"}))
+            if self.gradcam else {"state": "disabled"}, model_refused=self.model_refused))
 
     def publish_status(self) -> None:
         self.link.publish(topics.STATUS, self.status_payload(), qos=1, kind="event", retain=True)

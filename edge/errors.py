@@ -8,6 +8,8 @@ from edge.manifest import ManifestError
 from edge.models import UnknownModelError
 from edge.runtime import RuntimeUnavailableError
 from edge.sources.base import SourceError
+from edge.verify import VerificationError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SourceError)
+    ConfigError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SourceError,
+    VerificationError)

@@ -101,6 +101,9 @@ class Manifest(_Frozen):
     decision: Decision = Decision()
     gradcam: GradCamSpec | None = None  # None: no heatmaps (a SavedModel has no Keras layers to look into)
     parity: dict[str, Any] = Field(default_factory=dict)
+    # NAME.verify.json: images near the threshold and spread over p, with Keras' p_defect for each, so a unit can
+    # re-prove parity on its own runtime and CPU (edge/verify.py). None for models converted before it existed.
+    verification: FileRef | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
 

@@ -34,7 +34,8 @@ def test_each_quantization_converts_with_manifest_and_parity(tiny_h5: Path, synt
                                                              quant: str, min_agreement: float) -> None:
     assert convert(tiny_h5, "--quantize", quant, "--eval", synth_eval, "--calibration", synth_eval,
                    "--out-dir", tmp_path, "--name", "tiny", "--min-agreement", min_agreement) == 0
-    assert files(tmp_path) == ["tiny.json", "tiny.parity.json", "tiny.parity.md", "tiny.parity.png", "tiny.tflite"]
+    assert files(tmp_path) == ["tiny.json", "tiny.parity.json", "tiny.parity.md", "tiny.parity.png", "tiny.tflite",
+                               "tiny.verify", "tiny.verify.json"]
     m = mf.load(tmp_path / "tiny.json")
     assert m.quantization == quant and m.architecture == "tiny" and m.gradcam.layer == "conv_2"
     assert m.parity["agreement"] >= min_agreement and m.parity["n"] == 80

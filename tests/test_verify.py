@@ -1,0 +1,85 @@
+"""Parity re-proven on the unit's own runtime: the converter's verification set, ``defect-edge verify-model``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge import manifest as mf
+from edge.cli import main as edge_main
+
+pytestmark = pytest.mark.slow  # converts models
+
+
+def test_a_converted_model_carries_its_verification_set(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("tiny_f32", "tiny"):
+        m = mf.load(models_dir / f"{name}.json")
+        assert m.verification is not None
+        data = json.loads((models_dir / m.verification.path).read_text())
+        assert len(data["images"]) == 32 and data["quantization"] == m.quantization
+        assert data["tolerance"]["max_abs_dp"] >= data["tolerance"]["measured_here_max_abs_dp"]
+        assert edge_main(["verify-model", name, "--models-dir", str(models_dir), "--threads", "1"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{name} on ") and ": OK: 32 images, max |p - p_keras| " in out
+
+
+def test_the_set_is_half_near_the_threshold_half_spread_over_p() -> None:
+    from converter.verification import select
+
+    p = np.random.default_rng(1).beta(0.3, 0.3, 400)  # a confident model: most p near 0 or 1
+    picks = select(p, 0.5, 32)
+    chosen = p[picks]
+    nearest = np.sort(np.abs(p - 0.5))[15]
+    assert len(picks) == 32 and (np.abs(chosen - 0.5) <= nearest).sum() >= 16
+    assert chosen.min() == p.min() and chosen.max() == p.max(), "the spread reaches both ends"
+    assert select(p[:20], 0.5, 32) == list(range(20))
+
+
+def _perturbed_tflite(tiny_h5: Path, keras_mod: Any, tmp: Path) -> Path:
+    """The same network with every weight nudged by 5 %: a model that is not the one its manifest verified."""
+    from converter.cli import main as convert
+
+    model = keras_mod.models.load_model(tiny_h5, compile=False)
+    rng = np.random.default_rng(0)
+    model.set_weights([w * (1 + 0.05 * rng.standard_normal(w.shape)).astype(w.dtype) for w in model.get_weights()])
+    model.save(tmp / "nudged.h5")
+    assert convert(["convert", str(tmp / "nudged.h5"), "--quantize", "float32", "--eval-limit", "20", "--force",
+                    "--out-dir", str(tmp / "nudged"), "--name", "nudged"]) == 0
+    return tmp / "nudged" / "nudged.tflite"
+
+
+def test_verify_model_refuses_a_perturbed_model(models_dir: Path, tiny_h5: Path, keras_mod: Any, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    unit = tmp_path / "unit"
+    shutil.copytree(models_dir, unit)
+    nudged = _perturbed_tflite(tiny_h5, keras_mod, tmp_path)
+    shutil.copy(nudged, unit / "tiny_f32.tflite")
+    manifest = json.loads((unit / "tiny_f32.json").read_text())
+    manifest["tflite"].update(sha256=mf.sha256_file(nudged), size_bytes=nudged.stat().st_size)
+    (unit / "tiny_f32.json").write_text(json.dumps(manifest))  # replaced as a careless copy would: sha256 fixed up
+    capsys.readouterr()
+    assert edge_main(["verify-model", "tiny_f32", "--models-dir", str(unit)]) == 1
+    line = capsys.readouterr().out
+    assert ": FAILED: 32 images, max |p - p_keras| " in line and "(tolerance 0.0010)" in line
+    figure = float(line.split("max |p - p_keras| ")[1].split()[0])
+    assert figure > 0.001
+
+
+def test_a_changed_or_missing_verification_set_is_named(models_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    unit = tmp_path / "unit"
+    shutil.copytree(models_dir, unit)
+    first = sorted((unit / "tiny_f32.verify").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:-10])
+    assert edge_main(["verify-model", "tiny_f32", "--models-dir", str(unit)]) == 2
+    assert f"verification image tiny_f32.verify/{first.name} is missing or changed" in capsys.readouterr().err
+    (unit / "tiny_f32.verify.json").unlink()
+    assert edge_main(["verify-model", "tiny_f32", "--models-dir", str(unit)]) == 2
+    assert "verification set tiny_f32.verify.json is missing" in capsys.readouterr().err
+    assert edge_main(["verify-model", "mobilenetv2", "--models-dir", str(Path(__file__).parents[1] / "models")]) == 0
+    assert "not verified: the manifest has no verification set" in capsys.readouterr().out
