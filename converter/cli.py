@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a Keras model to TFLite with a manifest and a parity report")
     c.add_argument("model", type=Path, help="Keras .h5 (Keras 2 or 3), .keras, or a SavedModel folder")
     c.add_argument("--quantize", choices=("auto", "int8", "dynamic", "float16", "float32"), default="auto",
-                   help="auto tries int8, dynamic, float16, float32 and keeps the first that meets parity")
+                   help="auto tries int8, dynamic, float16 and float32 and keeps the fastest that meets parity")
     c.add_argument("--calibration", type=Path, help="folder of representative images for int8 "
                    "(default: synthetic parts)")
     c.add_argument("--calibration-count", type=int, default=200)

@@ -3,7 +3,8 @@
 - ``float32``: the reference; no loss.
 - ``float16``: weights stored as float16 (half the size), computed in float32 on a CPU.
 - ``dynamic``: int8 weights, activations quantized on the fly. Measured *slower* than float32 for MobileNetV2 on x86
-  (docs/benchmarks.md), so ``--quantize auto`` judges it by parity, and the report shows size and latency.
+  (docs/benchmarks.md), so ``--quantize auto`` converts every variant, keeps those that meet parity, and chooses the
+  fastest of them by measured latency (then the smallest).
 - ``int8``: full-integer, calibrated on representative images of both classes; uint8 (default) or int8 input and
   output, so the edge can feed raw pixels (docs/unit.md). A calibration set that misses part of the output range clips
   p_defect to it: the parity check is what catches that.
@@ -18,7 +19,7 @@ import numpy as np
 
 from edge.tfload import quiet, tf_keras
 
-QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # cheapest first, for --quantize auto
+QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # what --quantize auto tries
 
 
 class ConversionError(RuntimeError):

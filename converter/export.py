@@ -229,6 +229,26 @@ def _conventions(model: Any, info: ModelInfo, settings: ConvertSettings, frames:
     return choice, ref, pre, keras_spec
 
 
+def fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the candidates that met parity, the fastest (median ``invoke`` at one thread, measured in this run); of
+    those within 5 % of it, the smallest. The name of a scheme says little: dynamic-range is slower than float32 on
+    some CPUs. Each row that met parity gets the reason it was, or was not, chosen."""
+    passed = [r for r in rows if r["verdict"] == "passed"]
+    if not passed:
+        return None
+    quickest = min(r["latency_ms_tflite"] for r in passed)
+    best = min((r for r in passed if r["latency_ms_tflite"] <= quickest * 1.05), key=lambda r: r["size_bytes"])
+    for r in passed:
+        if r is best:
+            r["reason"] = (f"chosen: the fastest of the {len(passed)} meeting parity "
+                           f"({r['latency_ms_tflite']:.2f} ms at 1 thread, {r['size_bytes'] / 1e6:.2f} MB)")
+        elif r["latency_ms_tflite"] > quickest * 1.05:
+            r["reason"] = f"met parity, slower: {r['latency_ms_tflite']:.2f} ms against {quickest:.2f} ms"
+        else:
+            r["reason"] = f"met parity, as fast, larger: {r['size_bytes'] / 1e6:.2f} MB"
+    return best
+
+
 def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> ConvertResult:
     loaded = load_model(path)
     info = inspect(loaded, path, gradcam_layer=settings.gradcam_layer, input_size=settings.input_size)
@@ -249,9 +269,6 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
         for q in candidates:
             row: dict[str, Any] = {"quantization": q}
             rows.append(row)
-            if chosen is not None:
-                row.update(verdict="skipped", reason=f"{chosen[0]} already met parity")
-                continue
             try:
                 data = to_tflite(model, q, representative=calib, int8_io=settings.int8_io)
             except ConversionError as e:
@@ -267,13 +284,16 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             p_tfl = figures.pop("p_tflite")
             row.update(figures, size_bytes=len(data))
             if figures["agreement"] >= settings.min_agreement:
-                row["verdict"] = "accepted"
-                chosen = (q, tmp, row, tmp_man)
-                row["_p"] = p_tfl
+                row.update(verdict="passed", _p=p_tfl, _files=(tmp, tmp_man))
             else:
                 row.update(verdict="rejected", reason=f"agreement {figures['agreement']:.4f} < "
                                                       f"{settings.min_agreement} ({figures['disagreements']} "
                                                       f"decisions differ)", _p=p_tfl)
+        best = fastest(rows)
+        if best is not None:
+            best["verdict"] = "accepted"
+            best_tflite, best_manifest = best["_files"]
+            chosen = (best["quantization"], best_tflite, best, best_manifest)
         shown = chosen[2] if chosen else next((r for r in reversed(rows) if "_p" in r), None)
         threshold = mf.Decision().threshold
         verify_json = verification.write(name, out_dir, frames(), verification.select(ref.p, threshold), model,
@@ -291,7 +311,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                 "file": verify_json.name, "images": len(json.loads(verify_json.read_text())["images"])}
             if verify_json else None,
             "chosen": chosen[0] if chosen else None,
-            "candidates": [{k: v for k, v in r.items() if k != "_p"} for r in rows],
+            "candidates": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
             "versions": versions,
         }
         report_json = out_dir / f"{name}.parity.json"
