@@ -163,7 +163,7 @@ from = "defect-relay@demo.local"
 cooldown_s = 20
 digest_window_s = 20
 [delivery]
-evidence_wait_s = 30
+evidence_wait_s = 60
 [state]
 dir = "{RUN / 'relay'}"
 [[routes]]

@@ -118,8 +118,11 @@ def test_unavailable_cases_are_clear_errors_and_inference_goes_on(tmp_path: Path
                                                                  daemons: list[Daemon], breakage: str) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    for f in models_dir.glob("tiny_f32.*"):
-        shutil.copy(f, models)
+    for f in models_dir.glob("tiny_f32.*"):  # the model, its manifest, reports and verification set
+        if f.is_dir():
+            shutil.copytree(f, models / f.name)
+        else:
+            shutil.copy(f, models)
     m = json.loads((models / "tiny_f32.json").read_text())
     h5 = (models_dir / m["source"]["path"]).resolve()
     if breakage == "h5_missing":
