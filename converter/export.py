@@ -296,8 +296,9 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             chosen = (best["quantization"], best_tflite, best, best_manifest)
         shown = chosen[2] if chosen else next((r for r in reversed(rows) if "_p" in r), None)
         threshold = mf.Decision().threshold
-        verify_json = verification.write(name, out_dir, frames(), verification.select(ref.p, threshold), model,
-                                         keras_pre, chosen[3], chosen[0], threshold) if chosen else None
+        verify_json, verify_doc = verification.write(
+            name, out_dir, frames(), verification.select(ref.p, threshold), model, keras_pre, chosen[3], chosen[0],
+            threshold) if chosen else (None, {})
         result: dict[str, Any] = {
             "name": name, "source": str(path), "source_size_bytes": _size_bytes(path),
             "architecture": info.architecture, "keras_file_version": info.keras_version,
@@ -307,8 +308,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                      "unreadable_skipped": len(folder.skipped) if folder else 0,
                      "good": int((ref.labels == 0).sum()), "defect": int((ref.labels == 1).sum())},
             "threshold": threshold, "min_agreement": settings.min_agreement,
-            "verification": json.loads(verify_json.read_text())["tolerance"] | {
-                "file": verify_json.name, "images": len(json.loads(verify_json.read_text())["images"])}
+            "verification": verify_doc["tolerance"] | {"file": verify_json.name, "images": len(verify_doc["images"])}
             if verify_json else None,
             "chosen": chosen[0] if chosen else None,
             "candidates": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],

@@ -39,8 +39,9 @@ def select(p: np.ndarray, threshold: float, count: int = COUNT) -> list[int]:
 
 
 def write(name: str, out_dir: Path, frames: Iterable[tuple[int, np.ndarray]], picks: list[int], keras_model: Any,
-          keras_pre: Preprocessor, tflite_manifest: Path, quantization: str, threshold: float) -> Path:
-    """Write ``NAME.verify/`` and ``NAME.verify.json`` into ``out_dir``; return the JSON's path."""
+          keras_pre: Preprocessor, tflite_manifest: Path, quantization: str, threshold: float
+          ) -> tuple[Path, dict[str, Any]]:
+    """Write ``NAME.verify/`` and ``NAME.verify.json`` into ``out_dir``; return the JSON's path and content."""
     spec = keras_pre.spec
     store = Preprocessor(spec.model_copy(update={"dtype": "uint8", "scale": 0.0, "zero_point": 0, "channels": 3,
                                                  "color_order": "RGB"}))
@@ -77,4 +78,4 @@ def write(name: str, out_dir: Path, frames: Iterable[tuple[int, np.ndarray]], pi
            "images": entries}
     path = out_dir / f"{name}.verify.json"
     mf.write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
-    return path
+    return path, doc

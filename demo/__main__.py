@@ -329,7 +329,9 @@ def plc_view(port: int) -> None:
         print(f"the unit's Modbus server answered {reply}")
         return
     r = reply.registers
-    verdict = {0: "none", 1: "OK", 2: "NG", 3: "unsure", 4: "missed"}.get(r[3], r[3])
+    from edge.io import VERDICT_CODES
+
+    verdict = {code: name for name, code in VERDICT_CODES.items()}.get(r[3], r[3])
     print(f"a PLC on Modbus TCP 127.0.0.1:{port} reads: heartbeat {r[0]}, state {r[1]}, last part {r[2]}: "
           f"{verdict}, p_defect x1000 {r[4]}, trigger-to-verdict {r[5]} ms, missed {r[6]}")
 

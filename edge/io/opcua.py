@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
 OBJECT = "DefectInspection"
+# Each variable's initial value and OPC UA type, in the order they are created: the one table of the namespace.
+VARIABLES: dict[str, tuple[Any, str]] = {
+    "Heartbeat": (0, "UInt32"), "State": ("starting", "String"), "Ready": (False, "Boolean"), "PartId": ("", "String"),
+    "Verdict": ("none", "String"), "VerdictCode": (0, "UInt16"), "PDefect": (0.0, "Double"),
+    "TriggerToVerdictMs": (0.0, "Double"), "Missed": (0, "UInt32"), "PartSeq": (0, "UInt32"),
+    "Trigger": (False, "Boolean"),
+}
 
 
 class OpcUaLine:
@@ -65,13 +72,8 @@ class OpcUaLine:
         server.set_server_name("defect-inspection unit")
         idx = await server.register_namespace(self.namespace)
         obj = await server.nodes.objects.add_object(idx, OBJECT)
-        t = ua.VariantType
-        for name, value, kind in (("Heartbeat", 0, t.UInt32), ("State", "starting", t.String),
-                                  ("Ready", False, t.Boolean), ("PartId", "", t.String),
-                                  ("Verdict", "none", t.String), ("VerdictCode", 0, t.UInt16),
-                                  ("PDefect", 0.0, t.Double), ("TriggerToVerdictMs", 0.0, t.Double),
-                                  ("Missed", 0, t.UInt32), ("PartSeq", 0, t.UInt32), ("Trigger", False, t.Boolean)):
-            self._nodes[name] = await obj.add_variable(idx, name, ua.Variant(value, kind))
+        for name, (value, kind) in VARIABLES.items():
+            self._nodes[name] = await obj.add_variable(idx, name, ua.Variant(value, getattr(ua.VariantType, kind)))
         trigger = self._nodes["Trigger"]
         await trigger.set_writable()
         server.set_attribute_value_setter(trigger.nodeid, self._on_trigger_write)
@@ -98,14 +100,9 @@ class OpcUaLine:
     async def _write(self, values: dict[str, Any]) -> None:
         from asyncua import ua
 
-        kinds = {"Heartbeat": ua.VariantType.UInt32, "State": ua.VariantType.String, "Ready": ua.VariantType.Boolean,
-                 "PartId": ua.VariantType.String, "Verdict": ua.VariantType.String,
-                 "VerdictCode": ua.VariantType.UInt16, "PDefect": ua.VariantType.Double,
-                 "TriggerToVerdictMs": ua.VariantType.Double, "Missed": ua.VariantType.UInt32,
-                 "PartSeq": ua.VariantType.UInt32}
         for name, value in values.items():  # in order: PartSeq last, so a client seeing it sees the rest
-            await self._server.write_attribute_value(self._nodes[name].nodeid,
-                                                     ua.DataValue(ua.Variant(value, kinds[name])))
+            variant = ua.Variant(value, getattr(ua.VariantType, VARIABLES[name][1]))
+            await self._server.write_attribute_value(self._nodes[name].nodeid, ua.DataValue(variant))
 
     async def _tick(self) -> None:
         while True:
