@@ -1,7 +1,8 @@
 """Grad-CAM quality and cost, measured in one run on this machine.
 
-Quality, per committed model and method, on a fixed set of synthetic defective parts (the generator knows each
-defect's mask):
+Quality, per committed model, of its default heatmap (the layers and method its manifest names, chosen by the
+converter) and of the original app's (plain Grad-CAM on its layer), on a fixed set of synthetic defective parts (the
+generator knows each defect's mask):
 - pointing game: share of images whose heatmap maximum falls inside the defect mask dilated by 5 px; chance is the
   share of the image that dilated mask covers;
 - deletion faithfulness: mean drop of the Keras p_defect when the hottest 10 % of pixels are blurred, against
@@ -10,7 +11,9 @@ Cost, for ``--model`` (default mobilenetv2, the demo's): warm heatmap time ÷ on
 first request (worker process start + TensorFlow import + model load + first heatmap); and the daemon's frames per
 second during a burst of 20 heatmap requests ÷ its frames per second without them (target >= 0.7 on 2 cores).
 
-Run: ``.venv/bin/python -m bench.gradcam [--parts 40]``. The last line is one JSON object.
+Run: ``.venv/bin/python -m bench.gradcam [--parts 40] [--pictures docs/gradcam]``. The last line is one JSON object.
+``--pictures DIR`` also writes, per model, one defective part beside the original app's heatmap and the default one,
+with the defect's true outline drawn in.
 """
 
 from __future__ import annotations
@@ -39,13 +42,19 @@ from harness.daemon import write_toml
 from harness.data import casting_sample, link_into
 
 
-def quality(model_name: str, parts: int) -> dict[str, dict[str, float]]:
+def quality(model_name: str, parts: int) -> dict[str, dict[str, Any]]:
+    """{"default": figures, "original": figures}, each with the layers and method measured."""
+    from converter.architectures import ARCHITECTURES
+    from edge import manifest as mf
     from edge.gradcam.worker import setup
 
-    cam, pre = setup(REPO / "models" / f"{model_name}.json", None, 1)  # the worker's default: 1 TF thread
-    rng = np.random.default_rng(0)
+    path = REPO / "models" / f"{model_name}.json"
+    m = mf.load(path)
+    original = ARCHITECTURES[m.architecture].gradcam_layer if m.architecture in ARCHITECTURES else m.gradcam.layer
     out = {}
-    for method in ("gradcam", "gradcam++"):
+    for kind, layers, method in (("default", (), "auto"), ("original", (original,), "gradcam")):
+        cam, pre = setup(path, None, 1, layers)  # the worker's default: 1 TF thread
+        rng = np.random.default_rng(0)
         hits, chances, drops, rand_drops = [], [], [], []
         for i in range(parts):
             part = synth.render(9100, i, size=256, defect=synth.DEFECT_KINDS[i % len(synth.DEFECT_KINDS)])
@@ -53,11 +62,45 @@ def quality(model_name: str, parts: int) -> dict[str, dict[str, float]]:
             heat = full_frame_heatmap(h.cam, part.image.shape[:2], None)
             hits.append(pointing_hit(heat, part.mask))
             chances.append(chance(part.mask))
-            for chosen, sink in ((top_share(heat, 0.1), drops), (random_share(heat.shape, 0.1, rng), rand_drops)):
-                sink.append(h.p_defect - cam(pre["RGB"](blur_pixels(part.image, chosen)), method).p_defect)
-        out[method] = {"pointing_game": float(np.mean(hits)), "pointing_chance": float(np.mean(chances)),
-                       "deletion_drop": float(np.mean(drops)), "random_drop": float(np.mean(rand_drops))}
+            blurred = [blur_pixels(part.image, chosen) for chosen in (top_share(heat, 0.1),
+                                                                     random_share(heat.shape, 0.1, rng))]
+            p_top, p_random = cam.p_defect(np.stack([pre["RGB"](b) for b in blurred]))
+            drops.append(h.p_defect - p_top)
+            rand_drops.append(h.p_defect - p_random)
+        out[kind] = {"layers": "+".join(h.layers), "method": h.method, "pointing_game": float(np.mean(hits)),
+                     "pointing_chance": float(np.mean(chances)), "deletion_drop": float(np.mean(drops)),
+                     "random_drop": float(np.mean(rand_drops))}
     return out
+
+
+def picture(model_name: str, out: Path) -> Path:
+    """One defective part (a crack, index 3 of the fixed set), then the original app's heatmap and the default one,
+    each with the generator's defect outline in white; written as ``out/MODEL.png``."""
+    import cv2
+
+    from converter.architectures import ARCHITECTURES
+    from edge import manifest as mf
+    from edge.gradcam.overlay import blend
+    from edge.gradcam.worker import setup
+
+    path = REPO / "models" / f"{model_name}.json"
+    part = synth.render(9100, 3, size=256, defect=synth.DEFECT_KINDS[3 % len(synth.DEFECT_KINDS)])
+    bgr = cv2.cvtColor(part.image, cv2.COLOR_RGB2BGR)
+    outline, _ = cv2.findContours(part.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    m = mf.load(path)
+    panels = [bgr]
+    for layers, method in (((ARCHITECTURES[m.architecture].gradcam_layer,), "gradcam"), ((), "auto")):
+        cam, pre = setup(path, None, 1, layers)
+        h = cam(pre["RGB"](part.image), method)
+        panel = blend(bgr, full_frame_heatmap(h.cam, part.image.shape[:2], None))
+        cv2.drawContours(panel, outline, -1, (255, 255, 255), 1)
+        cv2.putText(panel, f"{h.method} {'+'.join(h.layers)}"[:34], (4, 250), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        panels.append(panel)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{model_name}.png"
+    cv2.imwrite(str(target), np.hstack(panels))
+    return target
 
 
 def speed(model_name: str) -> tuple[float, float]:
@@ -70,7 +113,7 @@ def speed(model_name: str) -> tuple[float, float]:
     done = threading.Event()
     t = time.perf_counter()
     service = GradcamService(lambda: path, lambda _o: done.set(), threads=1)
-    service.request("cold", synth.render(1, 1).image, "RGB", "gradcam")
+    service.request("cold", synth.render(1, 1).image, "RGB", "auto")
     done.wait(300)
     cold = time.perf_counter() - t
     service.stop()
@@ -80,7 +123,7 @@ def speed(model_name: str) -> tuple[float, float]:
     model = load_model(mf.resolve(path, mf.load(path).source))
     forward = tf.function(lambda v: model(v, training=False))
     fwd_ms = median_ms(lambda: forward(x[None]), 50)
-    cam_ms = median_ms(lambda: cam(x, "gradcam"), 50)
+    cam_ms = median_ms(lambda: cam(x), 50)
     return cam_ms / fwd_ms, cold
 
 
@@ -134,26 +177,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenetv2")
     ap.add_argument("--parts", type=int, default=40)
+    ap.add_argument("--pictures", type=Path, help="write one picture per model into this folder")
     a = ap.parse_args()
     models = [m for m in ("mobilenetv2", "cnn", "efficientnetb0") if (REPO / "models" / f"{m}.json").is_file()]
     q = {m: quality(m, a.parts) for m in models}
+    for m in models if a.pictures else ():
+        print(f"wrote {picture(m, a.pictures)}")
     warm_vs_forward, cold = speed(a.model)
     with tempfile.TemporaryDirectory() as tmp:
         base_fps, burst_fps, ratio = burst_ratio(a.model, Path(tmp))
-    print(f"{'model':<16}{'method':<11}{'pointing':>9}{'chance':>8}{'deletion':>10}{'random':>8}")
-    for m, by_method in q.items():
-        for method, r in by_method.items():
-            print(f"{m:<16}{method:<11}{r['pointing_game']:>9.3f}{r['pointing_chance']:>8.3f}"
-                  f"{r['deletion_drop']:>10.3f}{r['random_drop']:>8.3f}")
+    print(f"{'model':<16}{'heatmap':<9}{'layers':<34}{'method':<11}{'pointing':>9}{'chance':>8}{'deletion':>10}"
+          f"{'random':>8}")
+    for m, by_kind in q.items():
+        for kind, r in by_kind.items():
+            print(f"{m:<16}{kind:<9}{r['layers'][:33]:<34}{r['method']:<11}{r['pointing_game']:>9.3f}"
+                  f"{r['pointing_chance']:>8.3f}{r['deletion_drop']:>10.3f}{r['random_drop']:>8.3f}")
+    print("targets: pointing >= 0.6 with the default heatmap; deletion drop >= 5 x the random drop")
     print(f"\n{a.model}: warm heatmap / compiled forward {warm_vs_forward:.2f}; cold first request {cold:.1f} s; "
           f"daemon fps {base_fps:.1f} without heatmaps, {burst_fps:.1f} during 20 requests "
           f"(ratio {ratio:.2f}, target >= 0.7)")
-    main_q = q[a.model]["gradcam"]
-    print(json.dumps({"model": a.model, **{k: round(v, 4) for k, v in main_q.items()},
+    figures = ("pointing_game", "pointing_chance", "deletion_drop", "random_drop")
+    print(json.dumps({"model": a.model,
+                      **{f"{k}_{m}": round(by_kind["default"][k], 4) for m, by_kind in q.items() for k in figures},
+                      **{f"{k}_{m}_original": round(by_kind["original"][k], 4) for m, by_kind in q.items()
+                         for k in figures},
                       "warm_vs_forward": round(warm_vs_forward, 3), "cold_start_s": round(cold, 2),
-                      "fps_ratio_during_burst": round(ratio, 3),
-                      "per_model": {m: {meth: {k: round(v, 4) for k, v in r.items()} for meth, r in bm.items()}
-                                    for m, bm in q.items()}}))
+                      "fps_ratio_during_burst": round(ratio, 3)}))
 
 
 if __name__ == "__main__":

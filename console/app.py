@@ -37,6 +37,7 @@ from console.live import LiveHub
 from console.store import queries, reports, writer
 from console.store import schema as s
 from contract import payloads, topics
+from contract.payloads import HEATMAP_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def create_app(svc: Services) -> FastAPI:
 
     app = FastAPI(title="Line console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(roles=auth.ROLES, ago=_ago, fmt_time=_fmt_time, pct=_pct)
+    templates.env.globals.update(roles=auth.ROLES, ago=_ago, fmt_time=_fmt_time, pct=_pct,
+                                 heatmap_methods=HEATMAP_METHODS)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     engine, cfg = svc.engine, svc.cfg
 
@@ -362,7 +364,7 @@ def create_app(svc: Services) -> FastAPI:
         here from the stored snapshot when the console's model store has the model; the first to arrive is kept."""
         user, form = await posted(request, "operator")
         device_id, frame_id = form.get("device_id", ""), form.get("frame_id", "")
-        method = form.get("method", "gradcam") if form.get("method") in ("gradcam", "gradcam++") else "gradcam"
+        method = _heatmap_method(form)
         items, _ = await asyncio.to_thread(lambda: review.queue(engine, device_id=device_id, frame_id=frame_id,
                                                                  state="all", limit=1))
         item = items[0] if items else None
@@ -452,8 +454,7 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/inspect/{upload_id}/heatmap", response_class=HTMLResponse)
     async def inspect_heatmap(request: Request, upload_id: str) -> HTMLResponse:
         user, form = await posted(request, "operator")
-        method = form.get("method", "gradcam")
-        said = svc.inspector.request_heatmap(upload_id, method if method in ("gradcam", "gradcam++") else "gradcam")
+        said = svc.inspector.request_heatmap(upload_id, _heatmap_method(form))
         return page(request, "_heatmap.html", user, upload_id=upload_id, heat=said)
 
     @app.get("/inspect/{upload_id}/heatmap", response_class=HTMLResponse)
@@ -544,3 +545,9 @@ def _fmt_time(epoch: float | None) -> str:
 
 def _pct(x: float | None) -> str:
     return "" if x is None else f"{x:.1%}"
+
+
+def _heatmap_method(form: Any) -> str:
+    """The form's heatmap method, or "auto" (the model's own) for anything the contract does not name."""
+    method = str(form.get("method", "auto"))
+    return method if method in HEATMAP_METHODS else "auto"

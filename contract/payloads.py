@@ -10,7 +10,7 @@ fields) and keep them; the keys they know are checked strictly.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -30,6 +30,12 @@ def _band(v: tuple[float, float]) -> tuple[float, float]:
 Band = Annotated[tuple[float, float], AfterValidator(_band)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 AlertKind = Literal["defect", "low_confidence", "camera_offline", "model_error"]
+# How a heatmap is computed (docs/gradcam.md); "auto" is the one the model's manifest names, chosen by measurement
+# when the model was converted.
+CamMethod = Literal["gradcam", "gradcam++", "layercam", "hirescam"]
+HeatmapMethod = Literal["auto", CamMethod]
+HEATMAP_METHODS: tuple[str, ...] = get_args(HeatmapMethod)
+CAM_METHODS: tuple[CamMethod, ...] = get_args(CamMethod)
 
 
 class PayloadError(ValueError):
@@ -287,7 +293,7 @@ class FeedbackArgs(CommandArgs):
 
 class GradcamArgs(CommandArgs):
     frame_id: str = Field(min_length=1, max_length=128)
-    method: Literal["gradcam", "gradcam++"] = "gradcam"
+    method: HeatmapMethod = "auto"
 
 
 COMMAND_ARGS: dict[str, type[CommandArgs]] = {"model": ModelArgs, "threshold": ThresholdArgs,

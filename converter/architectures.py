@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.payloads import CamMethod
 from edge.tfload import tf_keras
 
 
@@ -20,15 +21,20 @@ from edge.tfload import tf_keras
 class Architecture:
     key: str
     size: int  # square input side
-    gradcam_layer: str
+    gradcam_layer: str  # the original app's Grad-CAM layer: it also identifies the architecture in a user's file
     title: str
+    # Heatmaps where the converter has nothing to measure on (no evaluation image called defective): the layers and
+    # method with the best pointing game on the demo models (bench/gradcam.py, docs/gradcam.md).
+    heatmap_layers: tuple[str, ...]
+    heatmap_method: CamMethod
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.key: a for a in (
-        Architecture("mobilenetv2", 224, "Conv_1", "MobileNetV2 224x224"),
-        Architecture("cnn", 256, "conv2d_3", "custom CNN 256x256"),
-        Architecture("efficientnetb0", 256, "top_activation", "EfficientNetB0 256x256"),
+        Architecture("mobilenetv2", 224, "Conv_1", "MobileNetV2 224x224", ("block_13_expand_relu",), "gradcam++"),
+        Architecture("cnn", 256, "conv2d_3", "custom CNN 256x256", ("max_pooling2d_3",), "hirescam"),
+        Architecture("efficientnetb0", 256, "top_activation", "EfficientNetB0 256x256",
+                     ("block4a_expand_activation",), "gradcam++"),
     )
 }
 
@@ -75,7 +81,8 @@ def build(key: str, *, weights: Path | None = None) -> Any:
         base = keras.applications.EfficientNetB0(input_tensor=inp, include_top=False, weights=w)
         out = _head(keras, base.output, 0.2)
     model = keras.Model(inp, out, name=key)
-    model.get_layer(arch.gradcam_layer)  # fails loudly if a Keras release renames it
+    for name in (arch.gradcam_layer, *arch.heatmap_layers):
+        model.get_layer(name)  # fails loudly if a Keras release renames it
     if weights is None:
         # From scratch, the backbones' BatchNorm momentum of 0.99-0.999 needs thousands of steps before its moving
         # statistics describe the data; with a few epochs, inference-mode outputs would be meaningless.

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.payloads import CAM_METHODS
 from converter import synth
 from converter.architectures import ARCHITECTURES
 from converter.dataset import CLASS_DIRS
@@ -119,7 +120,8 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         quantize=a.quantize, name=a.name or _stem(a.model), calibration=a.calibration,
         calibration_count=a.calibration_count,
         eval_folder=a.eval, eval_limit=a.eval_limit, min_agreement=a.min_agreement, int8_io=a.int8_io,
-        gradcam_layer=a.gradcam_layer, pixel_scaling=a.pixel_scaling, color_order=a.color_order,
+        gradcam_layer=a.gradcam_layer, gradcam_method=a.gradcam_method, pixel_scaling=a.pixel_scaling,
+        color_order=a.color_order,
         defect_class=_defect_class(a.defect_class, a.class_names, a.eval), input_size=a.input_size,
         force=a.force, seed=a.seed)
     result = convert_model(a.model, out_dir, settings)
@@ -167,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert a Keras model to TFLite with a manifest and a parity report")
     c.add_argument("model", type=Path, help="Keras .h5 (Keras 2 or 3), .keras, or a SavedModel folder")
-    c.add_argument("--quantize", choices=("auto", "int8", "dynamic", "float16", "float32"), default="auto",
-                   help="auto tries int8, dynamic, float16 and float32 and keeps the fastest that meets parity")
+    c.add_argument("--quantize", choices=("auto", "int8", "mixed", "dynamic", "float16", "float32"), default="auto",
+                   help="auto tries int8, dynamic, float16 and float32 (and mixed when int8 misses parity: int8 with "
+                   "its worst-quantized layers in float) and keeps the fastest that meets parity")
     c.add_argument("--calibration", type=Path, help="folder of representative images for int8 "
                    "(default: synthetic parts)")
     c.add_argument("--calibration-count", type=int, default=200)
@@ -177,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-limit", type=int, help="evaluate on at most this many images")
     c.add_argument("--min-agreement", type=float, default=0.99)
     c.add_argument("--int8-io", choices=("uint8", "int8"), default="uint8", help="int8 models' input/output type")
-    c.add_argument("--gradcam-layer", help="layer for Grad-CAM (default: known per architecture, else last conv)")
+    c.add_argument("--gradcam-layer", help="layer for heatmaps (default: chosen by deletion faithfulness on the "
+                   "evaluation images, among where each stage of the network ends)")
+    c.add_argument("--gradcam-method", choices=CAM_METHODS, help="heatmap method (default: chosen with the layer)")
     c.add_argument("--pixel-scaling", choices=("unit", "raw", "symmetric"),
                    help="what the model was trained on: unit = pixels/255, raw = 0-255, symmetric = pixels/127.5-1 "
                         "(keras.applications' preprocess_input for MobileNet); default: detected from --eval, else "

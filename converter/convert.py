@@ -8,28 +8,88 @@
 - ``int8``: full-integer, calibrated on representative images of both classes; uint8 (default) or int8 input and
   output, so the edge can feed raw pixels (docs/unit.md). A calibration set that misses part of the output range clips
   p_defect to it: the parity check is what catches that.
+- ``mixed``: int8 inside with float32 input and output (the output is never clipped to a calibration range), and the
+  layers whose quantization errs most kept in float. TensorFlow's quantization debugger measures each layer's error
+  against the float model on the calibration images (RMSE in units of the layer's quantization step); ``auto`` tries
+  it when full int8 misses parity, with more and more of the worst layers in float (``MIXED_SHARES``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import csv
+import io
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from edge.tfload import quiet, tf_keras
 
-QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # what --quantize auto tries
+QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # what --quantize auto tries first
+# ``mixed`` after int8 misses parity: no layer in float (only the float output), then these shares of the layers,
+# worst first, until one meets parity.
+MIXED_SHARES: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2)
+DEBUG_SAMPLES = 16  # evaluation images the quantization debugger runs (slow: it compares every layer)
 
 
 class ConversionError(RuntimeError):
     """TensorFlow's converter could not produce this quantization."""
 
 
-def to_tflite(model: Any, quantization: str, *, representative: np.ndarray | None = None,
-              int8_io: Literal["uint8", "int8"] = "uint8") -> bytes:
-    """Convert ``model``; ``representative`` (N x H x W x 3 float32, preprocessed as for Keras) is needed for int8."""
+def _samples(data: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def samples() -> Iterator[list[np.ndarray]]:
+        for x in data:
+            yield [x[None].astype(np.float32)]
+    return samples
+
+
+def _mixed_converter(model: Any, representative: np.ndarray) -> Any:
     tf, _ = tf_keras()
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _samples(representative)
+    return conv
+
+
+def layer_errors(model: Any, representative: np.ndarray, probe: np.ndarray) -> list[tuple[str, float]]:
+    """Each quantized tensor's error against the float model on the ``probe`` inputs (best: those int8 got most
+    wrong), as RMSE over the tensor's quantization step, worst first: the quantization debugger's per-layer
+    statistics, with the model calibrated on ``representative`` as for int8."""
+    tf, _ = tf_keras()
+    try:
+        with quiet():
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=_mixed_converter(model, representative), debug_dataset=_samples(probe))
+            debugger.run()
+            dump = io.StringIO()
+            debugger.layer_statistics_dump(dump)  # the CSV has each tensor's scale; layer_statistics has not
+    except Exception as e:
+        raise ConversionError(f"the quantization debugger failed: {str(e).strip()[:300]}") from None
+    out = []
+    for row in csv.DictReader(io.StringIO(dump.getvalue())):
+        scale, mse = float(row.get("scale") or 0.0), float(row.get("mean_squared_error") or "nan")
+        if scale > 0 and np.isfinite(mse):
+            out.append((row["tensor_name"], float(np.sqrt(mse) / scale)))
+    return sorted(out, key=lambda e: -e[1])
+
+
+def to_tflite(model: Any, quantization: str, *, representative: np.ndarray | None = None,
+              int8_io: Literal["uint8", "int8"] = "uint8", float_layers: Sequence[str] = ()) -> bytes:
+    """Convert ``model``; ``representative`` (N x H x W x 3 float32, preprocessed as for Keras) is needed for int8 and
+    mixed; ``float_layers``: for mixed, the tensors kept in float (names from :func:`layer_errors`)."""
+    tf, _ = tf_keras()
+    if quantization == "mixed":
+        if representative is None or len(representative) == 0:
+            raise ConversionError("mixed needs representative images")
+        try:
+            with quiet():
+                options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_layers))
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=_mixed_converter(model, representative), debug_dataset=_samples(representative[:1]),
+                    debug_options=options)
+                return bytes(debugger.get_nondebug_quantized_model())
+        except Exception as e:
+            raise ConversionError(f"mixed conversion failed: {str(e).strip()[:300]}") from None
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -39,14 +99,8 @@ def to_tflite(model: Any, quantization: str, *, representative: np.ndarray | Non
     elif quantization == "int8":
         if representative is None or len(representative) == 0:
             raise ConversionError("int8 needs representative images")
-        data = representative
-
-        def samples() -> Iterator[list[np.ndarray]]:
-            for x in data:
-                yield [x[None].astype(np.float32)]
-
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = samples
+        conv.representative_dataset = _samples(representative)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = tf.uint8 if int8_io == "uint8" else tf.int8
         conv.inference_input_type = io_type

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -25,12 +26,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from converter import conventions, report, synth, verification
-from converter.convert import QUANTIZATIONS, ConversionError, to_tflite
+from contract.payloads import CamMethod
+from converter import conventions, explain, report, synth, verification
+from converter.architectures import ARCHITECTURES
+from converter.convert import DEBUG_SAMPLES, MIXED_SHARES, QUANTIZATIONS, ConversionError, layer_errors, to_tflite
 from converter.dataset import LabelledFolder, open_folder
 from converter.errors import UserError
 from converter.keras_compat import ModelInfo, fixed_size, inspect, load_model
-from converter.parity import KerasReference, compare, keras_p, keras_reference
+from converter.parity import KerasReference, compare, interleaved_latency, keras_p, keras_reference
 from edge import manifest as mf
 from edge.classifier import Classifier
 from edge.preprocess import Preprocessor, pixel_affine
@@ -52,7 +55,8 @@ class ConvertSettings:
     eval_limit: int | None = None
     min_agreement: float = 0.99
     int8_io: Literal["uint8", "int8"] = "uint8"
-    gradcam_layer: str | None = None
+    gradcam_layer: str | None = None  # None: chosen by measurement (converter/explain.py)
+    gradcam_method: CamMethod | None = None  # likewise
     # None: not given on the command line; detected from the evaluation folder, else the default.
     pixel_scaling: mf.PixelScaling | None = None
     defect_class: int | None = None  # the output class meaning defective: 1 = p as it is, 0 = 1 - p (or column 0)
@@ -111,7 +115,8 @@ def _spec_from_tensor(details: dict[str, Any], base: mf.InputSpec) -> mf.InputSp
 
 
 def _manifest(name: str, quantization: str, tflite: Path, source: Path, info: ModelInfo, keras_spec: mf.InputSpec,
-              choice: conventions.Choice, parity: dict[str, Any], versions: dict[str, str]) -> mf.Manifest:
+              choice: conventions.Choice, heat: explain.Choice | None, parity: dict[str, Any],
+              versions: dict[str, str]) -> mf.Manifest:
     interp, _ = create_interpreter(tflite, num_threads=1)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     out_dtype = np.dtype(out["dtype"]).name
@@ -124,7 +129,8 @@ def _manifest(name: str, quantization: str, tflite: Path, source: Path, info: Mo
         "output": {"kind": info.output_kind, **_output_class(info, choice.defect_class),
                    "dtype": out_dtype, "scale": float(o_scale) if quantized_out else 0.0,
                    "zero_point": int(o_zp) if quantized_out else 0},
-        "gradcam": {"layer": info.gradcam_layer} if info.gradcam_layer else None, "parity": parity,
+        "gradcam": {"layer": heat.layers[0], "also": heat.layers[1:], "method": heat.method,
+                    "chosen_by": heat.chosen_by} if heat else None, "parity": parity,
         "versions": versions,
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     })
@@ -230,7 +236,7 @@ def _conventions(model: Any, info: ModelInfo, settings: ConvertSettings, frames:
 
 
 def fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Of the candidates that met parity, the fastest (median ``invoke`` at one thread, measured in this run); of
+    """Of the candidates that met parity, the fastest (median ``classify`` at one thread, measured in turns); of
     those within 5 % of it, the smallest. The name of a scheme says little: dynamic-range is slower than float32 on
     some CPUs. Each row that met parity gets the reason it was, or was not, chosen."""
     passed = [r for r in rows if r["verdict"] == "passed"]
@@ -249,6 +255,51 @@ def fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
+def _heatmaps(model: Any, info: ModelInfo, settings: ConvertSettings, choice: conventions.Choice, p: np.ndarray,
+              frames: Callable[[], Iterable[tuple[int, np.ndarray]]], pre: Preprocessor) -> explain.Choice | None:
+    """The heatmaps' layers and method, measured on the evaluation images the Keras model calls defective (spread
+    over p); None for a SavedModel, whose layers Keras cannot reach."""
+    if info.gradcam_layer is None:
+        return None
+    called = np.flatnonzero(p > mf.Decision().threshold)
+    picks = set(called[np.linspace(0, len(called) - 1, min(len(called), explain.MAX_IMAGES)).round().astype(int)]
+                .tolist()) if len(called) else set()
+    xs = np.stack([pre(f) for i, (_, f) in enumerate(frames()) if i in picks]) if picks else np.zeros((0,))
+    given = (settings.gradcam_layer,) if settings.gradcam_layer else ()
+    arch = ARCHITECTURES.get(info.architecture)
+    # Measured on three architectures, Grad-CAM++ never did worse than Grad-CAM (docs/gradcam.md).
+    fallback = (arch.heatmap_layers, arch.heatmap_method) if arch else ((info.gradcam_layer,), "gradcam++")
+    heat = explain.choose(model, xs, defect_index=choice.defect_class if info.output_kind == "softmax2" else 0,
+                          p_is_good=info.output_kind == "sigmoid" and choice.defect_class == 0,
+                          original=info.gradcam_layer, fallback=fallback, layers=given,
+                          method=settings.gradcam_method, seed=settings.seed)
+    print(f"defect-convert: heatmaps: {heat.method} on {'+'.join(heat.layers)}, {heat.chosen_by}", file=sys.stderr)
+    return heat
+
+
+def _mixed(model: Any, calib: np.ndarray, probe: np.ndarray, attempt: Callable[..., dict[str, Any]]) -> None:
+    """Mixed precision: int8 with a float output, then with more and more of the layers whose quantization errs most
+    on ``probe`` (the evaluation images int8 got most wrong) kept in float, until one meets parity."""
+    try:
+        errors = layer_errors(model, calib, probe)
+    except ConversionError as e:
+        attempt("mixed", "mixed-0", ())  # float output only: needs no per-layer figures
+        print(f"defect-convert: {e}; tried int8 with a float output only", file=sys.stderr)
+        return
+    tried = set()
+    for share in MIXED_SHARES:
+        k = math.ceil(share * len(errors))
+        if k in tried:
+            continue
+        tried.add(k)
+        row = attempt("mixed", f"mixed-{k}", [n for n, _ in errors[:k]])
+        row["reason"] = (f"{k} of {len(errors)} layers kept in float" + (
+            f" (quantization error {errors[k - 1][1]:.2f} steps and above)" if k else "") +
+            (f"; {row['reason']}" if row.get("reason") else ""))
+        if row["verdict"] == "passed":
+            return
+
+
 def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> ConvertResult:
     loaded = load_model(path)
     info = inspect(loaded, path, gradcam_layer=settings.gradcam_layer, input_size=settings.input_size)
@@ -257,38 +308,60 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
     size = max(info.height, info.width)
     frames, eval_name, folder = _eval_source(settings, size)
     choice, ref, keras_pre, keras_spec = _conventions(model, info, settings, frames, eval_name)
+    heat = _heatmaps(loaded, info, settings, choice, ref.p, frames, keras_pre)  # the file's layers, as the worker
     candidates = list(QUANTIZATIONS) if settings.quantize == "auto" else [settings.quantize]
-    calib = _calibration(settings, keras_pre, size, choice.pixel_scaling) if "int8" in candidates else None
+    calib = _calibration(settings, keras_pre, size, choice.pixel_scaling) \
+        if {"int8", "mixed"} & set(candidates) else None
     versions = _versions()
     name = settings.name
     final_tflite, final_manifest = out_dir / f"{name}.tflite", out_dir / f"{name}.json"
     rows: list[dict[str, Any]] = []
     chosen: tuple[str, Path, dict[str, Any], Path] | None = None
     tmp_files: list[Path] = []
+    def attempt(q: str, tag: str, float_layers: Sequence[str] = ()) -> dict[str, Any]:
+        """Convert at ``q``, check parity on the evaluation set, and add the row to ``rows``."""
+        row: dict[str, Any] = {"quantization": q, **({"float_layers": len(float_layers)} if q == "mixed" else {})}
+        rows.append(row)
+        try:
+            data = to_tflite(model, q, representative=calib, int8_io=settings.int8_io, float_layers=float_layers)
+        except ConversionError as e:
+            row.update(verdict="failed", reason=str(e))
+            return row
+        tmp = out_dir / f".{name}.{tag}.tmp.tflite"
+        tmp_man = out_dir / f".{name}.{tag}.tmp.json"
+        tmp_files.extend((tmp, tmp_man))
+        mf.write_atomic(tmp, data)
+        mf.write_atomic(tmp_man, _manifest(name, q, tmp, source, info, keras_spec, choice, heat, {}, versions)
+                        .to_json().encode())
+        figures = compare(ref, Classifier(tmp_man, num_threads=1), frames)
+        p_tfl = figures.pop("p_tflite")
+        row.update(figures, size_bytes=len(data))
+        if figures["agreement"] >= settings.min_agreement:
+            row.update(verdict="passed", _p=p_tfl, _files=(tmp, tmp_man))
+        else:
+            row.update(verdict="rejected", reason=f"agreement {figures['agreement']:.4f} < "
+                                                  f"{settings.min_agreement} ({figures['disagreements']} "
+                                                  f"decisions differ)", _p=p_tfl)
+        return row
+
     try:
         for q in candidates:
-            row: dict[str, Any] = {"quantization": q}
-            rows.append(row)
-            try:
-                data = to_tflite(model, q, representative=calib, int8_io=settings.int8_io)
-            except ConversionError as e:
-                row.update(verdict="failed", reason=str(e))
-                continue
-            tmp = out_dir / f".{name}.{q}.tmp.tflite"
-            tmp_man = out_dir / f".{name}.{q}.tmp.json"
-            tmp_files += [tmp, tmp_man]
-            mf.write_atomic(tmp, data)
-            mf.write_atomic(tmp_man, _manifest(name, q, tmp, source, info, keras_spec, choice, {}, versions)
-                            .to_json().encode())
-            figures = compare(ref, Classifier(tmp_man, num_threads=1), frames)
-            p_tfl = figures.pop("p_tflite")
-            row.update(figures, size_bytes=len(data))
-            if figures["agreement"] >= settings.min_agreement:
-                row.update(verdict="passed", _p=p_tfl, _files=(tmp, tmp_man))
-            else:
-                row.update(verdict="rejected", reason=f"agreement {figures['agreement']:.4f} < "
-                                                      f"{settings.min_agreement} ({figures['disagreements']} "
-                                                      f"decisions differ)", _p=p_tfl)
+            if q != "mixed":
+                attempt(q, q)
+        int8 = next((r for r in rows if r["quantization"] == "int8" and "_p" in r), None)
+        if "mixed" in candidates or (settings.quantize == "auto" and int8 and int8["verdict"] != "passed"):
+            assert calib is not None
+            # Where int8 errs most (all images alike when it was not tried); each input as Keras takes it.
+            worst = set(np.argsort(-np.abs(int8["_p"] - ref.p))[:DEBUG_SAMPLES].tolist() if int8 else
+                        np.linspace(0, len(ref.p) - 1, DEBUG_SAMPLES).round().astype(int).tolist())
+            probe = np.stack([keras_pre(f) for i, (_, f) in enumerate(frames()) if i in worst])
+            _mixed(model, calib, probe, attempt)
+        passed = [r for r in rows if r["verdict"] == "passed"]
+        if len(passed) > 1:  # the latencies compared are measured in turns, not one candidate after another
+            frame = next(iter(frames()))[1]
+            for r, ms in zip(passed, interleaved_latency([Classifier(r["_files"][1], num_threads=1) for r in passed],
+                                                         frame), strict=True):
+                r["latency_ms_tflite"] = ms
         best = fastest(rows)
         if best is not None:
             best["verdict"] = "accepted"
@@ -304,6 +377,10 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             "architecture": info.architecture, "keras_file_version": info.keras_version,
             "file_format": info.file_format, "conventions": _conventions_report(info, settings, choice),
             "detection": _detection_report(info, choice),
+            "heatmaps": {"layers": list(heat.layers), "method": heat.method, "chosen_by": heat.chosen_by,
+                         "deletion_drop": heat.deletion_drop, "random_drop": heat.random_drop,
+                         "original_layer": info.gradcam_layer, "candidates": heat.table}
+            if heat else None,
             "eval": {"folder": eval_name, "n": len(ref.p),
                      "unreadable_skipped": len(folder.skipped) if folder else 0,
                      "good": int((ref.labels == 0).sum()), "defect": int((ref.labels == 1).sum())},
@@ -331,7 +408,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                                           "latency_ms_keras", "size_bytes")}
             parity.update(eval=eval_name, n=len(ref.p), min_agreement=settings.min_agreement)
             parity["conventions"] = {k: v["decided"] for k, v in result["conventions"].items()}
-            m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, parity, versions)
+            m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, heat, parity, versions)
             if verify_json is not None:
                 m = m.model_copy(update={"verification": mf.file_ref(verify_json, out_dir)})
             mf.write_atomic(final_manifest, m.to_json().encode())

@@ -98,10 +98,10 @@ def parity_markdown(r: dict[str, Any]) -> str:
     ]
     for c in r["candidates"]:
         if "agreement" not in c:
-            lines.append(f"| {c['quantization']} | {c['verdict']} | | | | | | | | | | |")
+            lines.append(f"| {_variant(c)} | {c['verdict']} | | | | | | | | | | |")
             continue
         lines.append(
-            f"| {c['quantization']} | {c['verdict']} | {c['agreement']:.4f} | {c['accuracy_keras']:.4f} | "
+            f"| {_variant(c)} | {c['verdict']} | {c['agreement']:.4f} | {c['accuracy_keras']:.4f} | "
             f"{c['accuracy_tflite']:.4f} | {c['mean_abs_dp']:.4f} | {c['max_abs_dp']:.4f} | "
             f"{_fmt(c['auc_keras'])} | {_fmt(c['auc_tflite'])} | {c['size_bytes'] / 1e6:.2f} MB "
             f"(.h5 {r['source_size_bytes'] / 1e6:.2f} MB) | {c['latency_ms_tflite']:.2f} ms | "
@@ -114,8 +114,30 @@ def parity_markdown(r: dict[str, Any]) -> str:
                   f"(measured on this machine: {v['measured_here_max_abs_dp']:.6f}).", ""]
     for c in r["candidates"]:
         if c.get("reason"):
-            lines.append(f"- {c['quantization']}: {c['reason']}")
-    return "\n".join(lines + _conventions_markdown(r)) + "\n"
+            lines.append(f"- {_variant(c)}: {c['reason']}")
+    return "\n".join(lines + _conventions_markdown(r) + _heatmaps_markdown(r)) + "\n"
+
+
+def _variant(c: dict[str, Any]) -> str:
+    """A candidate's name; a mixed one says how many layers it keeps in float."""
+    return f"{c['quantization']} ({c['float_layers']} float layers)" if "float_layers" in c else c["quantization"]
+
+
+def _heatmaps_markdown(r: dict[str, Any]) -> list[str]:
+    """The heatmaps' layers and method, and every candidate's deletion score (best first)."""
+    h = r.get("heatmaps")
+    if not h:
+        return ["", "## Heatmaps", "", "None: a SavedModel has no Keras layers to compute them at."]
+    lines = ["", "## Heatmaps", "", f"**{h['method']}** on `{'+'.join(h['layers'])}`: {h['chosen_by']}."]
+    if h.get("original_layer"):
+        lines.append(f"Plain Grad-CAM on `{h['original_layer']}` (the original app's layer for this architecture, else "
+                     "the last convolution) stays selectable: `[gradcam] layers` and `method` in edge.toml, "
+                     "`defect-edge gradcam --layer --method`.")
+    if h["candidates"]:
+        lines += ["", "| layers | method | p_defect drop, hottest 10 % blurred |", "|---|---|---|"]
+        lines += [f"| `{c['layers']}` | {c['method']} | {c['deletion_drop']:.3f} |" for c in h["candidates"]]
+        lines.append(f"| (random 10 %) | | {h['random_drop']:.3f} |")
+    return lines
 
 
 def _conventions_markdown(r: dict[str, Any]) -> list[str]:

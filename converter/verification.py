@@ -25,7 +25,7 @@ from edge.images import decode_rgb, encode_jpeg
 from edge.preprocess import Preprocessor
 
 COUNT = 32
-FLOOR = {"float32": 1e-3, "float16": 1e-3, "dynamic": 0.1, "int8": 0.1}
+FLOOR = {"float32": 1e-3, "float16": 1e-3, "dynamic": 0.1, "int8": 0.1, "mixed": 0.1}
 
 
 def select(p: np.ndarray, threshold: float, count: int = COUNT) -> list[int]:

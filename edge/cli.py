@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from contract.payloads import HEATMAP_METHODS
+
 EXIT_BAD_INPUT = 2
 DEFAULT_MODEL = "mobilenetv2"
 
@@ -108,7 +110,6 @@ def _cmd_gradcam(a: argparse.Namespace) -> int:
 
     import cv2
 
-    from edge import manifest as mf
     from edge.gradcam.overlay import blend, encode, full_frame_heatmap
     from edge.gradcam.worker import setup
     from edge.images import read_rgb
@@ -117,7 +118,7 @@ def _cmd_gradcam(a: argparse.Namespace) -> int:
     frame = read_rgb(a.image)
     path = manifest_path(a.models_dir, a.model)
     t = time.perf_counter()
-    cam, pre = setup(path, None, a.threads)
+    cam, pre = setup(path, None, a.threads, a.layer)
     loaded = time.perf_counter() - t
     t = time.perf_counter()
     heat = cam(pre["RGB"](frame), a.method)
@@ -125,8 +126,7 @@ def _cmd_gradcam(a: argparse.Namespace) -> int:
     image = blend(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), full_frame_heatmap(heat.cam, frame.shape[:2], None),
                   alpha=a.alpha)
     a.out.write_bytes(encode(image, a.out.suffix.lower() if a.out.suffix.lower() in (".png", ".jpg") else ".png"))
-    spec = mf.load(path).gradcam
-    print(f"wrote {a.out}: {a.method} on layer {spec.layer if spec else '?'}, p_defect (Keras) {heat.p_defect:.4f}; "
+    print(f"wrote {a.out}: {heat.method} on {'+'.join(heat.layers)}, p_defect (Keras) {heat.p_defect:.4f}; "
           f"model loaded in {loaded:.1f} s, heatmap in {compute * 1e3:.0f} ms")
     return 0
 
@@ -223,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("image", type=Path)
     g.add_argument("--model", default=DEFAULT_MODEL)
     g.add_argument("--models-dir", type=Path, default=default_models_dir())
-    g.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
+    g.add_argument("--method", choices=HEATMAP_METHODS, default="auto",
+                   help="auto (default): the one the converter chose for this model by measurement")
+    g.add_argument("--layer", action="append", default=[],
+                   help="a layer instead of the model's (repeat to fuse several), e.g. Conv_1, the original app's")
     g.add_argument("--alpha", type=float, default=0.45, help="heatmap weight in the overlay (default 0.45)")
     g.add_argument("--threads", type=int, default=2, help="TensorFlow threads (default 2)")
     g.add_argument("-o", "--out", type=Path, default=Path("gradcam.png"))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from contract import topics
-from contract.payloads import Band
+from contract.payloads import Band, HeatmapMethod
 from contract.settings import (
     BrokerSettings,
     ConfigError,
@@ -130,7 +130,10 @@ class StateConfig(Section):
 
 class GradcamConfig(Section):
     enabled: bool = True
-    method: Literal["gradcam", "gradcam++"] = "gradcam"  # for automatic heatmaps; cmd/gradcam may ask either
+    # For automatic heatmaps; cmd/gradcam may ask another. "auto": the model's own, chosen when it was converted.
+    method: HeatmapMethod = "auto"
+    # Layers to compute heatmaps at instead of the model's (e.g. ["Conv_1"], the original app's for MobileNetV2).
+    layers: list[str] = []
     auto_on: list[Literal["defect", "low_confidence"]] = []  # alert kinds that get a heatmap automatically
     threads: int = Field(default=1, ge=1, le=64)  # TensorFlow threads in the worker: inference keeps its cores
     nice: int = Field(default=10, ge=0, le=19)  # the worker's CPU priority below inference's

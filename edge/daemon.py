@@ -91,7 +91,7 @@ class Daemon:
                                       roi=cfg.camera.region(),
                                       threads=g.threads, nice=g.nice, idle_timeout_s=g.idle_timeout_s,
                                       request_timeout_s=g.request_timeout_s, alpha=g.alpha,
-                                      jpeg_quality=g.jpeg_quality) if g.enabled else None
+                                      jpeg_quality=g.jpeg_quality, layers=tuple(g.layers)) if g.enabled else None
         self.health = Health(self)
         self._ready = False
         self._published_results = 0
@@ -228,7 +228,7 @@ class Daemon:
             self.history.add_heatmap(o.frame_id, o.method, o.jpeg)
         event = payloads.GradcamEvent(
             device_id=self.cfg.device.id, frame_id=o.frame_id, method=o.method, ok=o.ok,
-            layer=spec.layer if (spec := self.classifier.manifest.gradcam) else "", model=self.classifier.name,
+            layer=o.layer, model=self.classifier.name,
             p_defect_keras=None if o.p_defect_keras is None else round(o.p_defect_keras, 6),
             p_defect_tflite=round(o.context["p_defect_tflite"], 6),
             timings_ms={k: round(v, 3) for k, v in o.timings_ms.items()},

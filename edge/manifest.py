@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contract.payloads import CamMethod
+
 SCHEMA_VERSION = 1
 
-Quantization = Literal["float32", "float16", "dynamic", "int8"]
+Quantization = Literal["float32", "float16", "dynamic", "int8", "mixed"]  # mixed: int8 with float layers
 PixelScaling = Literal["unit", "symmetric", "raw"]
 TensorDType = Literal["float32", "uint8", "int8"]
 
@@ -85,7 +87,17 @@ class FileRef(_Frozen):
 
 
 class GradCamSpec(_Frozen):
+    """Where and how heatmaps are computed (edge/gradcam/cam.py). A manifest written before methods were chosen
+    has only ``layer``: plain Grad-CAM there, as the original app did."""
+
     layer: str
+    also: tuple[str, ...] = ()  # further layers fused with ``layer`` (their maps averaged at the finest resolution)
+    method: CamMethod = "gradcam"
+    chosen_by: str = ""  # how the converter chose them, for the report and the curious ("given", a measurement)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer, *self.also)
 
 
 class Manifest(_Frozen):

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from converter import synth
+from converter.architectures import ARCHITECTURES
+from edge import manifest as mf
 from edge.gradcam.overlay import full_frame_heatmap
 from edge.gradcam.quality import chance, pointing_hit
 from edge.gradcam.service import GradcamService, Outcome
@@ -28,14 +30,17 @@ from harness.daemon import ALERT_STREAM, BASE, Daemon, config
 pytestmark = pytest.mark.slow
 
 
-def test_pointing_game_is_well_above_chance() -> None:
-    """The committed CNN's Grad-CAM++ (16 x 16 maps). MobileNetV2's Conv_1 is 7 x 7, too coarse for the maximum to
-    land inside defects this small: bench/gradcam.py reports both."""
-    cam, pre = setup(REPO / "models" / "cnn.json", None, 2)
+@pytest.mark.parametrize("model", ["mobilenetv2", "cnn", "efficientnetb0"])
+def test_default_heatmaps_point_at_the_defect(model: str) -> None:
+    """Each committed model's own heatmap (the layers and method its manifest names, chosen by the converter without
+    masks) lands on the defect; the original app's layer stays selectable. bench/gradcam.py measures both on 40."""
+    cam, pre = setup(REPO / "models" / f"{model}.json", None, 2)
+    original, _ = setup(REPO / "models" / f"{model}.json", None, 2, (ARCHITECTURES[model].gradcam_layer,))
+    assert original.layers == (ARCHITECTURES[model].gradcam_layer,) and cam.layers != original.layers
     hits, chances = [], []
     for i in range(16):
         part = synth.render(9100, i, size=256, defect=synth.DEFECT_KINDS[i % len(synth.DEFECT_KINDS)])
-        heat = full_frame_heatmap(cam(pre["RGB"](part.image), "gradcam++").cam, part.image.shape[:2], None)
+        heat = full_frame_heatmap(cam(pre["RGB"](part.image)).cam, part.image.shape[:2], None)
         hits.append(pointing_hit(heat, part.mask))
         chances.append(chance(part.mask))
     assert np.mean(hits) >= 10 * np.mean(chances) and np.mean(hits) >= 0.6, (np.mean(hits), np.mean(chances))
@@ -60,7 +65,8 @@ def test_cmd_gradcam_publishes_a_heatmap(tmp_path: Path, broker: Broker, models_
     assert c.on(f"/gradcam/{frame_id}")[0][:2] == b"\xff\xd8"
     event = json.loads(next(p for t, p, _ in c.messages if t == f"{BASE}/gradcam"))
     assert event["ok"] and event["frame_id"] == frame_id and event["method"] == "gradcam++"
-    assert event["layer"] == "conv_2" and abs(event["p_defect_keras"] - event["p_defect_tflite"]) < 1e-3
+    chosen = mf.load(models_dir / "tiny_f32.json").gradcam
+    assert event["layer"] == "+".join(chosen.layers) and abs(event["p_defect_keras"] - event["p_defect_tflite"]) < 1e-3
     assert set(event["timings_ms"]) == {"queue", "start", "compute", "render"}
     c.publish(f"{BASE}/cmd/gradcam", json.dumps({"frame_id": "unit1-0000000000-000000001"}))
     assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/cmd/gradcam/reply")]) == 2, 10)

@@ -31,9 +31,10 @@ STARTUP_TIMEOUT_S = 180.0
 @dataclass(frozen=True)
 class Outcome:
     frame_id: str
-    method: str
+    method: str  # as asked ("auto"), or as computed once the worker answered
     ok: bool
     error: str = ""
+    layer: str = ""  # the layers it was computed at, joined with "+" (empty when it failed)
     jpeg: bytes = b""
     p_defect_keras: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # queue, start, compute, render
@@ -54,12 +55,14 @@ class GradcamService:
     def __init__(self, manifest_path: Callable[[], Path], on_done: Callable[[Outcome], None], *,
                  roi: Roi | None = None, threads: int = 1, nice: int = 10, idle_timeout_s: float = 300.0,
                  request_timeout_s: float = 30.0, alpha: float = 0.45, jpeg_quality: int = 90,
-                 max_queue: int = 32):
+                 max_queue: int = 32, layers: tuple[str, ...] = ()):
+        """``layers``: instead of the manifest's (the original app's layer, say)."""
         self._manifest_path = manifest_path
         self._on_done = on_done
         self.roi = (roi.x, roi.y, roi.width, roi.height) if roi else None
         self.threads, self.nice, self.alpha, self.jpeg_quality = threads, nice, alpha, jpeg_quality
         self.idle_timeout_s, self.request_timeout_s = idle_timeout_s, request_timeout_s
+        self.layers = layers
         self._jobs: queue.Queue[_Job | None] = queue.Queue(max_queue)
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
@@ -102,7 +105,7 @@ class GradcamService:
         self._requests, self._replies = self._ctx.Queue(), self._ctx.Queue()
         self._proc = self._ctx.Process(target=worker_main, name="defect-edge-gradcam", daemon=True,
                                        args=(self._requests, self._replies, str(path), self.roi, self.threads,
-                                             self.alpha, self.jpeg_quality, os.getpid(), self.nice))
+                                             self.alpha, self.jpeg_quality, os.getpid(), self.nice, self.layers))
         self._proc.start()
         try:
             kind, *rest = self._replies.get(timeout=STARTUP_TIMEOUT_S)
@@ -174,9 +177,9 @@ class GradcamService:
                                "stopped, the next request restarts it", timings)
                     return
         if reply[0] == "done":
-            _, _, jpeg, p_keras, compute_ms, render_ms = reply
+            _, _, jpeg, p_keras, compute_ms, render_ms, method, layer = reply
             self.counts["done"] += 1
-            self._on_done(Outcome(job.frame_id, job.method, True, jpeg=jpeg, p_defect_keras=p_keras,
+            self._on_done(Outcome(job.frame_id, method, True, layer=layer, jpeg=jpeg, p_defect_keras=p_keras,
                                   timings_ms={**timings, "compute": compute_ms, "render": render_ms},
                                   context=job.context))
         else:

@@ -4,7 +4,8 @@ It runs in its own process (multiprocessing "spawn"), so the daemon never import
 touch inference. Inference keeps its cores: TensorFlow's threads are limited (default 1) and the process runs at a
 lower CPU priority (nice 10 by default), so a burst of heatmaps waits for CPU rather than slowing the line. Messages:
 requests ``(request_id, frame, frame_order, method)`` or None to stop; replies ``("ready", seconds, nice)``,
-``("fatal", message)``, ``("done", request_id, jpeg, p_defect, compute_ms, render_ms)``, ``("error", request_id, msg)``.
+``("fatal", message)``, ``("done", request_id, jpeg, p_defect, compute_ms, render_ms, method, layers)`` (the
+method "auto" resolved, the layers joined with "+"), ``("error", request_id, msg)``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Sequence
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,10 @@ INSTALL_HINT = "TensorFlow is not installed on this unit: install the gradcam ex
                "'defect-inspection[gradcam]')"
 
 
-def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: int) -> tuple[Any, Any]:
+def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: int,
+          layers: Sequence[str] = ()) -> tuple[Any, Any]:
+    """The compiled heatmap function and the preprocessors per frame order. ``layers`` overrides the manifest's
+    (e.g. the original app's ``Conv_1``, kept selectable); the method "auto" stays the manifest's."""
     from edge.tfload import load_model, tf_keras
 
     try:
@@ -51,8 +56,8 @@ def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: i
     if mf.sha256_file(source) != m.source.sha256:
         raise RuntimeError(f"{source.name} does not match the sha256 in {manifest_path.name} (a different model?)")
     model = load_model(source)
-    cam = GradCam(model, m.gradcam.layer, defect_index=m.output.defect_index,
-                  p_is_good=m.output.positive == "good")
+    cam = GradCam(model, list(layers) or m.gradcam.layers, method=m.gradcam.method,
+                  defect_index=m.output.defect_index, p_is_good=m.output.positive == "good")
     spec = m.input.model_copy(update={"dtype": "float32", "scale": 0.0, "zero_point": 0})
     region = Roi(*roi) if roi else None
     pre = {order: Preprocessor(spec, roi=region, frame_order=order) for order in ("RGB", "BGR")}
@@ -74,7 +79,8 @@ def _lower_priority(nice: int) -> int:
 
 
 def worker_main(requests: Queue[Any], replies: Queue[Any], manifest_path: str, roi: tuple[int, int, int, int] | None,
-                threads: int, alpha: float, jpeg_quality: int, parent: int, nice: int) -> None:
+                threads: int, alpha: float, jpeg_quality: int, parent: int, nice: int,
+                layers: Sequence[str] = ()) -> None:
     """``parent`` is the daemon's pid, passed in: read here, a parent that died during the spawn would read as 1."""
     _die_with_parent()
     if os.getppid() != parent:
@@ -82,7 +88,7 @@ def worker_main(requests: Queue[Any], replies: Queue[Any], manifest_path: str, r
     niceness = _lower_priority(nice)
     t0 = time.perf_counter()
     try:
-        cam, pre = setup(Path(manifest_path), roi, threads)
+        cam, pre = setup(Path(manifest_path), roi, threads, layers)
     except Exception as e:  # one line back to the daemon, whatever went wrong
         replies.put(("fatal", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
         return
@@ -111,6 +117,7 @@ def worker_main(requests: Queue[Any], replies: Queue[Any], manifest_path: str, r
             jpeg = encode(blend(bgr, full_frame_heatmap(heat.cam, frame.shape[:2], region), alpha=alpha),
                           jpeg_quality=jpeg_quality)
             t3 = time.perf_counter()
-            replies.put(("done", request_id, jpeg, heat.p_defect, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
+            replies.put(("done", request_id, jpeg, heat.p_defect, (t2 - t1) * 1e3, (t3 - t2) * 1e3, heat.method,
+                         "+".join(heat.layers)))
         except Exception as e:
             replies.put(("error", request_id, f"Grad-CAM failed: {e}"[:300]))
