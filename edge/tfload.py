@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -31,6 +32,12 @@ def tf_keras() -> tuple[ModuleType, ModuleType]:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with quiet():
             import tensorflow as tf
+        # TensorFlow's logger made its handler during the import, on the silenced (now closed) stream: its later
+        # warnings (e.g. about retracing) would end in "Logging error ... I/O operation on closed file".
+        for logger in (logging.getLogger(), logging.getLogger("tensorflow")):
+            for handler in logger.handlers:
+                if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                    handler.stream = sys.stderr  # not setStream(): it would flush the closed one
     import keras
     import tensorflow as tf
 
