@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 # Debian's packages the tests run for real: mosquitto (brokers), openssl (certificates), chromium (the console's
-# browser tests, driven by Playwright: never a downloaded browser) and postgresql (a cluster of the suite's own).
+# browser tests, driven by Playwright: never a downloaded browser), postgresql (a cluster of the suite's own), and
+# qemu-user-static + debootstrap (the unit installed and run in an aarch64 Debian root, as on a Raspberry Pi).
 # Installed when run as root (CI, a fresh machine); otherwise the command to run is printed.
-DEBS := mosquitto mosquitto-clients openssl chromium postgresql
+DEBS := mosquitto mosquitto-clients openssl chromium postgresql qemu-user-static debootstrap
 system-deps:
 	@missing=""; \
 	for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \

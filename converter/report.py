@@ -98,10 +98,10 @@ def parity_markdown(r: dict[str, Any]) -> str:
     ]
     for c in r["candidates"]:
         if "agreement" not in c:
-            lines.append(f"| {_variant(c)} | {c['verdict']} | | | | | | | | | | |")
+            lines.append(f"| {variant(c)} | {c['verdict']} | | | | | | | | | | |")
             continue
         lines.append(
-            f"| {_variant(c)} | {c['verdict']} | {c['agreement']:.4f} | {c['accuracy_keras']:.4f} | "
+            f"| {variant(c)} | {c['verdict']} | {c['agreement']:.4f} | {c['accuracy_keras']:.4f} | "
             f"{c['accuracy_tflite']:.4f} | {c['mean_abs_dp']:.4f} | {c['max_abs_dp']:.4f} | "
             f"{_fmt(c['auc_keras'])} | {_fmt(c['auc_tflite'])} | {c['size_bytes'] / 1e6:.2f} MB "
             f"(.h5 {r['source_size_bytes'] / 1e6:.2f} MB) | {c['latency_ms_tflite']:.2f} ms | "
@@ -110,17 +110,23 @@ def parity_markdown(r: dict[str, Any]) -> str:
     v = r.get("verification")
     if v:
         lines += [f"Verification set `{v['file']}`: {v['images']} images a unit re-runs on its own runtime "
-                  f"(`defect-edge verify-model`); tolerance |p - p_keras| <= {v['max_abs_dp']:.4f} across platforms "
-                  f"(measured on this machine: {v['measured_here_max_abs_dp']:.6f}).", ""]
+                  f"(`defect-edge verify-model`); tolerance |p - p_keras| <= {v['max_abs_dp']:.4f} across platforms: "
+                  f"{v['measured_here_max_abs_dp']:.6f} measured on this machine, plus {v['platform_allowance']:g} "
+                  "for another platform's kernels (the most seen between x86 and aarch64 for this quantization).",
+                  ""]
     for c in r["candidates"]:
         if c.get("reason"):
-            lines.append(f"- {_variant(c)}: {c['reason']}")
+            lines.append(f"- {variant(c)}: {c['reason']}")
     return "\n".join(lines + _conventions_markdown(r) + _heatmaps_markdown(r)) + "\n"
 
 
-def _variant(c: dict[str, Any]) -> str:
+def variant(c: dict[str, Any]) -> str:
     """A candidate's name; a mixed one says how many layers it keeps in float."""
-    return f"{c['quantization']} ({c['float_layers']} float layers)" if "float_layers" in c else c["quantization"]
+    if "float_layers" in c:
+        return f"{c['quantization']} ({c['float_layers']} float layers)"
+    if "calibration_images" in c:
+        return f"{c['quantization']} ({c['calibration_images']} calibration images)"
+    return str(c["quantization"])
 
 
 def _heatmaps_markdown(r: dict[str, Any]) -> list[str]:

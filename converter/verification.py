@@ -3,10 +3,10 @@
 A few dozen evaluation images: half the ones nearest the decision threshold (where a platform's rounding flips a
 call) and half spread evenly over the range of p. Each is stored at the model's input size as a JPEG, and Keras'
 p_defect is computed on the *decoded* JPEG through the unit's own preprocessing, so the unit, decoding the same file,
-feeds the model exactly what Keras was given. The tolerance on |p_unit - p_keras| is three times what this
-machine's runtime shows on the set, and at least a floor per quantization: float models move by rounding only
-(measured 2e-6 between x86 and aarch64), quantized ones by whole output steps on other kernels (0.078 seen under
-aarch64 emulation); a model that is not the one converted moves far more.
+feeds the model exactly what Keras was given. The tolerance on |p_unit - p_keras| is what this machine's runtime
+shows on the set plus an allowance per quantization for another platform's kernels: float models move by rounding
+only, quantized ones by whole output steps (both measured between x86 and aarch64 by tests/test_aarch64.py, figures
+in docs/unit.md); a model that is not the one converted moves far more.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from edge.images import decode_rgb, encode_jpeg
 from edge.preprocess import Preprocessor
 
 COUNT = 32
-FLOOR = {"float32": 1e-3, "float16": 1e-3, "dynamic": 0.1, "int8": 0.1, "mixed": 0.1}
+ALLOWANCE = {"float32": 1e-3, "float16": 1e-3, "dynamic": 0.1, "int8": 0.2, "mixed": 0.2}
 
 
 def select(p: np.ndarray, threshold: float, count: int = COUNT) -> list[int]:
@@ -74,7 +74,8 @@ def write(name: str, out_dir: Path, frames: Iterable[tuple[int, np.ndarray]], pi
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something failed
     doc = {"model": name, "quantization": quantization, "threshold": threshold,
-           "tolerance": {"max_abs_dp": max(3 * here, FLOOR[quantization]), "measured_here_max_abs_dp": here},
+           "tolerance": {"max_abs_dp": here + ALLOWANCE[quantization], "measured_here_max_abs_dp": here,
+                         "platform_allowance": ALLOWANCE[quantization]},
            "images": entries}
     path = out_dir / f"{name}.verify.json"
     mf.write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())

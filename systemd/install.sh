@@ -99,6 +99,12 @@ install -m 0644 "$src/README.md" "$root/README.md"
 for f in "$src"/models/*.tflite "$src"/models/*.json "$src"/models/*.h5 "$src"/models/*.md; do
   install -m 0644 "$f" "$root/models/"
 done
+# Each model's verification set (NAME.verify/ beside NAME.verify.json): the unit re-proves parity with it.
+for d in "$src"/models/*.verify; do
+  [ -d "$d" ] || continue
+  install -d -m 0755 "$root/models/${d##*/}"
+  install -m 0644 "$d"/* "$root/models/${d##*/}/"
+done
 install -m 0644 "$src/examples/edge.toml" "$src/examples/relay.toml" "$src/examples/console.toml" "$root/examples/"
 install -m 0644 "$src/systemd/mosquitto/defect-edge.conf" "$src/systemd/mosquitto/acl" "$root/share/mosquitto/"
 install -m 0755 "$src/systemd/mosquitto/make-credentials.sh" "$root/share/mosquitto/"
