@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from contract.payloads import CAM_METHODS
-from converter import synth
+from converter import report, synth
 from converter.architectures import ARCHITECTURES
 from converter.dataset import CLASS_DIRS
 from converter.errors import UserError
@@ -130,7 +130,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     for c in result.report["candidates"]:
         figures = f"agreement {c['agreement']:.4f}, max |dp| {c['max_abs_dp']:.4f}, " \
                   f"{c['size_bytes'] / 1e6:.2f} MB, {c['latency_ms_tflite']:.2f} ms" if "agreement" in c else ""
-        print(f"{c['quantization']:>8}: {c['verdict']:<9} {figures} {c.get('reason', '')}".rstrip())
+        print(f"{report.variant(c):>8}: {c['verdict']:<9} {figures} {c.get('reason', '')}".rstrip())
     if result.chosen is None:
         print(f"defect-convert: no quantization met parity {a.min_agreement}; report in {result.report_path}",
               file=sys.stderr)

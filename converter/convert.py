@@ -28,7 +28,7 @@ from edge.tfload import quiet, tf_keras
 QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # what --quantize auto tries first
 # ``mixed`` after int8 misses parity: no layer in float (only the float output), then these shares of the layers,
 # worst first, until one meets parity.
-MIXED_SHARES: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2)
+MIXED_SHARES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
 DEBUG_SAMPLES = 16  # evaluation images the quantization debugger runs (slow: it compares every layer)
 
 

@@ -2,7 +2,7 @@
 
 Starts a local Mosquitto (installing Debian's package when run as root; where neither is possible, amqtt, an embedded
 Python broker, saying so), a local SMTP sink that writes every mail to ``var/mail/*.eml``, the relay, and the edge
-daemon replaying a synthetic production-line video with the committed MobileNetV2 int8 model and automatic Grad-CAM
+daemon replaying a synthetic production-line video with the committed MobileNetV2 model and automatic Grad-CAM
 heatmaps on defect alerts, and the line console (its URL and a generated admin password are printed first: open it
 in a browser while the demo runs). Shows a live view of what the unit reports, then stops everything it started and
 prints where the mails (with snapshots and heatmaps attached) and the unit's database are.
@@ -191,7 +191,6 @@ sample_share = 0.05
 sample_per_minute = 6
 [gradcam]
 auto_on = ["defect"]
-method = "gradcam++"
 [parts]
 presence = true
 [line.modbus]

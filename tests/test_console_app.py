@@ -14,6 +14,8 @@ from console.app import Services, create_app
 from console.live import LiveHub
 from console.store import db, writer
 from contract import payloads
+from edge import manifest as mf
+from harness import REPO
 
 PW = "a long password"
 
@@ -143,7 +145,8 @@ def test_inspect_calls_a_photo_exactly_as_the_unit_does(inspect_app: tuple[TestC
     part = tmp_path / "part.jpg"
     cv2.imwrite(str(part), synth.sample(5, 3, size=300).image[:, :, ::-1])
     page = client.get("/inspect").text
-    assert "mobilenetv2 · int8 · parity" in page
+    committed = mf.load(REPO / "models" / "mobilenetv2.json").quantization
+    assert f"mobilenetv2 · {committed} · parity" in page
     r = client.post("/inspect", data={"csrf": token, "model": "mobilenetv2"},
                     files=[("files", ("part.jpg", part.read_bytes(), "image/jpeg"))])
     got = float(re.search(r'class="p_defect">([0-9.]+)<', r.text).group(1))  # type: ignore[union-attr]

@@ -29,7 +29,7 @@ def files(folder: Path) -> list[str]:
 # Full-integer int8 of this small BatchNorm network agrees on about 95 % of decisions (measured): int8 is judged at
 # 0.9 here; which quantization meets 0.99 is --quantize auto's job, tested below.
 @pytest.mark.parametrize(("quant", "min_agreement"), [("float32", 0.99), ("float16", 0.99), ("dynamic", 0.99),
-                                                      ("int8", 0.9)])
+                                                      ("int8", 0.9), ("mixed", 0.9)])
 def test_each_quantization_converts_with_manifest_and_parity(tiny_h5: Path, synth_eval: Path, tmp_path: Path,
                                                              quant: str, min_agreement: float) -> None:
     assert convert(tiny_h5, "--quantize", quant, "--eval", synth_eval, "--calibration", synth_eval,
@@ -47,13 +47,16 @@ def test_each_quantization_converts_with_manifest_and_parity(tiny_h5: Path, synt
     assert heat["candidates"][0]["deletion_drop"] == max(c["deletion_drop"] for c in heat["candidates"])
     assert heat["deletion_drop"] > heat["random_drop"] and "deletion faithfulness" in m.gradcam.chosen_by
     assert "## Heatmaps" in (tmp_path / "tiny.parity.md").read_text()
-    assert m.parity["mean_abs_dp"] < (0.05 if quant == "int8" else 0.005)
+    assert m.parity["mean_abs_dp"] < (0.05 if quant in ("int8", "mixed") else 0.005)
     assert mf.resolve(tmp_path / "tiny.json", m.source).resolve() == tiny_h5.resolve()
     assert m.source.sha256 == mf.sha256_file(tiny_h5)
     report = json.loads((tmp_path / "tiny.parity.json").read_text())
     assert report["chosen"] == quant and report["eval"] == {
         "folder": str(synth_eval), "n": 80, "unreadable_skipped": 0, "good": report["eval"]["good"],
         "defect": report["eval"]["defect"]}
+    if quant == "mixed":  # int8 inside, float in and out: the output is never clipped to a calibration range
+        assert (m.input.dtype, m.output.dtype) == ("float32", "float32")
+        assert report["candidates"][0]["float_layers"] == 0  # no layer in float: it met parity without
     if quant == "int8":
         # The edge feeds raw pixels: input scale is one pixel step, zero point 0, no float work.
         assert (m.input.dtype, m.input.zero_point) == ("uint8", 0)

@@ -13,6 +13,7 @@ from typing import Any
 
 from contract import payloads
 from edge import config as edge_config
+from edge import manifest as mf
 from edge.daemon import Daemon
 from harness import REPO
 from harness.broker import Broker, Collector
@@ -75,7 +76,8 @@ def test_the_unit_classifies_alerts_answers_and_reports(tmp_path: Path, broker: 
     if errors:
         raise errors[0]
     result = payloads.read(payloads.Result, c.on("/result")[0], device_id="unit1")
-    assert result.model.name == "mobilenetv2" and result.model.quantization == "int8"
+    committed = mf.load(REPO / "models" / "mobilenetv2.json").quantization
+    assert result.model.name == "mobilenetv2" and result.model.quantization == committed
     alert = payloads.read(payloads.Alert, c.on("/alert")[0], device_id="unit1")
     assert alert.kind == "defect" and c.on(f"/snapshot/{alert.frame_id}")[0][:2] == b"\xff\xd8"
     snapshots = {t.rsplit("/", 1)[1] for t, _, _ in c.messages if "/snapshot/" in t}

@@ -82,4 +82,8 @@ def test_a_changed_or_missing_verification_set_is_named(models_dir: Path, tmp_pa
     assert edge_main(["verify-model", "tiny_f32", "--models-dir", str(unit)]) == 2
     assert "verification set tiny_f32.verify.json is missing" in capsys.readouterr().err
     assert edge_main(["verify-model", "mobilenetv2", "--models-dir", str(Path(__file__).parents[1] / "models")]) == 0
+    assert "mobilenetv2 on ai_edge_litert: OK: 32 images" in capsys.readouterr().out  # the committed demo model
+    old = mf.load(unit / "tiny_f32.json").model_copy(update={"verification": None})  # converted before sets
+    (unit / "tiny_f32.json").write_text(old.to_json())
+    assert edge_main(["verify-model", "tiny_f32", "--models-dir", str(unit)]) == 0
     assert "not verified: the manifest has no verification set" in capsys.readouterr().out
