@@ -27,7 +27,8 @@ from edge import manifest as mf
 from harness import REPO, aarch64
 from harness.data import casting_present, casting_sample
 
-pytestmark = pytest.mark.slow
+# The first test pays for building the root (about 6 min here) and installing under emulation (about 4 min).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 FLOAT_TOLERANCE = 1e-5
 IMAGES = "/tmp/defect-images"  # inside the root

@@ -121,8 +121,14 @@ def test_no_candidate_meets_parity_leaves_no_model(tiny_h5: Path, synth_eval: Pa
     assert rc == EXIT_PARITY
     assert files(tmp_path) == ["tiny.parity.json", "tiny.parity.md", "tiny.parity.png"]
     report = json.loads((tmp_path / "tiny.parity.json").read_text())
-    assert [c["verdict"] for c in report["candidates"]] == ["rejected"] * 4
-    assert all("agreement" in c["reason"] for c in report["candidates"])
+    rows = report["candidates"]
+    assert {c["verdict"] for c in rows} == {"rejected"} and all("agreement" in c["reason"] for c in rows)
+    assert [c["quantization"] for c in rows[:4]] == ["int8", "dynamic", "float16", "float32"]
+    # int8 missed, so auto tried it on three times the calibration images, then mixed precision with more and more
+    # of the worst-quantized layers in float.
+    assert rows[4]["quantization"] == "int8" and rows[4]["calibration_images"] == 600
+    mixed = [c["float_layers"] for c in rows[5:] if c["quantization"] == "mixed"]
+    assert len(mixed) == len(rows) - 5 >= 2 and mixed[0] == 0 and mixed == sorted(set(mixed))
     assert "no quantization met parity 1.01" in capsys.readouterr().err
 
 
