@@ -28,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from edge import config as edge_config
 from edge.classifier import Classifier
 from edge.images import read_rgb
@@ -67,14 +69,16 @@ def invoke_cpu_ms(folder: Path, manifest: Path, frames: int = 100) -> float:
     clf = Classifier(manifest)
     paths = sorted(folder.iterdir())[:frames]
     inputs = [clf.preprocess(read_rgb(p)) for p in paths]
-    for x in inputs[:5]:  # warm-up
-        clf.interpreter.set_tensor(clf.interpreter.get_input_details()[0]["index"], x[None])
-        clf.interpreter.invoke()
     index = clf.interpreter.get_input_details()[0]["index"]
+
+    def run(xs: list[np.ndarray]) -> None:
+        for x in xs:
+            clf.interpreter.set_tensor(index, x[None])
+            clf.interpreter.invoke()
+
+    run(inputs[:5])  # warm-up
     t = time.process_time()
-    for x in inputs:
-        clf.interpreter.set_tensor(index, x[None])
-        clf.interpreter.invoke()
+    run(inputs)
     return (time.process_time() - t) * 1e3 / len(inputs)
 
 

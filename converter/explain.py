@@ -17,11 +17,12 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from contract.payloads import CamMethod
 from edge.gradcam.cam import METHODS, GradCam, feature_map_layers
+from edge.gradcam.overlay import full_frame_heatmap
+from edge.gradcam.quality import blur_pixels, random_share, top_share
 
 SHARE = 0.1  # of the input's pixels blurred, hottest first
 MAX_IMAGES = 24  # of the images the model calls defective; more moves the choice little and costs time
@@ -43,23 +44,6 @@ class Choice:
         return (f"deletion faithfulness on {self.images} evaluation images called defective: blurring the hottest "
                 f"{SHARE:.0%} lowers p_defect by {self.deletion_drop:.3f}, a random {SHARE:.0%} by "
                 f"{self.random_drop:.3f}")
-
-
-def _blur(x: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """``x`` (a preprocessed input) with the ``chosen`` pixels replaced by a heavy blur of it: information removed,
-    no new edges. The blur's width scales with the input (8 px at 256)."""
-    blurred = cv2.GaussianBlur(x, (0, 0), max(x.shape[:2]) / 32)
-    out = x.copy()
-    out[chosen] = blurred.reshape(x.shape)[chosen]
-    return out
-
-
-def _top(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    big = cv2.resize(heat.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
-    k = max(1, round(big.size * SHARE))
-    flat = np.zeros(big.size, bool)
-    flat[np.argpartition(big.ravel(), -k)[-k:]] = True
-    return flat.reshape(shape)
 
 
 def candidates(model: Any, size: int, original: str) -> list[tuple[str, ...]]:
@@ -92,21 +76,21 @@ def choose(model: Any, inputs: np.ndarray, *, defect_index: int, p_is_good: bool
         return Choice(layers or fallback[0], method or fallback[1], 0.0, 0.0, 0)
     rng = np.random.default_rng(seed)
     shape = inputs.shape[1:3]
-    random_masks = [rng.random(shape) < SHARE for _ in inputs]
+    random_drop: float | None = None
     table: list[dict[str, Any]] = []
-    random_drop = 0.0
     for option in options:
         cam = GradCam(model, option, defect_index=defect_index, p_is_good=p_is_good)
         maps, p0 = zip(*(cam.all_methods(x) for x in inputs), strict=True)
-        if not random_drop:
+        if random_drop is None:  # the baseline, once: it depends on the model, not the candidate
             random_drop = float(np.mean(np.asarray(p0) - cam.p_defect(np.stack(
-                [_blur(x, r) for x, r in zip(inputs, random_masks, strict=True)]))))
+                [blur_pixels(x, random_share(shape, SHARE, rng)) for x in inputs]))))
         for m in methods:
             k = METHODS.index(m)
-            blurred = np.stack([_blur(x, _top(h[k], shape)) for x, h in zip(inputs, maps, strict=True)])
+            blurred = np.stack([blur_pixels(x, top_share(full_frame_heatmap(h[k], shape, None), SHARE))
+                                for x, h in zip(inputs, maps, strict=True)])
             drop = float(np.mean(np.asarray(p0) - cam.p_defect(blurred)))
             table.append({"layers": "+".join(option), "method": m, "deletion_drop": round(drop, 4)})
     table.sort(key=lambda r: -r["deletion_drop"])  # stable: on a tie the earlier (finer, single) candidate wins
     best = table[0]
-    return Choice(tuple(best["layers"].split("+")), best["method"], best["deletion_drop"], random_drop,
+    return Choice(tuple(best["layers"].split("+")), best["method"], best["deletion_drop"], random_drop or 0.0,
                   len(inputs), table)

@@ -282,9 +282,7 @@ def _mixed(model: Any, calib: np.ndarray, probe: Callable[[], np.ndarray],
            attempt: Callable[..., dict[str, Any]]) -> None:
     """Mixed precision: int8 with a float output; failing that, with more and more of the layers whose quantization
     errs most on ``probe()`` (the evaluation images int8 got most wrong) kept in float, until one meets parity."""
-    row = attempt("mixed", "mixed-0")
-    row["reason"] = "no layer in float, the output in float" + (f"; {row['reason']}" if row.get("reason") else "")
-    if row["verdict"] == "passed":
+    if attempt("mixed", "mixed-0")["verdict"] == "passed":
         return
     try:
         errors = layer_errors(model, calib, probe())
@@ -298,8 +296,8 @@ def _mixed(model: Any, calib: np.ndarray, probe: Callable[[], np.ndarray],
             continue
         tried.add(k)
         row = attempt("mixed", f"mixed-{k}", [n for n, _ in errors[:k]])
-        row["reason"] = (f"{k} of {len(errors)} layers kept in float (quantization error {errors[k - 1][1]:.2f} "
-                         "steps and above)" + (f"; {row['reason']}" if row.get("reason") else ""))
+        row["reason"] = (f"the {k} of {len(errors)} layers with a quantization error of {errors[k - 1][1]:.2f} steps "
+                         "and above in float" + (f"; {row['reason']}" if row.get("reason") else ""))
         if row["verdict"] == "passed":
             return
 

@@ -8,9 +8,9 @@ heatmap would be blank exactly when the defect is clearest. A heatmap therefore 
 checking a missed defect wants to see.
 
 Methods, all from one gradient of the score with respect to one or more layers' feature maps:
-- ``gradcam``: channels weighted by their mean gradient (Selvaraju et al. 2017). The mean over a 7x7 map lets a
-  channel's evidence in one corner be cancelled by its gradient elsewhere, which is why the original app's heatmaps
-  on MobileNetV2 pointed away from small defects.
+- ``gradcam``: channels weighted by their mean gradient (Selvaraju et al. 2017). Behind a Flatten+Dense head each
+  position has its own weights, and a channel's gradients of opposite signs cancel in the mean (the custom CNN's
+  heatmaps missed its defects for this reason; MobileNetV2's, for the coarseness of its 7x7 layer: docs/gradcam.md).
 - ``gradcam++``: weights from higher powers of the gradient (Chattopadhyay et al. 2018).
 - ``layercam``: each position weighted by its own positive gradient (Jiang et al. 2021); no averaging, so it stays
   sharp at higher-resolution layers.
@@ -42,7 +42,7 @@ class LayerNotFoundError(ValueError):
 class Heatmap:
     cam: np.ndarray  # h x w float32 in [0, 1], at the finest layer's resolution
     p_defect: float  # the Keras model's own p_defect for this input
-    method: str  # the method used ("auto" resolved)
+    method: CamMethod  # the method used ("auto" resolved)
     layers: tuple[str, ...]
 
 

@@ -1,6 +1,8 @@
-"""How good a heatmap is, against the synthetic generator's defect masks: pointing game and deletion faithfulness.
+"""How good a heatmap is: pointing game against the synthetic generator's defect masks, and deletion faithfulness
+(which needs no mask).
 
-Pure NumPy/OpenCV, shared by the test that guards localisation and by ``bench/gradcam.py``.
+Pure NumPy/OpenCV, shared by the test that guards localisation, ``bench/gradcam.py`` and the converter's choice of
+heatmap (``converter/explain.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ def chance(mask: np.ndarray, dilate_px: int = 5) -> float:
 
 
 def blur_pixels(image: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """``image`` with the ``chosen`` pixels replaced by a heavy blur of it (information removed, no new edges)."""
-    blurred = cv2.GaussianBlur(image, (0, 0), 8)
+    """``image`` (a frame, or a model's float input) with the ``chosen`` pixels replaced by a heavy blur of it
+    (information removed, no new edges); the blur's width scales with the image, 8 px at 256."""
+    blurred = cv2.GaussianBlur(image, (0, 0), max(image.shape[:2]) / 32).reshape(image.shape)
     out = image.copy()
     out[chosen] = blurred[chosen]
     return out
