@@ -2,9 +2,9 @@
 
 1. fps_qos0_vs_engine / fps_qos1_vs_engine: frames per second of ``defect-edge run`` replaying casting JPEGs (results
    published at QoS 0, then at QoS 1 through the outbox) ÷ the engine's threaded pipeline alone on the same frames,
-   same model and threads. Target >= 0.9.
+   same model and threads. Targets >= 0.95 at QoS 0, >= 0.9 at QoS 1.
 2. outbox_drain_msgs_per_s: 10,000 alerts queued during an outage, drained to the broker once it is back.
-3. daemon_rss_mb: the daemon process's peak resident memory (the first run, QoS 0).
+3. daemon_rss_mb: the daemon process's peak resident memory (the first run, QoS 0). Target <= 100 MB.
 4. daemon_cpu_ms_per_frame: the daemon's own CPU per frame outside ``invoke()`` (decode, preprocessing, payloads,
    MQTT, outbox, housekeeping), at QoS 1: its CPU time over the steady state (read from /proc between its first and
    last results) per result, less the CPU ``invoke()`` alone takes per frame, measured here with the same model and
@@ -188,10 +188,10 @@ def main() -> None:
         ("engine alone (threaded pipeline) fps", f"{engine:.1f}", ""),
         ("daemon fps, results at QoS 0", f"{fps0:.1f}", ""),
         ("daemon fps, results at QoS 1 (outbox)", f"{fps1:.1f}", ""),
-        ("1a. QoS 0 / engine", f"{result['fps_qos0_vs_engine']:.3f}", ">= 0.9"),
+        ("1a. QoS 0 / engine", f"{result['fps_qos0_vs_engine']:.3f}", ">= 0.95"),
         ("1b. QoS 1 / engine", f"{result['fps_qos1_vs_engine']:.3f}", ">= 0.9"),
         (f"2. outbox drain after {a.outage_messages} msgs (msg/s)", f"{drain:.0f}", ""),
-        ("3. daemon peak RSS (MB)", f"{rss:.1f}", ""),
+        ("3. daemon peak RSS (MB)", f"{rss:.1f}", "<= 100"),
         ("   invoke() alone, CPU ms per frame", f"{invoke_ms:.2f}", ""),
         ("   daemon at QoS 1, CPU ms per frame", f"{cpu1:.2f}", ""),
         ("4. daemon CPU ms per frame outside invoke()", f"{cpu1 - invoke_ms:.2f}", ""),

@@ -22,6 +22,7 @@ import numpy as np
 from edge import manifest as mf
 from edge.classifier import Classifier, decide
 from edge.images import read_rgb
+from edge.preprocess import Preprocessor
 
 
 class VerificationError(ValueError):
@@ -69,22 +70,23 @@ def load_set(manifest_path: Path, m: mf.Manifest) -> dict[str, Any]:
 
 
 def verify(clf: Classifier) -> VerifyReport:
-    """Run ``clf``'s verification set on the unit's runtime, threads and delegate (a probe of its own: the images are
-    stored at the model's size in RGB, so no ROI and no channel swap apply)."""
+    """Run ``clf``'s verification set on the unit's runtime, threads and delegate, through ``clf``'s own interpreter
+    (a second one would double the model's memory at start-up, and a unit's peak memory is set there). The images
+    are stored at the model's size in RGB, so they are read without ROI or channel swap. Call it before ``clf``
+    classifies frames on another thread: a Classifier has one owner."""
     m = clf.manifest
     if m.verification is None:
         return VerifyReport(m.name, clf.runtime.name, skipped="the manifest has no verification set (converted "
                                                                "before defect-convert wrote one)")
     data = load_set(clf.manifest_path, m)
-    probe = Classifier(clf.manifest_path, num_threads=clf.threads, delegate=clf.delegate, runtime=clf.runtime,
-                       decision=m.decision)
+    plain = Preprocessor(m.input)
     p_keras, p_unit, names = [], [], []
     for item in data["images"]:
         image_path = data["_folder"] / item["file"]
         if not image_path.is_file() or mf.sha256_file(image_path) != item["sha256"]:
             raise VerificationError(f"{clf.manifest_path.name}: verification image {item['file']} is missing or "
                                     "changed")
-        p_unit.append(probe.classify(read_rgb(image_path)).p_defect)
+        p_unit.append(clf.classify(read_rgb(image_path), plain).p_defect)
         p_keras.append(float(item["p_keras"]))
         names.append(item["file"])
     pk, pu = np.asarray(p_keras), np.asarray(p_unit)

@@ -8,6 +8,12 @@ message whose PUBACK was lost is sent again (QoS 1 means at least once; alerts c
 Only the drainer thread touches the in-flight list: it keeps paho's ``MQTTMessageInfo`` of each message and checks
 ``is_published()``. paho calls ``on_publish`` while holding its own mutex, so a callback that took a lock of ours
 while the drainer held it inside ``publish()`` would deadlock; here the callback only wakes the drainer.
+
+The drainer works in batches. Woken by a new message or an acknowledgement while it is keeping up, it first lingers
+:data:`LINGER_S`, so that one outbox query, one run of publishes and one acknowledgement commit serve every message of
+that moment; woken per message, it cost a Raspberry Pi two thread hand-overs and two commits per result, taken from
+inference (``docs/benchmarks.md``). While a backlog drains (after an outage) it does not linger: acknowledgements
+free room in paho's window, and the next messages go at once.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from edge.config import EdgeConfig
 from edge.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+LINGER_S = 0.05  # what a message may wait for its batch: far below what a dashboard or a mail notices
 
 CommandHandler = Callable[[str, mqtt.MQTTMessage], None]
 
@@ -128,16 +136,23 @@ class MqttLink:
 
     def _drain(self) -> None:
         window = self.cfg.mqtt.max_inflight
+        backlog = False  # paho's window was full last time: acknowledgements, not new messages, are the news
         while not self._stop.is_set():
             self._wake.wait(0.5)
+            if not backlog:
+                self._stop.wait(LINGER_S)
             self._wake.clear()
             if self._restart.is_set():
                 self._restart.clear()
                 self._inflight, self._last_sent = [], 0
             self._collect_acks()
+            backlog = False
             while self.connected and not self._stop.is_set() and not self._restart.is_set():
                 room = window - len(self._inflight)
-                batch = self.outbox.pending(after_id=self._last_sent, limit=room) if room > 0 else []
+                if room <= 0:
+                    backlog = True
+                    break
+                batch = self.outbox.pending(after_id=self._last_sent, limit=room)
                 if not batch:
                     break
                 for msg in batch:
@@ -188,7 +203,10 @@ class MqttLink:
 
     def _handle_publish(self, _client: mqtt.Client, _ud: Any, _mid: int, _rc: ReasonCode,
                         _props: Properties) -> None:
-        self._wake.set()  # the drainer collects the acknowledgement; no lock is taken on paho's thread
+        # The drainer collects the acknowledgement; no lock is taken on paho's thread. A QoS 0 result also lands
+        # here: with nothing of the outbox in flight there is nothing to collect, and no reason to wake anyone.
+        if self._inflight:
+            self._wake.set()
 
     def _handle_message(self, _client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         if self._ha_status and msg.topic == self._ha_status:
