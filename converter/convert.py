@@ -10,8 +10,11 @@
   p_defect to it: the parity check is what catches that.
 - ``mixed``: int8 inside with float32 input and output (the output is never clipped to a calibration range), and the
   layers whose quantization errs most kept in float. TensorFlow's quantization debugger measures each layer's error
-  against the float model on the calibration images (RMSE in units of the layer's quantization step); ``auto`` tries
-  it when full int8 misses parity, with more and more of the worst layers in float (``MIXED_SHARES``).
+  against the float model on the calibration images, here as noise relative to each channel's own signal (a tensor
+  quantizes all its channels with one scale, so one channel with a wide range leaves the others a few levels; in
+  units of the tensor's own step that error looks ordinary). A tensor kept in float takes the ops that read it along
+  (:func:`float_closure`): they would quantize the same values again. ``auto`` tries it when full int8 misses
+  parity, with more and more of the worst layers in float (``MIXED_SHARES``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edge.runtime import find_runtime
 from edge.tfload import quiet, tf_keras
 
 QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # what --quantize auto tries first
@@ -30,6 +34,11 @@ QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # wh
 # worst first, until one meets parity.
 MIXED_SHARES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
 DEBUG_SAMPLES = 16  # evaluation images the quantization debugger runs (slow: it compares every layer)
+# Ops whose int8 output keeps their input's scale: a value kept in float stays unquantized through them only if they
+# are in float too, and so are the ops after them.
+PASS_THROUGH: frozenset[str] = frozenset({
+    "MAX_POOL_2D", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "PAD", "SLICE", "STRIDED_SLICE", "GATHER",
+    "SPLIT", "SPLIT_V", "BATCH_TO_SPACE_ND", "SPACE_TO_BATCH_ND", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH"})
 
 
 class ConversionError(RuntimeError):
@@ -51,26 +60,70 @@ def _mixed_converter(model: Any, representative: np.ndarray) -> Any:
     return conv
 
 
+def channel_noise(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
+    """The median over channels (the last axis) of the quantization error's RMS over the float signal's RMS; channels
+    that are always zero are left out."""
+    f = np.asarray(float_values, np.float64)
+    f = f.reshape(-1, f.shape[-1]) if f.ndim else f.reshape(1, 1)
+    error = (np.asarray(quantized, np.int32).reshape(f.shape) - zero_point) * scale - f
+    signal, noise = np.sqrt((f ** 2).mean(axis=0)), np.sqrt((error ** 2).mean(axis=0))
+    live = signal > 0
+    return float(np.median(noise[live] / signal[live])) if live.any() else 0.0
+
+
 def layer_errors(model: Any, representative: np.ndarray, probe: np.ndarray) -> list[tuple[str, float]]:
     """Each quantized tensor's error against the float model on the ``probe`` inputs (best: those int8 got most
-    wrong), as RMSE over the tensor's quantization step, worst first: the quantization debugger's per-layer
-    statistics, with the model calibrated on ``representative`` as for int8."""
+    wrong), as :func:`channel_noise`, worst first: the quantization debugger's per-layer comparison, with the model
+    calibrated on ``representative`` as for int8. Tensors the debugger names are the converter's, so they can be
+    kept in float by name."""
     tf, _ = tf_keras()
     try:
         with quiet():
+            options = tf.lite.experimental.QuantizationDebugOptions(
+                layer_direct_compare_metrics={"channel_noise": channel_noise})
             debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=_mixed_converter(model, representative), debug_dataset=_samples(probe))
+                converter=_mixed_converter(model, representative), debug_dataset=_samples(probe),
+                debug_options=options)
             debugger.run()
             dump = io.StringIO()
-            debugger.layer_statistics_dump(dump)  # the CSV has each tensor's scale; layer_statistics has not
+            debugger.layer_statistics_dump(dump)
     except Exception as e:
         raise ConversionError(f"the quantization debugger failed: {str(e).strip()[:300]}") from None
     out = []
     for row in csv.DictReader(io.StringIO(dump.getvalue())):
-        scale, mse = float(row.get("scale") or 0.0), float(row.get("mean_squared_error") or "nan")
-        if scale > 0 and np.isfinite(mse):
-            out.append((row["tensor_name"], float(np.sqrt(mse) / scale)))
+        noise = float(row.get("channel_noise") or "nan")
+        if np.isfinite(noise) and noise > 0:
+            out.append((row["tensor_name"], noise))
     return sorted(out, key=lambda e: -e[1])
+
+
+def consumers(model: Any) -> dict[str, list[tuple[str, list[str]]]]:
+    """Each tensor of ``model`` converted to float: the ops that read it, as (op, the tensors it writes)."""
+    interpreter = find_runtime().module.Interpreter(model_content=to_tflite(model, "float32"))
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    graph: dict[str, list[tuple[str, list[str]]]] = {}
+    for op in interpreter._get_ops_details():  # the only listing of the graph the interpreter offers
+        outputs = [names[i] for i in op["outputs"] if i in names]
+        for i in op["inputs"]:
+            if i in names:
+                graph.setdefault(names[i], []).append((op["op_name"], outputs))
+    return graph
+
+
+def float_closure(graph: dict[str, list[tuple[str, list[str]]]], tensors: Sequence[str]) -> list[str]:
+    """``tensors`` and what must stay in float with them: every op reading one of them (else it quantizes the same
+    values again, with the same range), and through ops that keep their input's scale (pooling, reshapes), the ops
+    after those. In order: ``tensors`` first."""
+    out = list(dict.fromkeys(tensors))
+    todo = list(out)
+    while todo:
+        for op, outputs in graph.get(todo.pop(), ()):
+            for t in outputs:
+                if t not in out:
+                    out.append(t)
+                    if op in PASS_THROUGH:
+                        todo.append(t)
+    return out
 
 
 def to_tflite(model: Any, quantization: str, *, representative: np.ndarray | None = None,

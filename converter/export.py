@@ -29,7 +29,16 @@ import numpy as np
 from contract.payloads import CamMethod
 from converter import conventions, explain, report, synth, verification
 from converter.architectures import ARCHITECTURES
-from converter.convert import DEBUG_SAMPLES, MIXED_SHARES, QUANTIZATIONS, ConversionError, layer_errors, to_tflite
+from converter.convert import (
+    DEBUG_SAMPLES,
+    MIXED_SHARES,
+    QUANTIZATIONS,
+    ConversionError,
+    consumers,
+    float_closure,
+    layer_errors,
+    to_tflite,
+)
 from converter.dataset import LabelledFolder, open_folder
 from converter.errors import UserError
 from converter.keras_compat import ModelInfo, fixed_size, inspect, load_model
@@ -281,23 +290,27 @@ def _heatmaps(model: Any, info: ModelInfo, settings: ConvertSettings, choice: co
 def _mixed(model: Any, calib: np.ndarray, probe: Callable[[], np.ndarray],
            attempt: Callable[..., dict[str, Any]]) -> None:
     """Mixed precision: int8 with a float output; failing that, with more and more of the layers whose quantization
-    errs most on ``probe()`` (the evaluation images int8 got most wrong) kept in float, until one meets parity."""
+    errs most on ``probe()`` (the evaluation images int8 got most wrong) kept in float, each with the ops that read
+    it, until one meets parity."""
     if attempt("mixed", "mixed-0")["verdict"] == "passed":
         return
     try:
         errors = layer_errors(model, calib, probe())
+        graph = consumers(model)
     except ConversionError as e:
         print(f"defect-convert: {e}; no mixed variant with float layers tried", file=sys.stderr)
         return
     tried = {0}
     for share in MIXED_SHARES:
         k = math.ceil(share * len(errors))
-        if k in tried:
+        layers = float_closure(graph, [n for n, _ in errors[:k]])
+        if len(layers) in tried:
             continue
-        tried.add(k)
-        row = attempt("mixed", f"mixed-{k}", [n for n, _ in errors[:k]])
-        row["reason"] = (f"the {k} of {len(errors)} layers with a quantization error of {errors[k - 1][1]:.2f} steps "
-                         "and above in float" + (f"; {row['reason']}" if row.get("reason") else ""))
+        tried.add(len(layers))
+        row = attempt("mixed", f"mixed-{len(layers)}", layers)
+        row["reason"] = (f"the {k} of {len(errors)} layers with the most quantization noise ({errors[k - 1][1]:.2f} "
+                         f"of their signal and above) in float, with the {len(layers) - k} that read them"
+                         + (f"; {row['reason']}" if row.get("reason") else ""))
         if row["verdict"] == "passed":
             return
 

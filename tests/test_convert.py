@@ -181,3 +181,50 @@ class TestKeras2Files:
         if quant != "int8":
             assert m.parity["max_abs_dp"] < 0.02
         Classifier(tmp_path / f"keras2_{arch}.json").classify(np.zeros((120, 90, 3), np.uint8))
+
+
+def test_mixed_keeps_an_outlier_channel_and_its_readers_in_float(tiny_h5: Path) -> None:
+    """One channel scaled up 200x before a ReLU and a pooling, and down as much in the next conv's weights: the same
+    float model, but int8 gives the whole tensor one scale, so its other channels keep a few levels. The debugger's
+    signal-relative noise must name that tensor first; keeping it in float with the ops that read it again (the
+    pooling keeps its scale, so the conv after it too) must bring the model back to Keras."""
+    from converter.convert import consumers, float_closure, layer_errors, to_tflite
+    from edge.runtime import find_runtime
+    from edge.tfload import load_model
+
+    model = load_model(tiny_h5)
+    bn, conv = model.get_layer("bn_1"), model.get_layer("conv_2")
+    gamma, beta, mean, var = bn.get_weights()
+    channel, factor = int(np.argmax(np.abs(conv.get_weights()[0]).sum(axis=(0, 1, 3)))), 200.0
+    gamma[channel] *= factor
+    beta[channel] *= factor
+    bn.set_weights([gamma, beta, mean, var])
+    (kernel,) = conv.get_weights()
+    kernel[:, :, channel, :] /= factor
+    conv.set_weights([kernel])
+    calib, _ = synthetic_xy(100, TINY, seed=31)
+    xs, _ = synthetic_xy(120, TINY, seed=32)
+    p_keras = model.predict(xs, verbose=0)[:, 0]
+
+    errors = layer_errors(model, calib, xs[:16])
+    worst = errors[0][0]
+    assert "relu_1" in worst or "bn_1" in worst or "conv_1" in worst, errors[:3]
+    assert errors[0][1] > 2 * errors[1][1]  # it stands out: noise relative to its signal, not to its own step
+    kept = float_closure(consumers(model), [worst])
+    assert kept[0] == worst and "pool_1" in kept[1] and "conv_2" in kept[2] and len(kept) == 3, kept
+
+    def max_dp(tflite: bytes) -> float:
+        interpreter = find_runtime().module.Interpreter(model_content=tflite)
+        interpreter.allocate_tensors()
+        i, o = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+        p = []
+        for x in xs:
+            interpreter.set_tensor(i, x[None])
+            interpreter.invoke()
+            p.append(float(interpreter.get_tensor(o).reshape(-1)[0]))
+        return float(np.abs(np.asarray(p) - p_keras).max())
+
+    plain = max_dp(to_tflite(model, "mixed", representative=calib))
+    rescued = max_dp(to_tflite(model, "mixed", representative=calib, float_layers=kept))
+    print(f"max |dp| against Keras: int8 with float I/O {plain:.4f}, with {len(kept)} tensors in float {rescued:.4f}")
+    assert rescued < plain / 3
