@@ -97,9 +97,10 @@ def layer_errors(model: Any, representative: np.ndarray, probe: np.ndarray) -> l
     return sorted(out, key=lambda e: -e[1])
 
 
-def consumers(model: Any) -> dict[str, list[tuple[str, list[str]]]]:
-    """Each tensor of ``model`` converted to float: the ops that read it, as (op, the tensors it writes)."""
-    interpreter = find_runtime().module.Interpreter(model_content=to_tflite(model, "float32"))
+def consumers(float_tflite: bytes) -> dict[str, list[tuple[str, list[str]]]]:
+    """Each tensor of the model's float32 conversion: the ops that read it, as (op, the tensors it writes). Its
+    tensors carry the names the quantization debugger reports and ``float_layers`` takes."""
+    interpreter = find_runtime().module.Interpreter(model_content=float_tflite)
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     graph: dict[str, list[tuple[str, list[str]]]] = {}
     for op in interpreter._get_ops_details():  # the only listing of the graph the interpreter offers
@@ -115,11 +116,12 @@ def float_closure(graph: dict[str, list[tuple[str, list[str]]]], tensors: Sequen
     values again, with the same range), and through ops that keep their input's scale (pooling, reshapes), the ops
     after those. In order: ``tensors`` first."""
     out = list(dict.fromkeys(tensors))
-    todo = list(out)
+    seen, todo = set(out), list(out)
     while todo:
         for op, outputs in graph.get(todo.pop(), ()):
             for t in outputs:
-                if t not in out:
+                if t not in seen:
+                    seen.add(t)
                     out.append(t)
                     if op in PASS_THROUGH:
                         todo.append(t)

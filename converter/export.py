@@ -288,15 +288,16 @@ def _heatmaps(model: Any, info: ModelInfo, settings: ConvertSettings, choice: co
 
 
 def _mixed(model: Any, calib: np.ndarray, probe: Callable[[], np.ndarray],
-           attempt: Callable[..., dict[str, Any]]) -> None:
+           attempt: Callable[..., dict[str, Any]], float32: Path | None) -> None:
     """Mixed precision: int8 with a float output; failing that, with more and more of the layers whose quantization
     errs most on ``probe()`` (the evaluation images int8 got most wrong) kept in float, each with the ops that read
-    it, until one meets parity."""
+    it, until one meets parity. ``float32``: the float32 candidate already converted (its graph says who reads
+    what), if ``auto`` made one."""
     if attempt("mixed", "mixed-0")["verdict"] == "passed":
         return
     try:
         errors = layer_errors(model, calib, probe())
-        graph = consumers(model)
+        graph = consumers(float32.read_bytes() if float32 else to_tflite(model, "float32"))
     except ConversionError as e:
         print(f"defect-convert: {e}; no mixed variant with float layers tried", file=sys.stderr)
         return
@@ -350,6 +351,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
         tmp_man = out_dir / f".{name}.{tag}.tmp.json"
         tmp_files.extend((tmp, tmp_man))
         mf.write_atomic(tmp, data)
+        row["_tflite"] = tmp
         mf.write_atomic(tmp_man, _manifest(name, q, tmp, source, info, keras_spec, choice, heat, {}, versions)
                         .to_json().encode())
         figures = compare(ref, Classifier(tmp_man, num_threads=1), frames)
@@ -371,7 +373,8 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
         if settings.quantize == "auto" and int8 and int8["verdict"] != "passed" and calib is not None:
             # A calibration sample that misses part of the data's range clips activations there: measured on the
             # committed EfficientNetB0, 200 images gave 3 flipped decisions in 300 and 600 gave none, while keeping
-            # its worst 16 layers (or all its squeeze-excite blocks) in float changed nothing.
+            # its worst 16 layers (ranked then in units of their own step) or all its squeeze-excite blocks in float
+            # changed nothing.
             wide = dataclasses.replace(settings, calibration_count=settings.calibration_count * WIDER_CALIBRATION)
             wider = _calibration(wide, keras_pre, size, choice.pixel_scaling)
             if len(wider) > len(calib):  # a user's folder may have no more images
@@ -385,7 +388,8 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                             np.linspace(0, len(ref.p) - 1, DEBUG_SAMPLES).round().astype(int).tolist())
                 return np.stack([keras_pre(f) for i, (_, f) in enumerate(frames()) if i in worst])
 
-            _mixed(model, calib, probe, attempt)
+            float32 = next((r["_tflite"] for r in rows if r["quantization"] == "float32" and "_tflite" in r), None)
+            _mixed(model, calib, probe, attempt, float32)
         passed = [r for r in rows if r["verdict"] == "passed"]
         if len(passed) > 1:  # the latencies compared are measured in turns, not one candidate after another
             frame = next(iter(frames()))[1]
