@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
@@ -152,13 +153,16 @@ class Daemon:
 
     def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered) -> None:
         """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap."""
+        pixels: np.ndarray | None = None  # decoded once, if an alert needs them (the ring may hold the file's bytes)
         for alert in alerts:
             self.publish_alert(alert, ts)
             if self.cfg.alerts.snapshot:
-                image = encode_jpeg(frame.image, frame.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
+                pixels = frame.image if pixels is None else pixels
+                image = encode_jpeg(pixels, frame.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
                 self.link.publish(f"{topics.SNAPSHOT}/{frame.frame_id}", image, qos=1, kind="image")
             if self.gradcam and alert.kind in self.cfg.gradcam.auto_on:
-                self.gradcam.request(frame.frame_id, frame.image, frame.frame_order, self.cfg.gradcam.method,
+                pixels = frame.image if pixels is None else pixels
+                self.gradcam.request(frame.frame_id, pixels, frame.frame_order, self.cfg.gradcam.method,
                                      {"p_defect_tflite": frame.prediction.p_defect, "auto": alert.kind})
 
     def on_result(self, r: Result) -> None:
@@ -171,7 +175,7 @@ class Daemon:
             threshold=p.threshold, low_confidence=p.low_confidence, model=self._model_ref(),
             timings_ms={k: round(v, 3) for k, v in r.timings_ms.items()}, part_id=r.part_id)
         # Buffered before it is announced: a command naming the frame may arrive as soon as the result is out.
-        buffered = Buffered(r.frame_id, r.frame.image, self.camera.frame_order, p, r.frame.captured_at)
+        buffered = Buffered.of(r.frame_id, r.frame, self.camera.frame_order, p)
         self.ring.add(buffered)
         if r.part_id is None or self.cfg.parts.frame_results:
             self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")

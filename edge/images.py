@@ -33,13 +33,17 @@ class ImageError(ValueError):
     """An image file cannot be read or decoded."""
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode ``path`` into an H x W x 3 uint8 RGB array (grey images are expanded)."""
+def read_encoded(path: Path) -> np.ndarray:
+    """The bytes of image file ``path``, undecoded (a 1-D uint8 array), or :class:`ImageError` saying why not."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
-    return decode_rgb(data, str(path))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode ``path`` into an H x W x 3 uint8 RGB array (grey images are expanded)."""
+    return decode_rgb(read_encoded(path), str(path))
 
 
 def decode_rgb(data: np.ndarray | bytes, name: str = "image") -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 from converter import synth
+from edge.classifier import Prediction
+from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import source_from_spec
 from edge.sources.base import Backoff, Camera, EndOfStream, FrameSource, SourceError
 from edge.sources.picamera2 import PiCamera
@@ -49,6 +52,21 @@ def test_folder_replay_in_order_then_ends(folder: Path) -> None:
     assert [f.index for f in frames] == list(range(5)) and cam.state == "ended"
     assert np.array_equal(frames[0].image, synth.render(3, 0, size=64).image)  # RGB, as the source declares
     assert all(f.capture_ms > 0 and f.captured_at > 1e9 for f in frames)
+
+
+def test_the_ring_keeps_a_replayed_frame_as_its_file_and_gives_back_the_same_pixels(folder: Path) -> None:
+    frames = collect(Camera(FolderReplay(folder)))
+    ring = FrameRing(max_frames=10, max_bytes=1 << 20)
+    good = Prediction("good", False, 0.2, 0.8, 0.5, False, "m", "0" * 64)
+    for i, f in enumerate(frames):
+        ring.add(Buffered.of(f"f{i}", f, "RGB", good))
+    kept = ring.get("f3")
+    assert kept is not None and kept.encoded and kept.stored.nbytes == (folder / "img_3.png").stat().st_size
+    assert kept.frame_order == "RGB" and np.array_equal(kept.image, frames[3].image)
+    camera_frame = dataclasses.replace(frames[0], encoded=None)  # a camera delivers pixels only
+    ring.add(Buffered.of("cam", camera_frame, "BGR", good))
+    raw = ring.get("cam")
+    assert raw is not None and not raw.encoded and raw.image is camera_frame.image and raw.frame_order == "BGR"
 
 
 def test_corrupt_images_are_skipped_and_the_rest_continue(folder: Path) -> None:

@@ -41,6 +41,9 @@ class Frame:
     capture_ms: float  # time spent reading and decoding this frame
     index: int  # the source's own frame counter since the camera was created
     origin: str = ""  # what the frame came from (a file name for replays), for reports
+    # The compressed image ``image`` was decoded from, when the source had one (replayed files): what the frame ring
+    # keeps instead of the pixels, a twentieth of their size, decoding to the same pixels on demand.
+    encoded: np.ndarray | None = None
 
 
 class FrameSource(ABC):
@@ -68,6 +71,11 @@ class FrameSource(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def encoded(self) -> np.ndarray | None:
+        """The encoded bytes (1-D uint8) the last ``read`` decoded its image from with
+        :func:`edge.images.decode_rgb`, if it did; a camera delivers pixels and has none."""
+        return None
 
 
 def first_frame(source: FrameSource, timeout: float) -> np.ndarray:
@@ -193,7 +201,7 @@ class Camera:
                 self.state = "streaming"
                 self.backoff.reset()
                 yield Frame(image=image, captured_at=wall, monotonic=now, capture_ms=(now - t0) * 1e3,
-                            index=self.stats.frames, origin=origin)
+                            index=self.stats.frames, origin=origin, encoded=self.source.encoded())
                 self.stats.frames += 1
         finally:
             self._close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb
+from edge.images import IMAGE_SUFFIXES, ImageError, decode_rgb, list_images, read_encoded
 from edge.sources.base import EndOfStream, FrameOrder, FrameSource, SourceError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class FolderReplay(FrameSource):
         self._bad: set[int] = set()
         self._pos = 0
         self._pacer = _Pacer(fps)
+        self._encoded: np.ndarray | None = None
 
     @property
     def description(self) -> str:
@@ -72,7 +73,8 @@ class FolderReplay(FrameSource):
             if pos in self._bad:
                 continue
             try:
-                image = read_rgb(path)
+                data = read_encoded(path)
+                image = decode_rgb(data, str(path))
             except ImageError as e:
                 self._bad.add(pos)
                 self.skipped.append(str(e))
@@ -80,7 +82,11 @@ class FolderReplay(FrameSource):
                 if len(self._bad) == len(self.paths):
                     raise EndOfStream from None
                 continue
+            self._encoded = data
             return image, path.name
+
+    def encoded(self) -> np.ndarray | None:
+        return self._encoded
 
     def wait_turn(self) -> None:
         self._pacer.wait()
