@@ -92,7 +92,8 @@ class Daemon:
                                       roi=cfg.camera.region(),
                                       threads=g.threads, nice=g.nice, idle_timeout_s=g.idle_timeout_s,
                                       request_timeout_s=g.request_timeout_s, alpha=g.alpha,
-                                      jpeg_quality=g.jpeg_quality, layers=tuple(g.layers)) if g.enabled else None
+                                      jpeg_quality=g.jpeg_quality, layers=tuple(g.layers),
+                                      duty_cycle=g.duty_cycle) if g.enabled else None
         self.health = Health(self)
         self._ready = False
         self._published_results = 0

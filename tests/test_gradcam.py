@@ -84,7 +84,7 @@ def test_a_crashed_worker_is_restarted(models_dir: Path) -> None:
         done.append(o)
         ready.set()
 
-    service = GradcamService(lambda: models_dir / "tiny_f32.json", on_done)
+    service = GradcamService(lambda: models_dir / "tiny_f32.json", on_done, duty_cycle=0.5)
     try:
         frame = synth.render(1, 1, size=128, defect="scratch").image
         service.request("f1", frame, "RGB", "gradcam")
@@ -101,6 +101,17 @@ def test_a_crashed_worker_is_restarted(models_dir: Path) -> None:
         service.request("f3", frame, "RGB", "gradcam")  # ...the next request is served by a new worker
         assert ready.wait(120) and done[-1].ok and done[-1].frame_id == "f3", done
         assert service.counts["restarts"] == 1 and service.counts["done"] >= 2
+        # A burst is spread out: at duty cycle 0.5 the second of two requests queued together waits for the first
+        # and for a rest as long as the first took (a lone request, like f1, waits for nothing).
+        ready.clear()
+        service.request("f4", frame, "RGB", "gradcam")
+        service.request("f5", frame, "RGB", "gradcam")
+        deadline = time.monotonic() + 120
+        while done[-1].frame_id != "f5" and ready.wait(max(0.0, deadline - time.monotonic())):
+            ready.clear()
+        assert [o.frame_id for o in done[-2:]] == ["f4", "f5"] and done[-1].ok, done
+        f4, f5 = done[-2].timings_ms, done[-1].timings_ms
+        assert f5["queue"] - f4["queue"] >= 2 * (f4["compute"] + f4["render"]), (f4, f5)
     finally:
         service.stop()
     assert service.pid is None

@@ -55,14 +55,21 @@ class GradcamService:
     def __init__(self, manifest_path: Callable[[], Path], on_done: Callable[[Outcome], None], *,
                  roi: Roi | None = None, threads: int = 1, nice: int = 10, idle_timeout_s: float = 300.0,
                  request_timeout_s: float = 30.0, alpha: float = 0.45, jpeg_quality: int = 90,
-                 max_queue: int = 32, layers: tuple[str, ...] = ()):
-        """``layers``: instead of the manifest's (the original app's layer, say)."""
+                 max_queue: int = 32, layers: tuple[str, ...] = (), duty_cycle: float = 1.0):
+        """``layers``: instead of the manifest's (the original app's layer, say). ``duty_cycle``: the share of the
+        time the worker may compute while requests keep coming; after a heatmap that took t seconds the next one
+        starts t × (1 / duty_cycle - 1) later. A lone request is never delayed; a burst is spread out, so that
+        inference, which is what the line waits for, keeps most of the cores (``nice`` alone does not: the worker
+        runs in every gap the inference threads leave, and takes their caches)."""
         self._manifest_path = manifest_path
         self._on_done = on_done
         self.roi = (roi.x, roi.y, roi.width, roi.height) if roi else None
         self.threads, self.nice, self.alpha, self.jpeg_quality = threads, nice, alpha, jpeg_quality
         self.idle_timeout_s, self.request_timeout_s = idle_timeout_s, request_timeout_s
         self.layers = layers
+        self.duty_cycle = duty_cycle
+        self._next_start = 0.0  # monotonic time before which the next heatmap waits (the duty cycle's rest)
+        self._stopping = threading.Event()
         self._jobs: queue.Queue[_Job | None] = queue.Queue(max_queue)
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
@@ -91,6 +98,7 @@ class GradcamService:
 
     def stop(self) -> None:
         """Within the daemon's stop budget: the worker is killed if it does not leave at once."""
+        self._stopping.set()
         with contextlib.suppress(queue.Full):
             self._jobs.put_nowait(None)
         self._stop_worker()
@@ -140,7 +148,8 @@ class GradcamService:
         self.counts["errors"] += 1
         self._on_done(Outcome(job.frame_id, job.method, False, error=error, timings_ms=timings, context=job.context))
 
-    def _serve(self, job: _Job) -> None:
+    def _serve(self, job: _Job) -> float:
+        """Answer ``job``; the seconds the worker computed for it (0 when it did not)."""
         path = self._manifest_path()
         started = time.perf_counter()
         if self._proc is not None and (not self._proc.is_alive() or self._loaded != path):
@@ -152,9 +161,10 @@ class GradcamService:
             error = self._start_worker(path)
             if error:
                 self._fail(job, error, {})
-                return
+                return 0.0
         start_ms = (time.perf_counter() - started) * 1e3
         timings = {"queue": (started - job.queued) * 1e3, "start": start_ms}
+        asked = time.perf_counter()
         self._requests.put((job.frame_id, job.image, job.frame_order, job.method))
         deadline = time.monotonic() + self.request_timeout_s
         while True:  # wait for the answer, but notice a worker that died meanwhile without waiting for the timeout
@@ -169,13 +179,13 @@ class GradcamService:
                     self._stop_worker()
                     self._fail(job, f"the Grad-CAM worker crashed (exit {code}); the next request restarts it",
                                timings)
-                    return
+                    return 0.0
                 if time.monotonic() > deadline:
                     self.counts["restarts"] += 1
                     self._stop_worker()
                     self._fail(job, f"the Grad-CAM worker hung (no answer in {self.request_timeout_s:.0f} s); "
                                "stopped, the next request restarts it", timings)
-                    return
+                    return 0.0
         if reply[0] == "done":
             _, _, jpeg, p_keras, compute_ms, render_ms, method, layer = reply
             self.counts["done"] += 1
@@ -184,6 +194,7 @@ class GradcamService:
                                   context=job.context))
         else:
             self._fail(job, str(reply[-1]), timings)
+        return time.perf_counter() - asked
 
     def _run(self) -> None:
         while True:
@@ -196,8 +207,12 @@ class GradcamService:
                 continue
             if job is None:
                 return
+            rest = self._next_start - time.monotonic()
+            if rest > 0 and self._stopping.wait(rest):
+                return
             try:
-                self._serve(job)
+                busy = self._serve(job)
+                self._next_start = time.monotonic() + busy * (1 / self.duty_cycle - 1)
             except Exception as e:  # the service thread must outlive any single request
                 log.exception("gradcam request failed")
                 self._fail(job, f"Grad-CAM failed: {e}", {})
