@@ -9,7 +9,7 @@ generator knows each defect's mask):
   blurring a random 10 %.
 Cost, for ``--model`` (default mobilenetv2, the demo's): warm heatmap time ÷ one compiled Keras forward pass; cold
 first request (worker process start + TensorFlow import + model load + first heatmap); and the daemon's frames per
-second during a burst of 20 heatmap requests ÷ its frames per second without them (target >= 0.7 on 2 cores).
+second during a burst of 20 heatmap requests ÷ its frames per second without them (target >= 0.75 on 2 cores).
 
 Run: ``.venv/bin/python -m bench.gradcam [--parts 40] [--pictures docs/gradcam]``. The last line is one JSON object.
 ``--pictures DIR`` also writes, per model, one defective part beside the original app's heatmap and the default one,
@@ -157,13 +157,17 @@ def burst_ratio(model_name: str, tmp: Path) -> tuple[float, float, float]:
         n0, t0 = len(stamp), time.time()
         time.sleep(6.0)
         base_fps = (len(stamp) - n0) / (time.time() - t0)
+        first = next(json.loads(p)["frame_id"] for t, p, _ in reversed(list(c.messages)) if t.endswith("/result"))
+        c.publish("bench/unit/cmd/gradcam", json.dumps({"frame_id": first}))  # the cold start, not measured
+        if not c.wait(lambda m: any("/gradcam/" in t for t, _, _ in m), 180):
+            raise RuntimeError("the Grad-CAM worker did not answer within 180 s")
+        # The burst names frames from after the cold start: the unit keeps only its last 400.
         ids = [json.loads(p)["frame_id"] for t, p, _ in list(c.messages) if t.endswith("/result")][-20:]
-        c.publish("bench/unit/cmd/gradcam", json.dumps({"frame_id": ids[0]}))  # the cold start, not measured
-        c.wait(lambda m: any("/gradcam/" in t for t, _, _ in m), 120)
         n1, t1, heat0 = len(stamp), time.time(), len([1 for t, _, _ in c.messages if "/gradcam/" in t])
-        for fid in ids[1:] + ids[:1]:
+        for fid in ids:
             c.client.publish("bench/unit/cmd/gradcam", json.dumps({"frame_id": fid}), qos=1)
-        c.wait(lambda m: len([1 for t, _, _ in m if "/gradcam/" in t]) >= heat0 + 20, 300)
+        if not c.wait(lambda m: len([1 for t, _, _ in m if "/gradcam/" in t]) >= heat0 + 20, 300):
+            raise RuntimeError("the burst's 20 heatmaps did not all arrive within 300 s")
         burst_fps = (len(stamp) - n1 - 20) / (time.time() - t1)  # results only: the 20 heatmaps are not frames
         return base_fps, burst_fps, burst_fps / base_fps
     finally:
@@ -195,7 +199,7 @@ def main() -> None:
     print("targets: pointing >= 0.6 with the default heatmap; deletion drop >= 5 x the random drop")
     print(f"\n{a.model}: warm heatmap / compiled forward {warm_vs_forward:.2f}; cold first request {cold:.1f} s; "
           f"daemon fps {base_fps:.1f} without heatmaps, {burst_fps:.1f} during 20 requests "
-          f"(ratio {ratio:.2f}, target >= 0.7)")
+          f"(ratio {ratio:.2f}, target >= 0.75)")
     figures = ("pointing_game", "pointing_chance", "deletion_drop", "random_drop")
     print(json.dumps({"model": a.model,
                       **{f"{k}_{m}": round(by_kind["default"][k], 4) for m, by_kind in q.items() for k in figures},
