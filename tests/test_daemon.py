@@ -52,6 +52,8 @@ def test_contract_topics_and_payloads(tmp_path: Path, broker: Broker, models_dir
                            "model", "timings_ms"}
     assert set(result["timings_ms"]) == {"capture", "queue", "preprocess", "inference", "postprocess"}
     assert isinstance(result["p_defect"], float) and result["frame_id"].startswith("unit1-")
+    ids = [r["frame_id"] for r in payloads(c, "/result")]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "QoS 0 results go in batches, in order, once"
     alert = payloads(c, "/alert")[0]
     assert alert["kind"] == "defect" and alert["dedup_key"] == f"unit1:defect:{alert['frame_id']}"
     snap_topics = [t for t, _, _ in c.messages if "/snapshot/" in t]
@@ -82,6 +84,8 @@ def test_broker_outage_loses_no_alert(tmp_path: Path, broker: Broker, models_dir
     broker.start()
     d.wait_until(lambda: d.query("SELECT COUNT(*) FROM outbox WHERE kind = 'alert' AND created < ?",
                                  outage_started + 10)[0][0] == 0, 30, "the outbox to drain")
+    assert c.wait(lambda m: any(json.loads(p)["mqtt"]["dropped_qos0"] > 0 for t, p, _ in m if t.endswith("/metrics")),
+                  10), "QoS 0 results lost in the outage are counted"
     rc, _ = d.stop()
     assert rc == 0
     log = d.log()

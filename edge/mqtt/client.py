@@ -14,6 +14,11 @@ The drainer works in batches. Woken by a new message or an acknowledgement while
 that moment; woken per message, it cost a Raspberry Pi two thread hand-overs and two commits per result, taken from
 inference (``docs/benchmarks.md``). While a backlog drains (after an outage) it does not linger: acknowledgements
 free room in paho's window, and the next messages go at once.
+
+QoS 0 messages (results, by default) go in the same batches, from a queue in memory rather than the outbox: handed
+to paho one by one, each woke paho's network thread, which cost the unit 0.2–0.3 ms of CPU per result and the broker
+0.1 ms more; in a batch paho wakes once, and the broker reads many messages per read. A result reaches the broker up
+to :data:`LINGER_S` later.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +72,7 @@ class MqttLink:
         self._restart = threading.Event()  # set on connect: send everything unacknowledged again, oldest first
         self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # drainer thread only
         self._last_sent = 0  # drainer thread only: highest outbox id handed to paho since the last connect
+        self._live: deque[tuple[str, bytes, bool]] = deque()  # QoS 0 messages waiting for the drainer's next batch
         self._drainer: threading.Thread | None = None
         m = cfg.mqtt
         self.v5 = m.protocol == "5"
@@ -104,6 +111,7 @@ class MqttLink:
         self._wake.set()
         if self._drainer:
             self._drainer.join(timeout=2)  # nothing publishes from the outbox from here on
+        self._send_live()  # the last batch of QoS 0 messages
         if self.connected:
             info = self.client.publish(self.topic(topics.AVAILABLE), topics.OFFLINE, qos=1, retain=True)
             info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
@@ -113,11 +121,15 @@ class MqttLink:
 
     # -- publishing ------------------------------------------------------------------------------------------
     def publish(self, suffix: str, payload: bytes, *, qos: int, kind: str, retain: bool = False) -> None:
-        """QoS 1: stored in the outbox, then sent. QoS 0: sent now if connected, else dropped and counted."""
+        """QoS 1: stored in the outbox, then sent. QoS 0: sent with the drainer's next batch if connected, else
+        dropped and counted."""
         topic = self.topic(suffix)
         if qos == 0:
-            if not self.connected or self.client.publish(topic, payload, qos=0, retain=retain).rc != 0:
+            if not self.connected:
                 self.stats.dropped_qos0 += 1
+                return
+            self._live.append((topic, payload, retain))
+            self._wake.set()
             return
         self.outbox.put(topic, payload, qos=qos, retain=retain, kind=kind)
         self._wake.set()
@@ -146,6 +158,7 @@ class MqttLink:
                 self._restart.clear()
                 self._inflight, self._last_sent = [], 0
             self._collect_acks()
+            self._send_live()
             backlog = False
             while self.connected and not self._stop.is_set() and not self._restart.is_set():
                 room = window - len(self._inflight)
@@ -163,6 +176,13 @@ class MqttLink:
                     self._last_sent = msg.id
                     self.stats.sent += 1
                 self._collect_acks()
+
+    def _send_live(self) -> None:
+        """Hand the waiting QoS 0 messages to paho (drainer thread, or ``stop`` once the drainer has ended)."""
+        while self._live:
+            topic, payload, retain = self._live.popleft()
+            if not self.connected or self.client.publish(topic, payload, qos=0, retain=retain).rc != 0:
+                self.stats.dropped_qos0 += 1
 
     # -- paho callbacks (network thread) ---------------------------------------------------------------------
     def _handle_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
