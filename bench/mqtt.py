@@ -91,9 +91,9 @@ def _cpu_s(pid: int) -> float:
 
 
 def _peak_rss_kb(pid: int) -> int:
-    """A process's peak resident memory so far (VmHWM), in kB."""
+    """A process's peak resident memory so far (VmHWM), in kB; 0 once it has exited (a zombie has no memory)."""
     with Path(f"/proc/{pid}/status").open() as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
 
 
 def _lines(path: Path) -> int:
