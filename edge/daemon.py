@@ -152,19 +152,22 @@ class Daemon:
         m = self.classifier.manifest
         return payloads.ModelRef(name=m.name, quantization=m.quantization, sha256=m.tflite.sha256)
 
-    def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered) -> None:
-        """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap."""
-        pixels: np.ndarray | None = None  # decoded once, if an alert needs them (the ring may hold the file's bytes)
+    def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered, pixels: np.ndarray | None = None) -> None:
+        """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap. ``pixels``: the
+        frame's image when the caller has it decoded; otherwise it is decoded from the ring once, if needed (the ring
+        may hold only the file's bytes)."""
         for alert in alerts:
             self.publish_alert(alert, ts)
+            gradcam = self.gradcam if alert.kind in self.cfg.gradcam.auto_on else None
+            if not (self.cfg.alerts.snapshot or gradcam):
+                continue
+            pixels = frame.image if pixels is None else pixels
             if self.cfg.alerts.snapshot:
-                pixels = frame.image if pixels is None else pixels
                 image = encode_jpeg(pixels, frame.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
                 self.link.publish(f"{topics.SNAPSHOT}/{frame.frame_id}", image, qos=1, kind="image")
-            if self.gradcam and alert.kind in self.cfg.gradcam.auto_on:
-                pixels = frame.image if pixels is None else pixels
-                self.gradcam.request(frame.frame_id, pixels, frame.frame_order, self.cfg.gradcam.method,
-                                     {"p_defect_tflite": frame.prediction.p_defect, "auto": alert.kind})
+            if gradcam:
+                gradcam.request(frame.frame_id, pixels, frame.frame_order, self.cfg.gradcam.method,
+                                {"p_defect_tflite": frame.prediction.p_defect, "auto": alert.kind})
 
     def on_result(self, r: Result) -> None:
         t0 = time.perf_counter()
@@ -181,7 +184,7 @@ class Daemon:
         if r.part_id is None or self.cfg.parts.frame_results:
             self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
         alerts = [] if self.pipeline.judges_parts else self.alerts.on_result(r.frame_id, p)  # parts: on_part
-        self._alerted(alerts, ts, buffered)
+        self._alerted(alerts, ts, buffered, r.frame.image)
         if not alerts and self.sampler.take():  # a confident call, for the console's review queue
             image = encode_jpeg(r.frame.image, self.camera.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
             self.link.publish(f"{topics.SNAPSHOT}/{r.frame_id}", image, qos=1, kind="sample")
