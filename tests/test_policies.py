@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +138,25 @@ def test_history_forgets_by_age_and_by_count(tmp_path: Path) -> None:
     assert h.count("results") == 1000
     kept = {r for (r,) in h._db.execute("SELECT frame_id FROM results").fetchall()}
     assert "f100" in kept and "f1499" not in kept, "the newest are kept"
+    h.add_result("f100", now, "good", 0.1, 0.9, False, "m", {})  # already stored: not a new row
+    for i in range(1500, 1510):
+        h.add_result(f"f{i}", now, "good", 0.1, 0.9, False, "m", {})
+    assert h.flush() == 10
+    assert h.prune(now) == 10 and h.count("results") == 1000, "the count kept in memory is the table's"
+    h.close()
+    h = History(tmp_path / "state.db", retention_days=1, max_rows=990)
+    assert h.prune(now) == 10 and h.count("results") == 990, "and is read again at start"
+    h.close()
+
+
+def test_a_flush_or_a_prune_never_holds_up_the_inference_loop(tmp_path: Path) -> None:
+    h = History(tmp_path / "state.db")
+    with h._lock:  # the database busy, as during a slow flush or prune on an SD card
+        adder = threading.Thread(target=h.add_result, args=("f1", time.time(), "good", 0.1, 0.9, False, "m", {}))
+        adder.start()
+        adder.join(timeout=10)
+        assert not adder.is_alive(), "add_result waited for the database"
+    assert h.flush() == 1
     h.close()
 
 
