@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.sqlite import connect
@@ -38,6 +38,18 @@ CREATE TABLE IF NOT EXISTS outbox_counters (name TEXT PRIMARY KEY, value INTEGER
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """A message handed to the outbox, stamped when it was published rather than when it is stored."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    kind: str = "alert"
+    created: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
 class Message:
     id: int
     topic: str
@@ -59,21 +71,30 @@ class Outbox:
 
     def put(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, kind: str = "alert") -> int:
         """Store a message durably and return its id; shed older, less valuable ones if the outbox is full."""
-        size = len(payload) + len(topic)
+        return self.put_many([Outgoing(topic, payload, qos, retain, kind)])[0]
+
+    def put_many(self, messages: list[Outgoing]) -> list[int]:
+        """Store messages in one transaction, in order, and return their ids; all are stored, or none."""
+        ids = []
         with self._lock:
+            before = self._bytes
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._make_room(size, PRIORITY[kind])
-                cur = self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, created, size) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (topic, payload, qos, int(retain), kind, PRIORITY[kind], time.time(), size))
+                for m in messages:
+                    size = len(m.payload) + len(m.topic)
+                    self._make_room(size, PRIORITY[m.kind])
+                    cur = self._db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain, kind, priority, created, size) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m.topic, m.payload, m.qos, int(m.retain), m.kind, PRIORITY[m.kind], m.created, size))
+                    ids.append(int(cur.lastrowid or 0))
+                    self._bytes += size
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._bytes = before  # what was shed inside the transaction is back
                 raise
-            self._bytes += size
-            return int(cur.lastrowid or 0)
+            return ids
 
     def _make_room(self, size: int, priority: int) -> None:
         """Inside a transaction: delete the least valuable, oldest messages until ``size`` more bytes fit."""
