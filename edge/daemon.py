@@ -97,6 +97,7 @@ class Daemon:
         self.health = Health(self)
         self._ready = False
         self._published_results = 0
+        self._ref: tuple[Classifier, payloads.ModelRef] | None = None
         self.model_refused: str | None = None  # shown on status until a model loads
 
     # -- model -----------------------------------------------------------------------------------------------
@@ -149,8 +150,12 @@ class Daemon:
         self.history.event("alert", kind=alert.kind, frame_id=alert.frame_id)
 
     def _model_ref(self) -> payloads.ModelRef:
-        m = self.classifier.manifest
-        return payloads.ModelRef(name=m.name, quantization=m.quantization, sha256=m.tflite.sha256)
+        """The classifier now in use, as messages name it: built once per model, not once per frame."""
+        clf = self.classifier
+        if self._ref is None or self._ref[0] is not clf:
+            m = clf.manifest
+            self._ref = clf, payloads.ModelRef(name=m.name, quantization=m.quantization, sha256=m.tflite.sha256)
+        return self._ref[1]
 
     def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered, pixels: np.ndarray | None = None) -> None:
         """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap. ``pixels``: the
