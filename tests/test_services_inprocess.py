@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from contract import payloads
 from edge import config as edge_config
 from edge import manifest as mf
@@ -144,3 +146,35 @@ def test_relay_check_config_names_a_bad_key(tmp_path: Path, capsys: Any) -> None
     good = tmp_path / "ok.toml"
     good.write_text("[smtp]\nport = 2525\n")
     assert relay_main(["check-config", "--config", str(good)]) == 0
+
+
+def test_the_publisher_keeps_the_loops_order_and_outlives_a_bad_message(tmp_path: Path, monkeypatch: Any,
+                                                                      caplog: Any) -> None:
+    """The inference loop only hands results over; the publisher's batch publishes them in order, a result that
+    cannot be built is said and skipped, and a publisher that far behind makes the loop publish them itself."""
+    from edge import daemon as daemon_mod
+    from edge.pipeline import Result
+    from edge.sources.base import Frame
+
+    monkeypatch.setattr(daemon_mod, "PUBLISH_BACKLOG", 4)
+    cfg = edge_config.parse({
+        "device": {"id": "unit1"}, "mqtt": {"host": "127.0.0.1", "port": 1, "result_qos": 1},
+        "camera": {"source": str(part_folder(tmp_path / "parts", count=1))},
+        "model": {"name": "mobilenetv2", "models_dir": str(REPO / "models")},
+        "alerts": {"on_defect": False, "on_low_confidence": False}, "state": {"dir": str(tmp_path / "state")},
+        "gradcam": {"enabled": False},
+    })
+    d = Daemon(cfg)
+    image = np.zeros((64, 64, 3), np.uint8)
+    pred = d.classifier.classify(image)
+    frames = [Result(f"unit1-1-{i}", Frame(image, 1e9 + i, float(i), 1.0, i), pred) for i in range(3)]
+    bad = Result("unit1-1-bad", Frame(image, 1e9, 0.0, 1.0, 9), pred, timings_ms={"x": float("nan")})
+    for r in (frames[0], bad, frames[1]):
+        d.on_result(r)
+    assert not d.link._held, "handed over, not yet published"
+    d.on_result(frames[2])  # the fourth waiting: the loop publishes the lot itself
+    sent = [json.loads(m.payload)["frame_id"] for m in d.link._held]
+    assert sent == ["unit1-1-0", "unit1-1-1", "unit1-1-2"], "in the loop's order, the bad one left out"
+    assert [r.getMessage() for r in caplog.records if r.getMessage() == "publishing failed"] == ["publishing failed"]
+    assert d.ring.get("unit1-1-2") is not None
+    d.outbox.close()
