@@ -56,7 +56,10 @@ STOP_WITHIN_S = 5.0
 # result's messages cost 0.38 ms (0.45 at QoS 1), eight times what the same code takes warm; a batch runs warm. QoS 0
 # results already wait up to 50 ms for the drainer's batch, so a result reaches the broker at most 100 ms later.
 PUBLISH_EVERY_S = 0.05
-PUBLISH_BACKLOG = 256  # results waiting for the publisher beyond which the inference loop publishes them itself
+# Results waiting for the publisher beyond which the inference loop publishes them itself. Each holds its frame's
+# pixels (270 kB for a 300x300 photo, 6 MB at 1080p): a batch is 2-7 frames at 30-130 fps, and a publisher starved
+# for longer costs the loop its time rather than the unit its memory.
+PUBLISH_BACKLOG = 32
 
 
 def _version() -> str:
