@@ -6,7 +6,7 @@ as a JPEG, so frames an operator marked as misclassified become a retraining set
 Results are written in batches from a buffer: one commit per frame would cost more than inference. The inference
 loop only appends to that buffer, under a lock of its own: a flush or a prune never holds it up. Pruning by count
 deletes just the excess, from a row count kept here: counting a full table (or skipping its newest million rows in
-the index) took 75 ms of CPU at a million rows, every metrics interval, on this project's x86 machine.
+the index) took 75-80 ms of CPU at a million rows, every metrics interval, on this project's x86 machine.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ to paho one by one, each woke paho's network thread, which cost the unit 0.2–0
 0.1 ms more; in a batch paho wakes once, and the broker reads many messages per read. A result reaches the broker up
 to :data:`LINGER_S` later.
 
-Results at QoS 1 are stored by the drainer too, a batch in one transaction, before it sends them: stored one by one
-from the inference loop, each cost the loop 0.3 ms (a transaction, and the outbox's lock shared with the drainer and
-acknowledgements), 3-4 % of MobileNetV2's frame time here. A result is durable within :data:`LINGER_S` of its
-frame's classification, rather than at once: a crash loses at most that moment's results. Every other QoS 1 message
+Results at QoS 1 are stored by the drainer too, a batch in one transaction, before it sends them: stored one by one,
+each cost 0.3 ms (a transaction, and the outbox's lock shared with the drainer and acknowledgements), 3-4 % of
+MobileNetV2's frame time here, when that was on the inference loop. A result is durable within :data:`LINGER_S` of
+being published, rather than at once: a crash loses at most that moment's results. Every other QoS 1 message
 (alerts, verdicts, images, replies) is stored at once, after the results held before it, so the outbox keeps the order
 in which messages were published. If the results cannot be stored, the drainer says so in one line and keeps them; once
 :data:`HELD_MAX` wait, the next result is stored at once, and the outbox's error reaches the caller as it always did.
