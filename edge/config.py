@@ -138,8 +138,10 @@ class GradcamConfig(Section):
     threads: int = Field(default=1, ge=1, le=64)  # TensorFlow threads in the worker: inference keeps its cores
     nice: int = Field(default=10, ge=0, le=19)  # the worker's CPU priority below inference's
     # While heatmaps queue up, the worker computes at most this share of the time and rests the remainder, so a burst
-    # of requests leaves inference most of the cores; a lone request is never delayed.
-    duty_cycle: float = Field(default=0.5, gt=0, le=1)
+    # of requests leaves inference most of the cores; a lone request is never delayed. At one TensorFlow thread the
+    # worker takes duty_cycle of one core: on a 2-core unit 0.5 left inference about three quarters of its frame rate,
+    # no margin (docs/benchmarks.md). A burst takes 1 / duty_cycle times as long as computed flat out.
+    duty_cycle: float = Field(default=0.35, gt=0, le=1)
     idle_timeout_s: float = Field(default=300.0, gt=0)  # stop the worker (and free its memory) when idle
     request_timeout_s: float = Field(default=30.0, gt=0)  # a worker silent this long is killed and restarted
     alpha: float = Field(default=0.45, ge=0, le=1)  # heatmap weight in the overlay
