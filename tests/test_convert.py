@@ -95,7 +95,10 @@ def test_auto_keeps_the_fastest_that_meets_parity_beside_the_h5(tiny_h5: Path, t
     assert convert(h5, "--eval-limit", "100") == 0  # synthetic calibration and evaluation by default
     report = json.loads((tmp_path / "line3.parity.json").read_text())
     rows = report["candidates"]
-    assert [c["quantization"] for c in rows] == ["int8", "dynamic", "float16", "float32"]
+    assert [c["quantization"] for c in rows[:4]] == ["int8", "dynamic", "float16", "float32"]
+    # more calibration images and mixed precision are tried only when plain int8 misses (the tiny model's int8 agrees
+    # on 0.96-1.00 of the parts, depending on the CPU's kernels)
+    assert (len(rows) > 4) == (rows[0]["agreement"] < 0.99)
     assert all("agreement" in c for c in rows), "every variant converted and measured"
     met = [c for c in rows if c["agreement"] >= 0.99]
     chosen = next(c for c in rows if c["verdict"] == "accepted")
@@ -109,7 +112,7 @@ def test_auto_keeps_the_fastest_that_meets_parity_beside_the_h5(tiny_h5: Path, t
         if c in met:
             assert c["verdict"] == "passed" and c["reason"].startswith("met parity")
         else:
-            assert c["verdict"] == "rejected" and c["reason"].startswith(f"agreement {c['agreement']:.4f} < 0.99")
+            assert c["verdict"] == "rejected" and f"agreement {c['agreement']:.4f} < 0.99" in c["reason"]
     assert mf.load(tmp_path / "line3.json").quantization == report["chosen"] == chosen["quantization"]
     assert "synthetic parts" in report["eval"]["folder"]
     assert "chosen: the fastest" in (tmp_path / "line3.parity.md").read_text()
