@@ -23,7 +23,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
@@ -56,9 +55,10 @@ STOP_WITHIN_S = 5.0
 # result's messages cost 0.38 ms (0.45 at QoS 1), eight times what the same code takes warm; a batch runs warm. QoS 0
 # results already wait up to 50 ms for the drainer's batch, so a result reaches the broker at most 100 ms later.
 PUBLISH_EVERY_S = 0.05
-# Results waiting for the publisher beyond which the inference loop publishes them itself. Each holds its frame's
-# pixels (270 kB for a 300x300 photo, 6 MB at 1080p): a batch is 2-7 frames at 30-130 fps, and a publisher starved
-# for longer costs the loop its time rather than the unit its memory.
+# Results waiting for the publisher beyond which the inference loop publishes them itself. Each holds its frame as
+# the ring will: a camera's pixels (270 kB at 300x300, 6 MB at 1080p), a replayed file's bytes (a twentieth). A batch
+# is 2-7 frames at 30-130 fps, and a publisher starved for longer costs the loop its time rather than the unit its
+# memory.
 PUBLISH_BACKLOG = 32
 
 
@@ -172,10 +172,10 @@ class Daemon:
             self._ref = clf, payloads.ModelRef(name=m.name, quantization=m.quantization, sha256=m.tflite.sha256)
         return self._ref[1]
 
-    def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered, pixels: np.ndarray | None = None) -> None:
-        """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap. ``pixels``: the
-        frame's image when the caller has it decoded; otherwise it is decoded from the ring once, if needed (the ring
-        may hold only the file's bytes)."""
+    def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered) -> None:
+        """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap. The frame's pixels
+        are decoded once, if needed (the ring may hold only the file's bytes)."""
+        pixels = None
         for alert in alerts:
             self.publish_alert(alert, ts)
             gradcam = self.gradcam if alert.kind in self.cfg.gradcam.auto_on else None
@@ -210,32 +210,34 @@ class Daemon:
         self._publish_handed()
 
     def on_result(self, r: Result) -> None:
-        """Inference loop: the result goes to the publisher's next batch."""
-        self._hand(partial(self._publish_result, r, self._model_ref()))
+        """Inference loop: the result goes to the publisher's next batch, with its frame as the ring keeps it: a
+        replayed file's bytes rather than its pixels (a batch at 460 fps held 6 MB of 300x300 pixels)."""
+        buffered = Buffered.of(r.frame_id, r.frame, self.camera.frame_order, r.prediction)
+        self._hand(partial(self._publish_result, buffered, r.timings_ms, r.part_id, self._model_ref()))
 
-    def _publish_result(self, r: Result, model: payloads.ModelRef) -> None:
+    def _publish_result(self, buffered: Buffered, timings_ms: dict[str, float], part_id: str | None,
+                        model: payloads.ModelRef) -> None:
         t0 = time.perf_counter()
-        p = r.prediction
-        ts = topics.iso(r.frame.captured_at)
+        p, frame_id = buffered.prediction, buffered.frame_id
+        ts = topics.iso(buffered.captured_at)
         message = payloads.Result(
-            device_id=self.cfg.device.id, ts=ts, frame_id=r.frame_id, label=p.label,
+            device_id=self.cfg.device.id, ts=ts, frame_id=frame_id, label=p.label,
             defective=p.defective, p_defect=round(p.p_defect, 6), confidence=round(p.confidence, 6),
             threshold=p.threshold, low_confidence=p.low_confidence, model=model,
-            timings_ms={k: round(v, 3) for k, v in r.timings_ms.items()}, part_id=r.part_id)
+            timings_ms={k: round(v, 3) for k, v in timings_ms.items()}, part_id=part_id)
         # Buffered before it is announced: a command naming the frame may arrive as soon as the result is out.
-        buffered = Buffered.of(r.frame_id, r.frame, self.camera.frame_order, p)
         self.ring.add(buffered)
-        if r.part_id is None or self.cfg.parts.frame_results:
+        if part_id is None or self.cfg.parts.frame_results:
             self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
-        alerts = [] if self.pipeline.judges_parts else self.alerts.on_result(r.frame_id, p)  # parts: on_part
-        self._alerted(alerts, ts, buffered, r.frame.image)
+        alerts = [] if self.pipeline.judges_parts else self.alerts.on_result(frame_id, p)  # parts: on_part
+        self._alerted(alerts, ts, buffered)
         if not alerts and self.sampler.take():  # a confident call, for the console's review queue
-            image = encode_jpeg(r.frame.image, self.camera.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
-            self.link.publish(f"{topics.SNAPSHOT}/{r.frame_id}", image, qos=1, kind="sample")
-        self.history.add_result(r.frame_id, r.frame.captured_at, p.label, p.p_defect, p.confidence,
-                                p.low_confidence, p.model, r.timings_ms)
+            image = encode_jpeg(buffered.image, buffered.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
+            self.link.publish(f"{topics.SNAPSHOT}/{frame_id}", image, qos=1, kind="sample")
+        self.history.add_result(frame_id, buffered.captured_at, p.label, p.p_defect, p.confidence,
+                                p.low_confidence, p.model, timings_ms)
         self._published_results += 1
-        self.latency.add({**r.timings_ms, "publish": (time.perf_counter() - t0) * 1e3})
+        self.latency.add({**timings_ms, "publish": (time.perf_counter() - t0) * 1e3})
 
     def on_part(self, v: PartVerdict) -> None:
         """Inference loop: a part's verdict goes to the line now (a PLC is waiting); MQTT, alerts and history follow
