@@ -40,6 +40,17 @@ def invoke_ms(manifest_path: Path, frame: np.ndarray, threads: int, runs: int) -
     return median_ms(interp.invoke, runs)
 
 
+def measure(model: str, quantization: str, manifest_path: Path, frame: np.ndarray, runs: int, keras_ms: float,
+            agreement: float) -> dict[str, Any]:
+    """One row of the table: the manifest's ``.tflite``, its size and its ``invoke()`` at 1 and 2 threads."""
+    m = mf.load(manifest_path)
+    return {"model": model, "quantization": quantization,
+            "size_bytes": mf.resolve(manifest_path, m.tflite).stat().st_size,
+            "invoke_ms_1t": invoke_ms(manifest_path, frame, 1, runs),
+            "invoke_ms_2t": invoke_ms(manifest_path, frame, 2, runs),
+            "keras_predict_ms": keras_ms, "agreement": agreement}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=REPO / "models")
@@ -56,29 +67,21 @@ def main() -> None:
         x = Preprocessor(mf.InputSpec(height=size, width=size, dtype="float32"))(frame)[None]
         keras_ms = median_ms(lambda m=model, x=x: m.predict(x, verbose=0), a.keras_runs)
         with tempfile.TemporaryDirectory() as tmp:
-            sizes: dict[str, int] = {}
             for q in QUANTIZATIONS:
                 settings = ConvertSettings(quantize=q, name=f"{h5.stem}_{q}", min_agreement=0.0, eval_limit=100,
                                            calibration_count=200)
                 res = convert_model(h5, Path(tmp), settings)
-                sizes[q] = res.tflite_path.stat().st_size
-                t1 = invoke_ms(res.manifest_path, frame, 1, a.runs)
-                t2 = invoke_ms(res.manifest_path, frame, 2, a.runs)
-                agreement = res.report["candidates"][0]["agreement"]
-                rows.append({"model": h5.stem, "quantization": q, "size_bytes": sizes[q], "invoke_ms_1t": t1,
-                             "invoke_ms_2t": t2, "keras_predict_ms": keras_ms, "agreement": agreement})
+                rows.append(measure(h5.stem, q, res.manifest_path, frame, a.runs, keras_ms,
+                                    res.report["candidates"][0]["agreement"]))
         committed = h5.with_suffix(".json")
         if committed.exists():  # what the repository ships, timed in the same run as the variants it was chosen from
             m = mf.load(committed)
-            shipped = mf.resolve(committed, m.tflite).stat().st_size
-            rows.append({"model": h5.stem, "quantization": f"shipped:{m.quantization}", "size_bytes": shipped,
-                         "invoke_ms_1t": invoke_ms(committed, frame, 1, a.runs),
-                         "invoke_ms_2t": invoke_ms(committed, frame, 2, a.runs), "keras_predict_ms": keras_ms,
-                         "agreement": float(m.parity.get("agreement", "nan"))})
+            rows.append(measure(h5.stem, f"shipped:{m.quantization}", committed, frame, a.runs, keras_ms,
+                                float(m.parity.get("agreement", "nan"))))
         float32 = next(r for r in rows if r["model"] == h5.stem and r["quantization"] == "float32")
         for r in rows:
             if r["model"] == h5.stem:
-                r["size_vs_float32"] = r["size_bytes"] / sizes["float32"]
+                r["size_vs_float32"] = r["size_bytes"] / float32["size_bytes"]
                 r["speedup_vs_float32_1t"] = float32["invoke_ms_1t"] / r["invoke_ms_1t"]
                 r["speedup_vs_keras_predict_1t"] = r["keras_predict_ms"] / r["invoke_ms_1t"]
                 r["speedup_vs_keras_predict_2t"] = r["keras_predict_ms"] / r["invoke_ms_2t"]
