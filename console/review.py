@@ -97,15 +97,18 @@ def _samples_query(*, device_id: str | None, model: str | None, since: float | N
 def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = None, model: str | None = None,
           since: float | None = None, state: str = "waiting", limit: int = 20,
           frame_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Items (alerts and sampled calls), oldest waiting first (newest first for reviewed ones), and how many match."""
+    """Items (alerts and sampled calls) and how many match: oldest waiting first, so the queue drains in the order
+    the line made it; the latest reviewed first, so a reviewer sees what was just decided (alerts a unit sent in
+    the same millisecond would otherwise come back in any order); newest first for all."""
     rows: list[dict[str, Any]] = []
     total = 0
     with engine.connect() as conn:
         if kind != "sample":
             q = _items_query(device_id=device_id, kind=kind, model=model, since=since, state=state,
                              frame_id=frame_id)
-            order = s.alerts.c.ts if state == "waiting" else desc(s.alerts.c.ts)
-            for x in conn.execute(q.order_by(order, s.alerts.c.dedup_key).limit(limit)).mappings():
+            order = (s.alerts.c.ts, s.alerts.c.dedup_key) if state == "waiting" else \
+                (desc(s.reviews.c.ts),) if state == "reviewed" else (desc(s.alerts.c.ts), desc(s.alerts.c.dedup_key))
+            for x in conn.execute(q.order_by(*order).limit(limit)).mappings():
                 row = dict(x)
                 payload = json.loads(row.pop("payload"))
                 rows.append({**row, "predicted": payload.get("label"), "model": payload.get("model")})
@@ -113,11 +116,12 @@ def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = No
         if kind in (None, "", "sample"):
             q = _samples_query(device_id=device_id, model=model, since=since, state=state, frame_id=frame_id)
             sub = q.subquery()
-            order = sub.c.ts if state == "waiting" else desc(sub.c.ts)
+            order = (sub.c.ts, sub.c.frame_id) if state == "waiting" else \
+                (desc(sub.c.reviewed_at),) if state == "reviewed" else (desc(sub.c.ts), desc(sub.c.frame_id))
             rows += [{**dict(x), "kind": "sample", "dedup_key": None}
-                     for x in conn.execute(select(sub).order_by(order, sub.c.frame_id).limit(limit)).mappings()]
+                     for x in conn.execute(select(sub).order_by(*order).limit(limit)).mappings()]
             total += int(conn.execute(select(func.count()).select_from(sub)).scalar_one())
-    rows.sort(key=lambda x: x["ts"], reverse=state != "waiting")
+    rows.sort(key=lambda x: x["reviewed_at" if state == "reviewed" else "ts"], reverse=state != "waiting")
     return rows[:limit], total
 
 

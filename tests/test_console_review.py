@@ -87,6 +87,29 @@ def test_verdicts_are_stored_count_down_and_reach_the_unit(world: tuple[TestClie
     assert "reviewed <strong>wrong_defective</strong> by op" in reviewed
 
 
+def test_the_latest_reviewed_comes_first_though_its_alerts_share_a_millisecond(
+        world: tuple[TestClient, Engine, list[tuple[str, bytes]], config.ConsoleConfig]) -> None:
+    client, engine, _, cfg = world
+    frames = [f"u2-1-{i:09d}" for i in range(3)]
+    items = []
+    for i, frame in enumerate(frames):  # a unit's alerts in one burst carry the same ts
+        a = payloads.Alert(device_id="u2", kind="defect", frame_id=frame, dedup_key=f"u2:defect:{i}",
+                           label="defective", p_defect=0.9, model="mobilenetv2", ts="2026-11-28T04:00:00.000Z")
+        sha = images.store(cfg.images_dir, jpeg(20 + i))
+        items += [writer.Item("alert", "u2", 1.0, message=a),
+                  writer.Item("snapshot", "u2", 1.0, key=frame, sha256=sha, size=10)]
+    writer.write(engine, items)
+    waiting_order = [r["frame_id"] for r in review.queue(engine, device_id="u2")[0]]
+    assert waiting_order == frames
+    for frame, verdict in zip(frames, ("right", "wrong_good", "wrong_defective"), strict=True):
+        review.record(engine, device_id="u2", frame_id=frame, verdict=verdict, note="", user="op", request_id=None)
+    rows, total = review.queue(engine, device_id="u2", state="reviewed")
+    assert total == 3 and [r["frame_id"] for r in rows] == frames[::-1], "what was just decided, first"
+    login(client, "op")
+    page = client.get("/review?state=reviewed&unit=u2").text
+    assert 'data-frame="u2-1-000000002"' in page and "reviewed <strong>wrong_defective</strong> by op" in page
+
+
 def test_sampled_calls_join_the_queue_with_their_call(world: tuple[TestClient, Engine, list[tuple[str, bytes]],
                                                                     config.ConsoleConfig]) -> None:
     client, engine, sent, cfg = world
