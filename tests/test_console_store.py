@@ -57,6 +57,13 @@ def test_a_redelivered_batch_changes_nothing_and_aggregates_count_once(engine: E
     assert rows[0]["device_id"] == "u1" and rows[0]["frames_hour"] == 6 and rows[0]["defect_rate_hour"] == 4 / 6
 
 
+def test_a_units_newest_results_come_in_its_order_within_a_millisecond(engine: Engine) -> None:
+    t = 1_800_000_000.0
+    writer.write(engine, [result_item("u1", n, 0.1, t + (n > 2)) for n in (3, 0, 2, 1)])
+    frames = [r["frame_id"][-1] for r in queries.latest_results(engine, "u1")]
+    assert frames == ["3", "2", "1", "0"]
+
+
 def test_alerts_images_and_replies_are_stored_once(engine: Engine, tmp_path: Path) -> None:
     a = payloads.Alert(device_id="u1", kind="defect", frame_id="u1-1-000000001", dedup_key="u1:defect:1",
                        label="defective", p_defect=0.9, note="<script>alert(1)</script>")

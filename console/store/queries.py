@@ -56,11 +56,13 @@ def unit(engine: Engine, device_id: str) -> dict[str, Any] | None:
 
 
 def latest_results(engine: Engine, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """A unit's newest results; a frame id's sequence orders the calls a unit makes in the same millisecond."""
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(
             select(s.results.c.frame_id, s.results.c.ts, s.results.c.label, s.results.c.p_defect,
                    s.results.c.confidence, s.results.c.low_confidence, s.results.c.model)
-            .where(s.results.c.device_id == device_id).order_by(desc(s.results.c.ts)).limit(limit)).mappings()]
+            .where(s.results.c.device_id == device_id)
+            .order_by(desc(s.results.c.ts), desc(s.results.c.frame_id)).limit(limit)).mappings()]
 
 
 def alerts(engine: Engine, *, device_id: str | None = None, kind: str | None = None, since: float | None = None,
