@@ -94,20 +94,24 @@ def _samples_query(*, device_id: str | None, model: str | None, since: float | N
     return _by_state(q, state)
 
 
+def _order(state: str, ts: Any, key: Any, reviewed_at: Any) -> tuple[Any, ...]:
+    """Oldest waiting first, so the queue drains in the order the line made it; the latest reviewed first, so a
+    reviewer sees what was just decided (alerts a unit sent in the same millisecond share a ts); newest first for
+    all, the waiting order reversed."""
+    return (ts, key) if state == "waiting" else (desc(reviewed_at),) if state == "reviewed" else (desc(ts), desc(key))
+
+
 def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = None, model: str | None = None,
           since: float | None = None, state: str = "waiting", limit: int = 20,
           frame_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Items (alerts and sampled calls) and how many match: oldest waiting first, so the queue drains in the order
-    the line made it; the latest reviewed first, so a reviewer sees what was just decided (alerts a unit sent in
-    the same millisecond would otherwise come back in any order); newest first for all."""
+    """Items (alerts and sampled calls) in ``_order``, and how many match."""
     rows: list[dict[str, Any]] = []
     total = 0
     with engine.connect() as conn:
         if kind != "sample":
             q = _items_query(device_id=device_id, kind=kind, model=model, since=since, state=state,
                              frame_id=frame_id)
-            order = (s.alerts.c.ts, s.alerts.c.dedup_key) if state == "waiting" else \
-                (desc(s.reviews.c.ts),) if state == "reviewed" else (desc(s.alerts.c.ts), desc(s.alerts.c.dedup_key))
+            order = _order(state, s.alerts.c.ts, s.alerts.c.dedup_key, s.reviews.c.ts)
             for x in conn.execute(q.order_by(*order).limit(limit)).mappings():
                 row = dict(x)
                 payload = json.loads(row.pop("payload"))
@@ -116,8 +120,7 @@ def queue(engine: Engine, *, device_id: str | None = None, kind: str | None = No
         if kind in (None, "", "sample"):
             q = _samples_query(device_id=device_id, model=model, since=since, state=state, frame_id=frame_id)
             sub = q.subquery()
-            order = (sub.c.ts, sub.c.frame_id) if state == "waiting" else \
-                (desc(sub.c.reviewed_at),) if state == "reviewed" else (desc(sub.c.ts), desc(sub.c.frame_id))
+            order = _order(state, sub.c.ts, sub.c.frame_id, sub.c.reviewed_at)
             rows += [{**dict(x), "kind": "sample", "dedup_key": None}
                      for x in conn.execute(select(sub).order_by(*order).limit(limit)).mappings()]
             total += int(conn.execute(select(func.count()).select_from(sub)).scalar_one())
