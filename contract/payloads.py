@@ -29,7 +29,10 @@ def _band(v: tuple[float, float]) -> tuple[float, float]:
 # The low-confidence band of a decision: the one check, wherever a band is given (manifest, edge.toml, command).
 Band = Annotated[tuple[float, float], AfterValidator(_band)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-AlertKind = Literal["defect", "low_confidence", "camera_offline", "model_error"]
+AlertKind = Literal["defect", "low_confidence", "camera_offline", "model_error", "framing", "unfamiliar_input"]
+# A region of a frame in its pixels: x, y, width, height (the crop a model was fed).
+Box = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(gt=0)],
+            Annotated[int, Field(gt=0)]]
 # How a heatmap is computed (docs/gradcam.md); "auto" is the one the model's manifest names, chosen by measurement
 # when the model was converted.
 CamMethod = Literal["gradcam", "gradcam++", "layercam", "hirescam"]
@@ -95,14 +98,15 @@ class Status(Message):
     camera: CameraState
     gradcam: dict[str, Any]
     model_refused: str | None = None  # the last model the unit would not load (cmd/model), and why
+    framing: dict[str, Any] | None = None  # part modes: the line's framing against the training images'
 
-    omit_if_none = frozenset({"model_refused"})
+    omit_if_none = frozenset({"model_refused", "framing"})
 
 
 class Result(Message):
     """One per classified frame."""
 
-    omit_if_none = frozenset({"part_id"})
+    omit_if_none = frozenset({"part_id", "crop"})
     frame_id: str = Field(pattern=topics.FRAME_ID.pattern)
     label: str = Field(max_length=40)  # the manifest's label: "good" / "defective" unless it names others
     defective: bool
@@ -113,6 +117,7 @@ class Result(Message):
     model: ModelRef
     timings_ms: dict[str, float]
     part_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # part modes: the part it was for
+    crop: Box | None = None  # the region of the frame the model saw, when cropped to the part
 
 
 class PartFrame(BaseModel):
@@ -126,7 +131,7 @@ class Part(Message):
     the low-confidence band) or ``missed`` (no frame in time: ``error`` says why, and the p fields are absent)."""
 
     omit_if_none = frozenset({"label", "defective", "p_defect", "confidence", "threshold", "low_confidence",
-                              "error", "frame_id"})
+                              "error", "frame_id", "crop", "framing"})
     part_id: str = Field(pattern=topics.FRAME_ID.pattern)
     seq: int = Field(ge=1)
     trigger: Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
@@ -143,13 +148,15 @@ class Part(Message):
     model: ModelRef
     timings_ms: dict[str, float]  # trigger_to_first_frame, trigger_to_verdict
     error: str | None = None
+    crop: Box | None = None  # the deciding frame's region the model saw (the part, cropped square)
+    framing: dict[str, float] | None = None  # how that region frames the part: span, area, offset, background
 
 
 class Alert(Message):
     """A defect, a low-confidence call, a camera gone, or frames the model failed on (``kind``)."""
 
     omit_if_none = frozenset({"label", "p_defect", "confidence", "threshold", "model", "since", "error",
-                              "frame_errors", "part_id"})
+                              "frame_errors", "part_id", "problems"})
     kind: AlertKind
     frame_id: str | None = Field(pattern=topics.FRAME_ID.pattern)
     dedup_key: str = Field(pattern=topics.DEDUP_KEY.pattern)
@@ -161,6 +168,7 @@ class Alert(Message):
     since: str | None = None  # camera_offline: when the camera went
     error: str | None = None  # camera_offline, model_error: the last error
     frame_errors: int | None = None  # model_error: frames that failed since the last alert
+    problems: list[str] | None = None  # framing: what is unlike the training images, and what to change
     part_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # part modes: the part it is about
 
 

@@ -18,13 +18,14 @@ RESULT = "result"
 PART = "part"  # one verdict per part (part modes)
 ALERT = "alert"
 METRICS = "metrics"
-SNAPSHOT = "snapshot"  # snapshot/<frame_id>: JPEG bytes
+SNAPSHOT = "snapshot"  # snapshot/<frame_id>: JPEG bytes (the region the model saw: the part's crop in part modes)
+FRAME = "frame"  # frame/<frame_id>: JPEG of the whole frame with the crop's box drawn, beside a crop's snapshot
 GRADCAM = "gradcam"  # gradcam/<frame_id>: JPEG bytes; "gradcam" alone: the JSON event
 CMD = "cmd"  # cmd/<name>; replies on cmd/<name>/reply
 REPLY = "reply"
 
 COMMANDS = ("gradcam", "model", "threshold", "feedback", "trigger")
-ALERT_KINDS = ("defect", "low_confidence", "camera_offline", "model_error")
+ALERT_KINDS = ("defect", "low_confidence", "camera_offline", "model_error", "framing", "unfamiliar_input")
 
 ONLINE, OFFLINE = b"online", b"offline"
 

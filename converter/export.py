@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import platform
@@ -43,6 +44,7 @@ from converter.dataset import LabelledFolder, open_folder
 from converter.errors import UserError
 from converter.keras_compat import ModelInfo, fixed_size, inspect, load_model
 from converter.parity import KerasReference, compare, interleaved_latency, keras_p, keras_reference
+from edge import framing
 from edge import manifest as mf
 from edge.classifier import Classifier
 from edge.preprocess import Preprocessor, pixel_affine
@@ -117,6 +119,25 @@ def _calibration(settings: ConvertSettings, pre: Preprocessor, size: int, scalin
     return xs
 
 
+FRAMING_IMAGES = 200  # images the framing record is measured on: its percentiles settle well before
+
+
+def _framing(settings: ConvertSettings, frames: Callable[[], Iterable[tuple[int, np.ndarray]]], eval_name: str
+             ) -> mf.FramingSpec:
+    """How the training images (the calibration folder; else the evaluation images) frame their part, measured
+    by the locator the unit crops with (edge/framing.py)."""
+    if settings.calibration:
+        folder = open_folder(settings.calibration).sample(FRAMING_IMAGES, settings.seed)
+        images, where = [f for _, _, f in folder.frames()], str(settings.calibration)
+    else:
+        images, where = [f for _, f in itertools.islice(frames(), FRAMING_IMAGES)], eval_name
+    spec = framing.measure(images, measured_on=where)
+    print(f"defect-convert: framing: parts span {spec.span.median:.2f} of the image ({spec.span.p5:.2f}-"
+          f"{spec.span.p95:.2f}), background grey {spec.background.median:.0f}, on {spec.images} images of {where}",
+          file=sys.stderr)
+    return spec
+
+
 def _spec_from_tensor(details: dict[str, Any], base: mf.InputSpec) -> mf.InputSpec:
     scale, zp = details["quantization"]
     dtype = np.dtype(details["dtype"]).name
@@ -126,7 +147,7 @@ def _spec_from_tensor(details: dict[str, Any], base: mf.InputSpec) -> mf.InputSp
 
 def _manifest(name: str, quantization: str, tflite: Path, source: Path, info: ModelInfo, keras_spec: mf.InputSpec,
               choice: conventions.Choice, heat: explain.Choice | None, parity: dict[str, Any],
-              versions: dict[str, str]) -> mf.Manifest:
+              versions: dict[str, str], framed: mf.FramingSpec | None = None) -> mf.Manifest:
     interp, _ = create_interpreter(tflite, num_threads=1)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     out_dtype = np.dtype(out["dtype"]).name
@@ -141,7 +162,7 @@ def _manifest(name: str, quantization: str, tflite: Path, source: Path, info: Mo
                    "zero_point": int(o_zp) if quantized_out else 0},
         "gradcam": {"layer": heat.layers[0], "also": heat.layers[1:], "method": heat.method,
                     "chosen_by": heat.chosen_by} if heat else None, "parity": parity,
-        "versions": versions,
+        "framing": framed, "versions": versions,
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     })
 
@@ -325,6 +346,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
     frames, eval_name, folder = _eval_source(settings, size)
     choice, ref, keras_pre, keras_spec = _conventions(model, info, settings, frames, eval_name)
     heat = _heatmaps(loaded, info, settings, choice, ref.p, frames, keras_pre)  # the file's layers, as the worker
+    framed = _framing(settings, frames, eval_name)
     candidates = list(QUANTIZATIONS) if settings.quantize == "auto" else [settings.quantize]
     calib = _calibration(settings, keras_pre, size, choice.pixel_scaling) \
         if {"int8", "mixed"} & set(candidates) else None
@@ -419,6 +441,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                      "unreadable_skipped": len(folder.skipped) if folder else 0,
                      "good": int((ref.labels == 0).sum()), "defect": int((ref.labels == 1).sum())},
             "threshold": threshold, "min_agreement": settings.min_agreement,
+            "framing": framed.model_dump(mode="json"),
             "verification": verify_doc["tolerance"] | {"file": verify_json.name, "images": len(verify_doc["images"])}
             if verify_json else None,
             "chosen": chosen[0] if chosen else None,
@@ -442,7 +465,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                                           "latency_ms_keras", "size_bytes")}
             parity.update(eval=eval_name, n=len(ref.p), min_agreement=settings.min_agreement)
             parity["conventions"] = {k: v["decided"] for k, v in result["conventions"].items()}
-            m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, heat, parity, versions)
+            m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, heat, parity, versions, framed)
             if verify_json is not None:
                 m = m.model_copy(update={"verification": mf.file_ref(verify_json, out_dir)})
             mf.write_atomic(final_manifest, m.to_json().encode())

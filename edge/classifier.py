@@ -112,12 +112,14 @@ class Classifier:
             if self._out_scale is not None else row[self.manifest.output.defect_index]
         return 1.0 - float(v) if self._p_is_good else float(v)
 
-    def classify(self, frame: np.ndarray, preprocess: Preprocessor | None = None) -> Prediction:
-        """Classify one frame. ``preprocess``: read it otherwise than the camera's frames are read (the verification
-        set's images are RGB at the model's size: no ROI, no channel swap), on this same interpreter."""
+    def classify(self, frame: np.ndarray, preprocess: Preprocessor | None = None, box: Roi | None = None
+                 ) -> Prediction:
+        """Classify one frame, or the part in ``box`` of it (cropped, then resized once). ``preprocess``: read it
+        otherwise than the camera's frames are read (the verification set's images are RGB at the model's size: no
+        ROI, no channel swap), on this same interpreter."""
         t0 = time.perf_counter()
         pre = preprocess or self.preprocess
-        region = pre.source(frame)  # raises FrameError before the interpreter's memory is touched
+        region = pre.source(frame, box)  # raises FrameError before the interpreter's memory is touched
         buf = self._input()  # a view of the interpreter's input: must be released before invoke()
         pre.fill(region, buf[0])
         del buf

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
@@ -30,10 +31,11 @@ from edge.alerts import Alert, AlertPolicy, Sampler
 from edge.classifier import Classifier
 from edge.config import EdgeConfig
 from edge.control import Control
+from edge.framing import Figures, FramingWatch
 from edge.gradcam.service import GradcamService, Outcome
 from edge.health import Health
 from edge.history import History
-from edge.images import encode_jpeg
+from edge.images import boxed, encode_jpeg
 from edge.io import LineInterface, LineState, line_interfaces
 from edge.metrics import StageLatency
 from edge.models import manifest_path
@@ -43,6 +45,7 @@ from edge.mqtt.homeassistant import discovery_messages
 from edge.mqtt.outbox import Outbox
 from edge.parts import PartSettings, PartVerdict, deciding_frame
 from edge.pipeline import Pipeline, Result
+from edge.preprocess import Roi
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
 from edge.systemd import Notifier
@@ -60,6 +63,10 @@ PUBLISH_EVERY_S = 0.05
 # is 2-7 frames at 30-130 fps, and a publisher starved for longer costs the loop its time rather than the unit its
 # memory.
 PUBLISH_BACKLOG = 32
+
+
+def _box(crop: Roi | None) -> tuple[int, int, int, int] | None:
+    return None if crop is None else (crop.x, crop.y, crop.width, crop.height)
 
 
 def _version() -> str:
@@ -107,6 +114,7 @@ class Daemon:
                                       jpeg_quality=g.jpeg_quality, layers=tuple(g.layers),
                                       duty_cycle=g.duty_cycle) if g.enabled else None
         self.health = Health(self)
+        self.framing = FramingWatch(self.classifier.manifest.framing)
         self._ready = False
         self._published_results = 0
         self._ref: tuple[Classifier, payloads.ModelRef] | None = None
@@ -149,7 +157,8 @@ class Daemon:
                                         reconnects=cam.stats.reconnects, stalls=cam.stats.stalls,
                                         last_error=cam.stats.last_error),
             gradcam={"state": self.gradcam.state, "pid": self.gradcam.pid, **self.gradcam.counts}
-            if self.gradcam else {"state": "disabled"}, model_refused=self.model_refused))
+            if self.gradcam else {"state": "disabled"}, model_refused=self.model_refused,
+            framing=self.framing.status() if self.pipeline.judges_parts else None))
 
     def publish_status(self) -> None:
         self.link.publish(topics.STATUS, self.status_payload(), qos=1, kind="event", retain=True)
@@ -183,11 +192,22 @@ class Daemon:
                 continue
             pixels = frame.image if pixels is None else pixels
             if self.cfg.alerts.snapshot:
-                image = encode_jpeg(pixels, frame.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
-                self.link.publish(f"{topics.SNAPSHOT}/{frame.frame_id}", image, qos=1, kind="image")
+                self._snapshot(frame, pixels, "image")
             if gradcam:
                 gradcam.request(frame.frame_id, pixels, frame.frame_order, self.cfg.gradcam.method,
                                 {"p_defect_tflite": frame.prediction.p_defect, "auto": alert.kind})
+
+    def _snapshot(self, frame: Buffered, pixels: np.ndarray, kind: str) -> None:
+        """The snapshot is what the model saw: the part's crop when it was cropped, and then the whole frame with
+        the crop's box drawn beside it, for the person who wants to see where on the belt it was."""
+        quality = self.cfg.alerts.snapshot_jpeg_quality
+        c = frame.crop
+        shown = pixels if c is None else pixels[c.y:c.y + c.height, c.x:c.x + c.width]
+        self.link.publish(f"{topics.SNAPSHOT}/{frame.frame_id}", encode_jpeg(shown, frame.frame_order, quality),
+                          qos=1, kind=kind)
+        if c is not None:
+            whole = encode_jpeg(boxed(pixels, (c.x, c.y, c.width, c.height)), frame.frame_order, quality)
+            self.link.publish(f"{topics.FRAME}/{frame.frame_id}", whole, qos=1, kind=kind)
 
     def _hand(self, job: Callable[[], None]) -> None:
         """Inference loop: leave ``job`` to the publisher; if it is that far behind, catch up first."""
@@ -212,7 +232,7 @@ class Daemon:
     def on_result(self, r: Result) -> None:
         """Inference loop: the result goes to the publisher's next batch, with its frame as the ring keeps it: a
         replayed file's bytes rather than its pixels (a batch at 460 fps held 6 MB of 300x300 pixels)."""
-        buffered = Buffered.of(r.frame_id, r.frame, self.camera.frame_order, r.prediction)
+        buffered = Buffered.of(r.frame_id, r.frame, self.camera.frame_order, r.prediction, r.crop)
         self._hand(partial(self._publish_result, buffered, r.timings_ms, r.part_id, self._model_ref()))
 
     def _publish_result(self, buffered: Buffered, timings_ms: dict[str, float], part_id: str | None,
@@ -224,7 +244,8 @@ class Daemon:
             device_id=self.cfg.device.id, ts=ts, frame_id=frame_id, label=p.label,
             defective=p.defective, p_defect=round(p.p_defect, 6), confidence=round(p.confidence, 6),
             threshold=p.threshold, low_confidence=p.low_confidence, model=model,
-            timings_ms={k: round(v, 3) for k, v in timings_ms.items()}, part_id=part_id)
+            timings_ms={k: round(v, 3) for k, v in timings_ms.items()}, part_id=part_id,
+            crop=_box(buffered.crop))
         # Buffered before it is announced: a command naming the frame may arrive as soon as the result is out.
         self.ring.add(buffered)
         if part_id is None or self.cfg.parts.frame_results:
@@ -232,8 +253,7 @@ class Daemon:
         alerts = [] if self.pipeline.judges_parts else self.alerts.on_result(frame_id, p)  # parts: on_part
         self._alerted(alerts, ts, buffered)
         if not alerts and self.sampler.take():  # a confident call, for the console's review queue
-            image = encode_jpeg(buffered.image, buffered.frame_order, self.cfg.alerts.snapshot_jpeg_quality)
-            self.link.publish(f"{topics.SNAPSHOT}/{frame_id}", image, qos=1, kind="sample")
+            self._snapshot(buffered, buffered.image, "sample")
         self.history.add_result(frame_id, buffered.captured_at, p.label, p.p_defect, p.confidence,
                                 p.low_confidence, p.model, timings_ms)
         self._published_results += 1
@@ -252,7 +272,8 @@ class Daemon:
 
     def _publish_part(self, v: PartVerdict, model: payloads.ModelRef) -> None:
         part, p = v.part, v.prediction
-        frame = self.ring.get(deciding_frame(part, self.cfg.parts.aggregate).frame_id) if part.frames else None
+        decider = deciding_frame(part, self.cfg.parts.aggregate) if part.frames else None
+        frame = self.ring.get(decider.frame_id) if decider else None
         ts = topics.iso(frame.captured_at if frame else time.time())
         started = part.first_frame
         message = payloads.Part(
@@ -265,12 +286,29 @@ class Daemon:
             low_confidence=p.low_confidence if p else None, model=model, error=v.error,
             timings_ms={"trigger_to_verdict": round(v.trigger_to_verdict_ms, 3),
                         **({"trigger_to_first_frame": round((started - part.started) * 1e3, 3)}
-                           if started is not None else {})})
+                           if started is not None else {})},
+            crop=_box(decider.crop) if decider else None,
+            framing=decider.figures.as_dict() if decider and decider.figures else None)
         self.link.publish(topics.PART, payloads.dumps(message), qos=1, kind="part")
         self.history.event("part", part_id=part.part_id, verdict=v.verdict,
                            p_defect=None if p is None else round(p.p_defect, 6))
         if p is not None and frame is not None:
             self._alerted(self.alerts.on_part(part.part_id, frame.frame_id, p), ts, frame)
+        if decider is not None and decider.figures is not None and frame is not None:
+            self._watch_framing(decider.figures, part.part_id, frame, ts)
+
+    def _watch_framing(self, seen: Figures, part_id: str, frame: Buffered, ts: str) -> None:
+        """The part's framing against the model's training images; the moment the line's becomes unlike them, one
+        ``framing`` alert with what differs and the crop the model saw."""
+        spec = self.classifier.manifest.framing
+        if self.framing.spec is not spec:  # another model: another record to compare with
+            self.framing = FramingWatch(spec)
+        problems = self.framing.add(seen)
+        if problems:
+            log.warning("framing unlike the model's training images: %s", "; ".join(problems))
+            alert = Alert("framing", frame.frame_id, f"{self.cfg.device.id}:framing:{part_id}",
+                          {"problems": problems, "model": self.classifier.name, "part_id": part_id})
+            self._alerted([alert], ts, frame)
 
     def _reply(self, topic: str, payload: bytes, props: Properties | None) -> None:
         """A command's reply: through the outbox on the unit's own reply topic, directly to a v5 response topic."""

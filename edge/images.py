@@ -79,3 +79,13 @@ def encode_jpeg(image: np.ndarray, order: str, quality: int) -> bytes:
     if not ok:
         raise ImageError("JPEG encoding failed")
     return bytes(buf.tobytes())
+
+
+def boxed(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A copy of ``image`` with ``box`` (x, y, width, height) outlined: the whole frame beside the crop the model
+    saw, so a person sees where on the belt the part was and what was left out."""
+    out = image.copy()
+    x, y, w, h = box
+    thickness = max(2, round(max(image.shape[:2]) / 300))
+    cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
+    return out

@@ -100,6 +100,28 @@ class GradCamSpec(_Frozen):
         return (self.layer, *self.also)
 
 
+class Spread(_Frozen):
+    """A figure over a set of images: its 5th percentile, median and 95th percentile."""
+
+    p5: float
+    median: float
+    p95: float
+
+
+class FramingSpec(_Frozen):
+    """How the training (or evaluation) images frame their part, measured by the unit's own locator
+    (:mod:`edge.framing`): the unit crops parts to ``span`` and compares its inputs with the rest."""
+
+    images: int = Field(ge=1)
+    located: float = Field(ge=0, le=1)  # share of the images in which a part was found at all
+    span: Spread  # the part's longer side over the image's
+    area: Spread  # share of the image's pixels that are the part
+    offset: Spread  # the part's centre from the image's, as a share of its size
+    background: Spread  # grey level of the border around the part
+    pixel_threshold: int = 30  # grey levels from the background that make a pixel the part's
+    measured_on: str = ""  # which images: a folder, or "synthetic parts"
+
+
 class Manifest(_Frozen):
     schema_: Literal[1] = Field(default=1, alias="schema")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -116,6 +138,9 @@ class Manifest(_Frozen):
     # NAME.verify.json: images near the threshold and spread over p, with Keras' p_defect for each, so a unit can
     # re-prove parity on its own runtime and CPU (edge/verify.py). None for models converted before it existed.
     verification: FileRef | None = None
+    # How the training images frame their part; None for models converted before it was measured (the unit then
+    # crops with a default margin, and says it cannot compare: ``defect-convert framing`` adds it).
+    framing: FramingSpec | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
 

@@ -11,6 +11,9 @@ A line wants one answer per part, at the moment it passes, not one per frame of 
 - **an external trigger** (a part sensor on GPIO, a PLC over Modbus or OPC UA, an MQTT ``cmd/trigger``): the part
   gets its id at the trigger, and the frames captured after it are its frames.
 
+Either way the model is fed the part, not the ROI around it (``crop = "part"``): presence's blob, or in trigger mode
+the locator's find inside the ROI, made square with the margin the model's training images had (``docs/framing.md``).
+
 The verdict aggregates the part's frames (``max`` or ``mean`` of p_defect, or the most ``centred`` frame's), through
 the same decision rule as a single frame: ``ok``, ``ng``, ``unsure`` (inside the low-confidence band) or ``missed``
 (a trigger with no frame in time: counted and answered, never given another part's frame).
@@ -18,6 +21,7 @@ the same decision rule as a single frame: ``ok``, ``ng``, ``unsure`` (inside the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -29,9 +33,11 @@ import numpy as np
 
 from edge.classifier import Classifier, Prediction, decide
 from edge.config import PartsConfig
+from edge.framing import Blob, Figures, Located, largest_blob, locate, small_grey
 from edge.preprocess import Roi
 
 Aggregate = Literal["max", "mean", "centred"]
+Crop = Literal["part", "roi"]
 Verdict = Literal["ok", "ng", "unsure", "missed"]
 TriggerSource = Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
 
@@ -46,6 +52,9 @@ class PresenceSettings:
     width: int = 96  # the grey copy's width in pixels; enough to see a part, cheap to compare
 
 
+REFINE_WIDTH = 480  # the part's box is found again at up to this many pixels across (its frame's own, mostly)
+
+
 @dataclass(frozen=True)
 class Sighting:
     """What presence saw in one frame."""
@@ -53,6 +62,7 @@ class Sighting:
     area: float  # share of the ROI covered by the largest blob
     offset: float  # distance of its centre from the ROI's, as a share of the ROI (0 = centred)
     in_position: bool
+    found: Located | None = None  # in position: the part's box in the frame's pixels, at full resolution
 
 
 class Presence:
@@ -64,15 +74,11 @@ class Presence:
         self._learning: list[np.ndarray] = []
         self.belt: np.ndarray | None = None
 
-    def _small(self, image: np.ndarray) -> np.ndarray:
-        if self.roi is not None:
-            r = self.roi
-            image = image[r.y:r.y + r.height, r.x:r.x + r.width]
-        h, w = image.shape[:2]
-        size = (self.s.width, max(8, round(self.s.width * h / w)))
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)  # luma: channel order moot
-        return cv2.GaussianBlur(grey, (5, 5), 0).astype(np.float32)
+    def _region(self, image: np.ndarray) -> np.ndarray:
+        if self.roi is None:
+            return image
+        r = self.roi
+        return image[r.y:r.y + r.height, r.x:r.x + r.width]
 
     @property
     def learning(self) -> bool:
@@ -80,7 +86,8 @@ class Presence:
 
     def observe(self, image: np.ndarray) -> Sighting | None:
         """The sighting in ``image``; None while the belt is still being learnt."""
-        grey = self._small(image)
+        region = self._region(image)
+        grey = small_grey(region, self.s.width)
         if self.belt is None:
             self._learning.append(grey)
             if len(self._learning) >= self.s.learn_frames:
@@ -88,21 +95,43 @@ class Presence:
                 self._learning.clear()
             return None
         changed = (np.abs(grey - self.belt) > self.s.pixel_threshold).astype(np.uint8)
-        count, _, stats, centroids = cv2.connectedComponentsWithStats(changed, connectivity=8)
         h, w = changed.shape
-        if count <= 1:
+        blob = largest_blob(changed)
+        if blob is None:
             cv2.accumulateWeighted(grey, self.belt, self.s.refresh)  # an empty belt: follow the light slowly
             return Sighting(0.0, 1.0, False)
-        blob = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        x, y, bw, bh, area = (int(v) for v in stats[blob])
-        share = area / (h * w)
-        if share < self.s.min_area:
+        if blob.share < self.s.min_area:
             cv2.accumulateWeighted(grey, self.belt, self.s.refresh, mask=1 - changed)
-            return Sighting(share, 1.0, False)
-        cx, cy = centroids[blob]
-        offset = max(abs(cx - w / 2) / w, abs(cy - h / 2) / h)
-        inside = x > 0 and y > 0 and x + bw < w and y + bh < h
-        return Sighting(share, float(offset), inside and offset <= self.s.centre_tolerance)
+            return Sighting(blob.share, 1.0, False)
+        offset = max(abs(blob.cx - w / 2) / w, abs(blob.cy - h / 2) / h)
+        inside = blob.x > 0 and blob.y > 0 and blob.x + blob.width < w and blob.y + blob.height < h
+        if not (inside and offset <= self.s.centre_tolerance):
+            return Sighting(blob.share, float(offset), False)
+        return Sighting(blob.share, float(offset), True, self._box(region, blob))
+
+    def _box(self, region: np.ndarray, blob: Blob) -> Located:
+        """The part's box at the frame's own resolution: the grey copy is a few pixels a step, and a crop that is
+        5 % too wide already changes a model's calls. The locator runs again, on a window around the blob, against
+        the belt scaled up to it."""
+        assert self.belt is not None
+        rh, rw = region.shape[:2]
+        bh, bw = self.belt.shape
+        sx, sy = rw / bw, rh / bh
+        pad = 2
+        x0, y0 = max(0, blob.x - pad), max(0, blob.y - pad)
+        x1, y1 = min(bw, blob.x + blob.width + pad), min(bh, blob.y + blob.height + pad)
+        fx0, fy0, fx1, fy1 = int(x0 * sx), int(y0 * sy), min(rw, round(x1 * sx)), min(rh, round(y1 * sy))
+        window = region[fy0:fy1, fx0:fx1]
+        width = min(fx1 - fx0, REFINE_WIDTH)
+        height = max(8, round(width * (fy1 - fy0) / (fx1 - fx0)))
+        belt = cv2.resize(self.belt[y0:y1, x0:x1], (width, height), interpolation=cv2.INTER_LINEAR)
+        found = locate(window, pixel_threshold=self.s.pixel_threshold, reference=belt, width=width)
+        ox, oy = (self.roi.x, self.roi.y) if self.roi is not None else (0, 0)
+        if found is None:  # the blob, as the grey copy saw it
+            return Located(Roi(ox + fx0, oy + fy0, fx1 - fx0, fy1 - fy0),
+                           Figures(blob.width / bw, blob.share, 0.0, float(np.median(self.belt))))
+        b = found.box
+        return dataclasses.replace(found, box=Roi(ox + fx0 + b.x, oy + fy0 + b.y, b.width, b.height))
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,11 @@ class PartSettings:
     max_pending: int = 8  # triggers waiting for inference; more are answered as missed
     gap_frames: int = 1  # presence: frames out of position tolerated inside one part
     presence: Presence | None = None
+    # "part": the model sees the located part, cropped square as its training images framed theirs (edge/framing.py);
+    # "roi": the whole ROI (or frame), for a camera whose window is already framed like the training photos.
+    crop: Crop = "part"
+    span: float | None = None  # the part's share of the crop's side; None: the manifest's training images' median
+    pixel_threshold: int = 30  # the locator's, in trigger mode (presence has its own)
 
     @classmethod
     def from_config(cls, p: PartsConfig, roi: Roi | None) -> PartSettings:
@@ -123,7 +157,8 @@ class PartSettings:
                             roi=roi) if p.presence else None
         return cls(aggregate=p.aggregate, frames_per_trigger=p.frames_per_trigger,
                    max_frame_delay_s=p.max_frame_delay_ms / 1e3, max_pending=p.max_pending,
-                   gap_frames=p.gap_frames, presence=presence)
+                   gap_frames=p.gap_frames, presence=presence, crop=p.crop, span=p.span,
+                   pixel_threshold=p.pixel_threshold)
 
 
 @dataclass
@@ -131,6 +166,8 @@ class PartFrame:
     frame_id: str
     p_defect: float
     offset: float  # from presence; 0 for triggered frames
+    crop: Roi | None = None  # the region the model saw, in frame pixels (None: the ROI or the whole frame)
+    figures: Figures | None = None  # how that region frames the part (edge/framing.py)
 
 
 @dataclass

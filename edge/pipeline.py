@@ -9,6 +9,7 @@ part) and ``on_demand`` (each :meth:`Pipeline.trigger` is a part: the frames cap
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from edge.classifier import Classifier, Prediction
+from edge.framing import Located, figures, locate, part_crop
 from edge.parts import (
     Part,
     PartFrame,
@@ -29,7 +33,7 @@ from edge.parts import (
     missed,
     verdict_of,
 )
-from edge.preprocess import FrameError
+from edge.preprocess import FrameError, Roi
 from edge.sources.base import Camera, Frame
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,7 @@ class Result:
     prediction: Prediction
     timings_ms: dict[str, float] = field(default_factory=dict)  # capture, queue, preprocess, inference, postprocess
     part_id: str | None = None  # the part this frame was classified for (part modes)
+    crop: Roi | None = None  # the region of the frame the model saw, when it was cropped to the part
 
 
 @dataclass
@@ -176,11 +181,35 @@ class Pipeline:
                 return None
         return None
 
-    def _classify(self, frame: Frame, part: Part | None = None, offset: float = 0.0) -> Result | None:
+    def _crop(self, image: np.ndarray, found: Located | None) -> Roi | None:
+        """The square the model is fed for a part located at ``found`` (None: the ROI, or the whole frame)."""
+        if self.parts.crop != "part" or found is None:
+            return None
+        return part_crop(image, found, self.classifier.manifest.framing, self.parts.span,
+                         pixel_threshold=self.parts.pixel_threshold)
+
+    def _locate(self, image: np.ndarray) -> Located | None:
+        """Trigger mode: the part inside the ROI, against the ROI's own border (no belt is learnt here)."""
+        if self.parts.crop != "part":
+            return None
+        roi = self.classifier.preprocess.roi
+        region = image if roi is None else image[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width]
+        found = locate(region, pixel_threshold=self.parts.pixel_threshold)
+        if found is None or roi is None:
+            return found
+        b = found.box
+        return dataclasses.replace(found, box=Roi(roi.x + b.x, roi.y + b.y, b.width, b.height))
+
+    def _classify(self, frame: Frame, part: Part | None = None, offset: float = 0.0,
+                  found: Located | None = None) -> Result | None:
         clf = self.classifier
         queued = (time.perf_counter() - frame.monotonic) * 1e3
         try:
-            pred = clf.classify(frame.image)
+            crop = self._crop(frame.image, found)
+            pred = clf.classify(frame.image, box=crop)
+            # How the region the model saw frames its part, by the locator that measured the training images.
+            seen = figures(clf.preprocess.source(frame.image, crop), pixel_threshold=self.parts.pixel_threshold) \
+                if part is not None else None
         except FrameError as e:
             self.stats.frame_errors += 1
             self.stats.last_error = str(e)
@@ -189,9 +218,9 @@ class Pipeline:
         self.stats.inferred += 1
         result = Result(frame_id=self.ids.next(), frame=frame, prediction=pred,
                         timings_ms={"capture": frame.capture_ms, "queue": queued, **pred.timings_ms},
-                        part_id=part.part_id if part else None)
+                        part_id=part.part_id if part else None, crop=crop)
         if part is not None:
-            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset))
+            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, seen))
             part.first_frame = part.first_frame or frame.monotonic
         return result
 
@@ -228,7 +257,7 @@ class Pipeline:
                 self._decided(missed(part, f"the first frame after the trigger came {delay:.0f} ms later "
                                            f"(limit {limit * 1e3:.0f} ms): the part has moved on"), on_part)
                 return True
-            result = self._classify(frame, part)
+            result = self._classify(frame, part, found=self._locate(frame.image))
             if result is not None:
                 on_result(result)
         self._decided(verdict_of(part, self.parts.aggregate, self.classifier), on_part)
@@ -243,7 +272,7 @@ class Pipeline:
             if self._current is None:
                 self._current = self.part_ids.next("presence", started=frame.monotonic)
             self._gap = 0
-            result = self._classify(frame, self._current, seen.offset)
+            result = self._classify(frame, self._current, seen.offset, seen.found)
             if result is not None:
                 on_result(result)
             return

@@ -116,23 +116,26 @@ class Preprocessor:
             raise FrameError(f"frame shape {frame.shape} is not H x W x 3, H x W x 4 or H x W")
         return frame
 
-    def _crop(self, frame: np.ndarray) -> np.ndarray:
-        if self.roi is None:
+    def _crop(self, frame: np.ndarray, box: Roi | None = None) -> np.ndarray:
+        r = box or self.roi
+        if r is None:
             return frame
-        r, (h, w) = self.roi, frame.shape[:2]
+        h, w = frame.shape[:2]
         if r.x < 0 or r.y < 0 or r.width <= 0 or r.height <= 0 or r.x + r.width > w or r.y + r.height > h:
-            raise FrameError(f"ROI {r.x},{r.y} {r.width}x{r.height} does not fit a {w}x{h} frame")
+            raise FrameError(f"{'crop' if box else 'ROI'} {r.x},{r.y} {r.width}x{r.height} does not fit a {w}x{h} "
+                             "frame")
         return frame[r.y:r.y + r.height, r.x:r.x + r.width]
 
-    def source(self, frame: np.ndarray) -> np.ndarray:
-        """Check ``frame`` and return the region the model looks at (a view). Every :class:`FrameError` comes
+    def source(self, frame: np.ndarray, box: Roi | None = None) -> np.ndarray:
+        """Check ``frame`` and return the region the model looks at (a view): ``box`` when given (the part, located
+        in this frame: :mod:`edge.framing`), else the ROI, else the whole frame. Every :class:`FrameError` comes
         from here, before any destination is touched: an exception whose traceback held a view of the interpreter's
         input buffer would block every later ``invoke()``."""
-        return self._crop(self._as_rgb_frame(frame))
+        return self._crop(self._as_rgb_frame(frame), box)
 
-    def pixels(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def pixels(self, frame: np.ndarray, out: np.ndarray | None = None, box: Roi | None = None) -> np.ndarray:
         """Crop, resize and reorder ``frame`` into uint8 pixels of the model's size (``out`` if given)."""
-        return self._resized(self.source(frame), out)
+        return self._resized(self.source(frame, box), out)
 
     def _resized(self, src: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         dst = self._pixels if out is None else out

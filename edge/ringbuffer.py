@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.classifier import Prediction
 from edge.images import decode_rgb
+from edge.preprocess import Roi
 from edge.sources.base import Frame, FrameOrder
 
 
@@ -28,12 +29,14 @@ class Buffered:
     prediction: Prediction
     captured_at: float
     encoded: bool = False
+    crop: Roi | None = None  # the region the model saw, when it was cropped to the part
 
     @classmethod
-    def of(cls, frame_id: str, frame: Frame, order: FrameOrder, prediction: Prediction) -> Buffered:
+    def of(cls, frame_id: str, frame: Frame, order: FrameOrder, prediction: Prediction, crop: Roi | None = None
+           ) -> Buffered:
         if frame.encoded is not None:
-            return cls(frame_id, frame.encoded, "RGB", prediction, frame.captured_at, encoded=True)
-        return cls(frame_id, frame.image, order, prediction, frame.captured_at)
+            return cls(frame_id, frame.encoded, "RGB", prediction, frame.captured_at, encoded=True, crop=crop)
+        return cls(frame_id, frame.image, order, prediction, frame.captured_at, crop=crop)
 
     @property
     def image(self) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""The locator, the crop and the framing check (edge/framing.py) on drawn parts whose boxes are known exactly.
+
+The real-photo belt (tests/test_belt.py) shows they make a trained model's calls at the line its calls on the
+photos; these pin down each rule on its own, fast.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from converter.cli import main
+from edge import framing
+from edge.manifest import FramingSpec, Spread, load
+from edge.parts import Presence, PresenceSettings
+from edge.preprocess import Preprocessor, Roi
+from harness import REPO
+
+
+def disc(size: tuple[int, int], centre: tuple[int, int], radius: int, *, background: int = 40, metal: int = 170
+         ) -> np.ndarray:
+    img = np.full((*size, 3), background, np.uint8)
+    cv2.circle(img, centre, radius, (metal, metal, metal), -1)
+    return img
+
+
+def plate(frame: np.ndarray, x: int, y: int, side: int, radius: int, *, surface: int = 165, metal: int = 80) -> None:
+    """A part on its own carrier: a light square plate with a dark round part in its middle, drawn in place."""
+    frame[y:y + side, x:x + side] = surface
+    cv2.circle(frame, (x + side // 2, y + side // 2), radius, (metal, metal, metal), -1)
+
+
+def spec(span: float = 0.8, background: float = 40.0) -> FramingSpec:
+    def s(v: float) -> Spread:
+        return Spread(p5=v * 0.95, median=v, p95=v * 1.05)
+    return FramingSpec(images=100, located=1.0, span=s(span), area=s(span * span * 0.78),
+                       offset=Spread(p5=0.0, median=0.01, p95=0.03), background=s(background))
+
+
+def test_locate_finds_a_part_against_its_background_to_a_few_pixels() -> None:
+    found = framing.locate(disc((300, 400), (220, 150), 100))
+    assert found is not None
+    b = found.box
+    assert abs(b.x - 120) <= 4 and abs(b.y - 50) <= 4 and abs(b.width - 201) <= 6 and abs(b.height - 201) <= 6
+    f = found.figures
+    assert abs(f.span - 201 / 400) < 0.02 and f.background == 40 and 0.04 < f.offset < 0.07
+    assert framing.locate(np.full((100, 100, 3), 90, np.uint8)) is None, "an empty belt holds no part"
+    assert framing.figures(np.full((100, 100, 3), 90, np.uint8)) == framing.NOTHING_FOUND
+
+
+def test_crop_box_is_square_with_the_training_margin_and_stays_in_the_frame() -> None:
+    assert framing.crop_box(Roi(100, 100, 160, 120), 0.8, 640, 360) == Roi(80, 60, 200, 200)
+    assert framing.crop_box(Roi(0, 10, 100, 100), 0.5, 640, 360) == Roi(0, 0, 200, 200), "moved in, not cut"
+    assert framing.crop_box(Roi(10, 10, 300, 300), 0.5, 640, 360) == Roi(0, 0, 360, 360), "no larger than the frame"
+
+
+def test_a_part_on_a_carrier_is_framed_as_the_training_photos_of_it_on_its_carrier() -> None:
+    frame = np.full((360, 640, 3), 40, np.uint8)
+    plate(frame, 200, 30, 300, 120)  # the part spans 0.8 of its plate, as in the training photos
+    found = framing.locate(frame)
+    assert found is not None and abs(found.box.width - 300) <= 4, "against the belt: the plate"
+    inner = framing.carried(frame, found.box, found.figures.background)
+    assert inner is not None and abs(inner.figures.span - 0.8) < 0.03, "inside it: the part, as training saw it"
+    crop = framing.part_crop(frame, found, spec(0.8, 165), None)
+    assert abs(crop.x - 200) <= 4 and abs(crop.width - 300) <= 6, "the plate itself is the training framing"
+    crop = framing.part_crop(frame, found, spec(0.7, 165), None)
+    assert abs(crop.width - 241 / 0.7) <= 10, "training parts spanned less: the part gets the training margin"
+    assert framing.carried(disc((360, 640), (320, 180), 120), Roi(200, 60, 241, 241), 40) is None, \
+        "a round part's box meets the belt along most of its border: no carrier"
+
+
+def test_compare_says_what_is_unlike_training_and_what_to_change() -> None:
+    trained = spec(0.8, 40)
+    assert framing.compare(framing.Figures(0.8, 0.5, 0.01, 45), trained) == []
+    small = framing.compare(framing.Figures(0.3, 0.07, 0.01, 40), trained)
+    assert len(small) == 1 and "too much around the part" in small[0] and 'parts.crop = "part"' in small[0]
+    assert "cut or too tight" in framing.compare(framing.Figures(1.0, 0.7, 0.01, 40), trained)[0]
+    assert "off the input's centre" in framing.compare(framing.Figures(0.8, 0.5, 0.2, 40), trained)[0]
+    light = framing.compare(framing.Figures(0.8, 0.5, 0.01, 170), trained)
+    assert len(light) == 1 and "grey level 170 where training images had 40" in light[0]
+
+
+def test_the_watch_alerts_once_when_the_line_turns_unlike_training_and_again_only_after_it_recovered() -> None:
+    watch = framing.FramingWatch(spec(0.8, 40), window=4, min_parts=3)
+    good, bad = framing.Figures(0.8, 0.5, 0.01, 40), framing.Figures(0.3, 0.07, 0.01, 40)
+    assert [watch.add(good) for _ in range(3)] == [None, None, None]
+    assert watch.status()["state"] == "like_training"
+    said = [watch.add(bad) for _ in range(6)]
+    assert [s is not None for s in said] == [False, True, False, False, False, False], "once, when the median turned"
+    status = watch.status()
+    assert status["state"] == "unlike_training" and status["trained"]["span"] == 0.8  # type: ignore[index]
+    assert [watch.add(good) for _ in range(4)] == [None] * 4 and watch.status()["state"] == "like_training"
+    assert any(watch.add(bad) for _ in range(4)), "unlike again after recovering: said again"
+    unknown = framing.FramingWatch(None)
+    assert all(unknown.add(bad) is None for _ in range(9)) and unknown.status()["state"] == "unknown"
+
+
+def test_presence_gives_the_parts_box_at_the_frames_own_resolution() -> None:
+    belt = np.full((360, 640, 3), 40, np.uint8)
+    roi = Roi(120, 10, 400, 340)
+    presence = Presence(PresenceSettings(learn_frames=3), roi=roi)
+    for _ in range(3):
+        presence.observe(belt)
+    seen = presence.observe(disc((360, 640), (331, 183), 117))
+    assert seen is not None and seen.in_position and seen.found is not None
+    b = seen.found.box  # the grey copy is 4 frame pixels a step; the box is found again at the frame's own
+    assert abs(b.x - 214) <= 3 and abs(b.y - 66) <= 3 and abs(b.width - 235) <= 5 and abs(b.height - 235) <= 5, b
+
+
+def test_preprocessing_feeds_the_crop_and_refuses_one_outside_the_frame() -> None:
+    from edge.manifest import InputSpec
+    from edge.preprocess import FrameError
+
+    pre = Preprocessor(InputSpec(height=8, width=8, dtype="uint8", scale=1 / 255), roi=Roi(0, 0, 4, 4))
+    frame = np.zeros((20, 20, 3), np.uint8)
+    frame[10:18, 10:18] = 200
+    assert (pre(frame) == 0).all(), "no box: the ROI"
+    assert (pre.pixels(frame, box=Roi(10, 10, 8, 8)) == 200).all(), "a box: the part"
+    with pytest.raises(FrameError, match="crop 15,15 8x8 does not fit a 20x20 frame"):
+        pre.source(frame, Roi(15, 15, 8, 8))
+
+
+def test_framing_command_records_the_training_photos_framing_in_a_manifest(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models", models, ignore=shutil.ignore_patterns("*.h5", "efficientnetb0*", "cnn*"))
+    photos = tmp_path / "photos"
+    for cls in ("good", "defect"):
+        (photos / cls).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(photos / cls / f"{i}.png"), disc((200, 200), (100 + i, 100), 80))
+    manifest = models / "mobilenetv2.json"
+    before = json.loads(manifest.read_text())
+    assert main(["framing", str(manifest), "--images", str(photos)]) == 0
+    m = load(manifest)
+    assert m.framing is not None and m.framing.images == 12 and abs(m.framing.span.median - 161 / 200) < 0.03
+    after = json.loads(manifest.read_text())
+    assert {k: v for k, v in after.items() if k != "framing"} == {k: v for k, v in before.items() if k != "framing"}
+    assert main(["framing", str(models / "nothing.json"), "--images", str(photos)]) == 2
