@@ -99,14 +99,16 @@ class Status(Message):
     gradcam: dict[str, Any]
     model_refused: str | None = None  # the last model the unit would not load (cmd/model), and why
     framing: dict[str, Any] | None = None  # part modes: the line's framing against the training images'
+    # models with a signature: the threshold, and how many inputs so far were unlike the training ones
+    familiarity: dict[str, Any] | None = None
 
-    omit_if_none = frozenset({"model_refused", "framing"})
+    omit_if_none = frozenset({"model_refused", "framing", "familiarity"})
 
 
 class Result(Message):
     """One per classified frame."""
 
-    omit_if_none = frozenset({"part_id", "crop"})
+    omit_if_none = frozenset({"part_id", "crop", "ood", "unfamiliar"})
     frame_id: str = Field(pattern=topics.FRAME_ID.pattern)
     label: str = Field(max_length=40)  # the manifest's label: "good" / "defective" unless it names others
     defective: bool
@@ -118,6 +120,8 @@ class Result(Message):
     timings_ms: dict[str, float]
     part_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # part modes: the part it was for
     crop: Box | None = None  # the region of the frame the model saw, when cropped to the part
+    ood: float | None = Field(default=None, ge=0)  # distance from the model's training inputs (~1 for them)
+    unfamiliar: bool | None = None  # ood above the model's threshold: unlike anything it was trained on
 
 
 class PartFrame(BaseModel):
@@ -131,7 +135,7 @@ class Part(Message):
     the low-confidence band) or ``missed`` (no frame in time: ``error`` says why, and the p fields are absent)."""
 
     omit_if_none = frozenset({"label", "defective", "p_defect", "confidence", "threshold", "low_confidence",
-                              "error", "frame_id", "crop", "framing"})
+                              "error", "frame_id", "crop", "framing", "ood", "unfamiliar"})
     part_id: str = Field(pattern=topics.FRAME_ID.pattern)
     seq: int = Field(ge=1)
     trigger: Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
@@ -150,13 +154,15 @@ class Part(Message):
     error: str | None = None
     crop: Box | None = None  # the deciding frame's region the model saw (the part, cropped square)
     framing: dict[str, float] | None = None  # how that region frames the part: span, area, offset, background
+    ood: float | None = Field(default=None, ge=0)  # the deciding frame's distance from the training inputs
+    unfamiliar: bool | None = None  # ood above the model's threshold
 
 
 class Alert(Message):
     """A defect, a low-confidence call, a camera gone, or frames the model failed on (``kind``)."""
 
     omit_if_none = frozenset({"label", "p_defect", "confidence", "threshold", "model", "since", "error",
-                              "frame_errors", "part_id", "problems"})
+                              "frame_errors", "part_id", "problems", "ood", "ood_threshold"})
     kind: AlertKind
     frame_id: str | None = Field(pattern=topics.FRAME_ID.pattern)
     dedup_key: str = Field(pattern=topics.DEDUP_KEY.pattern)
@@ -169,6 +175,8 @@ class Alert(Message):
     error: str | None = None  # camera_offline, model_error: the last error
     frame_errors: int | None = None  # model_error: frames that failed since the last alert
     problems: list[str] | None = None  # framing: what is unlike the training images, and what to change
+    ood: float | None = None  # unfamiliar_input: the last input's distance from the training inputs
+    ood_threshold: float | None = None  # unfamiliar_input: the model's threshold
     part_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # part modes: the part it is about
 
 

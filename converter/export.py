@@ -44,9 +44,11 @@ from converter.dataset import LabelledFolder, open_folder
 from converter.errors import UserError
 from converter.keras_compat import ModelInfo, fixed_size, inspect, load_model
 from converter.parity import KerasReference, compare, interleaved_latency, keras_p, keras_reference
+from converter.signature import FIT_IMAGES, with_features
+from converter.signature import fit as fit_signature
 from edge import framing
 from edge import manifest as mf
-from edge.classifier import Classifier
+from edge.classifier import Classifier, split_outputs
 from edge.preprocess import Preprocessor, pixel_affine
 from edge.runtime import create_interpreter
 from edge.tfload import tf_keras
@@ -122,13 +124,20 @@ def _calibration(settings: ConvertSettings, pre: Preprocessor, size: int, scalin
 FRAMING_IMAGES = 200  # images the framing record is measured on: its percentiles settle well before
 
 
-def _framing(settings: ConvertSettings, frames: Callable[[], Iterable[tuple[int, np.ndarray]]], eval_name: str
-             ) -> mf.FramingSpec:
+def _training_images(settings: ConvertSettings, size: int, count: int) -> list[np.ndarray]:
+    """Up to ``count`` training images, as read from disk: the calibration folder, else synthetic parts of the
+    calibration series (what the demo models were trained on)."""
+    if settings.calibration:
+        return [f for _, _, f in open_folder(settings.calibration).sample(count, settings.seed).frames()]
+    return [f for _, f in _synthetic_frames(SYNTHETIC_CALIBRATION_SEED, count, size)]
+
+
+def _framing(settings: ConvertSettings, frames: Callable[[], Iterable[tuple[int, np.ndarray]]], eval_name: str,
+             size: int) -> mf.FramingSpec:
     """How the training images (the calibration folder; else the evaluation images) frame their part, measured
     by the locator the unit crops with (edge/framing.py)."""
     if settings.calibration:
-        folder = open_folder(settings.calibration).sample(FRAMING_IMAGES, settings.seed)
-        images, where = [f for _, _, f in folder.frames()], str(settings.calibration)
+        images, where = _training_images(settings, size, FRAMING_IMAGES), str(settings.calibration)
     else:
         images, where = [f for _, f in itertools.islice(frames(), FRAMING_IMAGES)], eval_name
     spec = framing.measure(images, measured_on=where)
@@ -149,7 +158,8 @@ def _manifest(name: str, quantization: str, tflite: Path, source: Path, info: Mo
               choice: conventions.Choice, heat: explain.Choice | None, parity: dict[str, Any],
               versions: dict[str, str], framed: mf.FramingSpec | None = None) -> mf.Manifest:
     interp, _ = create_interpreter(tflite, num_threads=1)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    inp = interp.get_input_details()[0]
+    out, _ = split_outputs(interp.get_output_details(), info.output_kind, tflite)
     out_dtype = np.dtype(out["dtype"]).name
     o_scale, o_zp = out["quantization"]
     quantized_out = out_dtype != "float32"
@@ -341,12 +351,13 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
     loaded = load_model(path)
     info = inspect(loaded, path, gradcam_layer=settings.gradcam_layer, input_size=settings.input_size)
     model = fixed_size(loaded, info)
+    exported, no_features = with_features(model)  # converted with its pooled features as a second output
     source = path / "saved_model.pb" if info.file_format == "savedmodel" else path
     size = max(info.height, info.width)
     frames, eval_name, folder = _eval_source(settings, size)
     choice, ref, keras_pre, keras_spec = _conventions(model, info, settings, frames, eval_name)
     heat = _heatmaps(loaded, info, settings, choice, ref.p, frames, keras_pre)  # the file's layers, as the worker
-    framed = _framing(settings, frames, eval_name)
+    framed = _framing(settings, frames, eval_name, size)
     candidates = list(QUANTIZATIONS) if settings.quantize == "auto" else [settings.quantize]
     calib = _calibration(settings, keras_pre, size, choice.pixel_scaling) \
         if {"int8", "mixed"} & set(candidates) else None
@@ -364,8 +375,8 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                                **({"calibration_images": len(wider)} if wider is not None else {})}
         rows.append(row)
         try:
-            data = to_tflite(model, q, representative=calib if wider is None else wider, int8_io=settings.int8_io,
-                             float_layers=float_layers)
+            data = to_tflite(exported or model, q, representative=calib if wider is None else wider,
+                             int8_io=settings.int8_io, float_layers=float_layers)
         except ConversionError as e:
             row.update(verdict="failed", reason=str(e))
             return row
@@ -428,6 +439,11 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
         verify_json, verify_doc = verification.write(
             name, out_dir, frames(), verification.select(ref.p, threshold), model, keras_pre, chosen[3], chosen[0],
             threshold) if chosen else (None, {})
+        signed, signature_report = (fit_signature(Classifier(chosen[3], num_threads=1),
+                                                  _training_images(settings, size, FIT_IMAGES),
+                                                  [f for _, f in frames()], out_dir, name)
+                                    if chosen and exported is not None
+                                    else (None, {"skipped": no_features or "no model met parity"}))
         result: dict[str, Any] = {
             "name": name, "source": str(path), "source_size_bytes": _size_bytes(path),
             "architecture": info.architecture, "keras_file_version": info.keras_version,
@@ -441,7 +457,7 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                      "unreadable_skipped": len(folder.skipped) if folder else 0,
                      "good": int((ref.labels == 0).sum()), "defect": int((ref.labels == 1).sum())},
             "threshold": threshold, "min_agreement": settings.min_agreement,
-            "framing": framed.model_dump(mode="json"),
+            "framing": framed.model_dump(mode="json"), "signature": signature_report,
             "verification": verify_doc["tolerance"] | {"file": verify_json.name, "images": len(verify_doc["images"])}
             if verify_json else None,
             "chosen": chosen[0] if chosen else None,
@@ -468,6 +484,8 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, heat, parity, versions, framed)
             if verify_json is not None:
                 m = m.model_copy(update={"verification": mf.file_ref(verify_json, out_dir)})
+            if signed is not None:
+                m = m.model_copy(update={"signature": signed})
             mf.write_atomic(final_manifest, m.to_json().encode())
     finally:
         for t in tmp_files:

@@ -101,3 +101,31 @@ class AlertPolicy:
                        "confidence": round(pred.confidence, 6), "threshold": pred.threshold, "model": pred.model,
                        "part_id": part_id})
                 for kind, hit in checks if hit and self.enabled[kind]]
+
+
+class Streak:
+    """``unfamiliar_input``: one alert when ``length`` inputs in a row score above the model's threshold (one odd
+    frame is not a new kind of part; a run of them is), re-armed after as many familiar ones."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self._run = 0
+        self._familiar = 0
+        self.armed = True
+        self.unfamiliar = 0  # inputs above the threshold, for status
+
+    def add(self, unfamiliar: bool) -> bool:
+        """Count one input; True when it completes a streak that is to be alerted."""
+        if not unfamiliar:
+            self._run = 0
+            self._familiar += 1
+            if self._familiar >= self.length:
+                self.armed = True
+            return False
+        self.unfamiliar += 1
+        self._familiar = 0
+        self._run += 1
+        if self._run >= self.length and self.armed:
+            self.armed = False
+            return True
+        return False

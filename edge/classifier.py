@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge import manifest as mf
+from edge import signature as sig
 from edge.preprocess import Preprocessor, Roi
 from edge.runtime import Runtime, create_interpreter, default_threads
 
@@ -44,6 +45,7 @@ class Prediction:
     model: str
     sha256: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    ood: float | None = None  # distance from the training inputs (edge/signature.py); None: the model has no signature
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class Prediction:
             "confidence": round(self.confidence, 6), "threshold": self.threshold,
             "low_confidence": self.low_confidence, "model": self.model, "sha256": self.sha256,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            **({"ood": round(self.ood, 4)} if self.ood is not None else {}),
         }
 
 
@@ -74,6 +77,19 @@ def _check_tensors(m: mf.Manifest, inp: dict[str, Any], out: dict[str, Any], whe
         raise ModelMismatchError(f"{where}: model does not match its manifest: {'; '.join(problems)}")
 
 
+def split_outputs(outs: list[dict[str, Any]], kind: str, where: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the classifier's output, its pooled features or None) among a model's outputs: the head is the one as wide
+    as its kind (1 for a sigmoid, 2 for a softmax), whatever order the converter stored them in."""
+    width = 1 if kind == "sigmoid" else 2
+    head = [o for o in outs if int(np.prod(o["shape"])) == width]
+    if len(outs) == 1:
+        return outs[0], None
+    if len(outs) != 2 or len(head) != 1:
+        raise ModelMismatchError(f"{where}: model has {len(outs)} outputs; supported: its {kind} output and "
+                                 "optionally its features")
+    return head[0], next(o for o in outs if o is not head[0])
+
+
 class Classifier:
     """A loaded model ready to classify frames. Not thread-safe: one inference thread owns it."""
 
@@ -88,22 +104,67 @@ class Classifier:
         self.interpreter, self.runtime = create_interpreter(
             mf.resolve(manifest_path, m.tflite), num_threads=self.threads, delegate=delegate, runtime=runtime)
         inp = self.interpreter.get_input_details()
-        out = self.interpreter.get_output_details()
-        if len(inp) != 1 or len(out) != 1:
-            raise ModelMismatchError(f"{manifest_path}: model has {len(inp)} inputs and {len(out)} outputs; "
-                                     "supported: one image input and one output")
-        _check_tensors(m, inp[0], out[0], manifest_path)
+        if len(inp) != 1:
+            raise ModelMismatchError(f"{manifest_path}: model has {len(inp)} inputs; supported: one image input")
+        out, features = split_outputs(self.interpreter.get_output_details(), m.output.kind, manifest_path)
+        _check_tensors(m, inp[0], out, manifest_path)
         self._input = self.interpreter.tensor(inp[0]["index"])
-        self._output_index = out[0]["index"]
+        self._output_index = out["index"]
+        self.signature, self._features = self._signature(m, features, manifest_path)
         self.preprocess = Preprocessor(m.input, roi=roi, frame_order=frame_order)
         self.decision = decision or m.decision
         self._out_scale = np.float32(m.output.scale) if m.output.dtype != "float32" else None
         self._out_zp = m.output.zero_point
         self._p_is_good = m.output.positive == "good"
 
+    @staticmethod
+    def _signature(m: mf.Manifest, features: dict[str, Any] | None, where: Path
+                   ) -> tuple[sig.Signature | None, tuple[int, float, int] | None]:
+        """The features output (index, scale, zero point) if the model has one, and the signature the manifest
+        names, checked against its file and that output."""
+        found = None
+        if features is not None:
+            scale, zp = features["quantization"]
+            quantized = np.dtype(features["dtype"]) != np.float32
+            found = (int(features["index"]), float(scale) if quantized else 0.0, int(zp) if quantized else 0)
+        spec = m.signature
+        if spec is None:
+            return None, found
+        if features is None:
+            raise ModelMismatchError(f"{where}: the manifest has a signature, the model gives no features output")
+        path = mf.resolve(where, spec.file)
+        if not path.is_file() or mf.sha256_file(path) != spec.file.sha256:
+            raise ModelMismatchError(f"{where}: signature file {path.name} is missing or not the one the manifest "
+                                     "names (re-convert the model)")
+        loaded = sig.load(path)
+        width = int(np.prod(features["shape"]))
+        if not width == spec.features == loaded.width:
+            raise ModelMismatchError(f"{where}: features output is {width} wide, the signature "
+                                     f"{loaded.width}, the manifest says {spec.features}")
+        return loaded, found
+
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def ood_threshold(self) -> float | None:
+        return None if self.manifest.signature is None else self.manifest.signature.threshold
+
+    def features(self) -> np.ndarray | None:
+        """The last classified input's pooled features (the model's second output, dequantized), if it has them."""
+        if self._features is None:
+            return None
+        index, scale, zp = self._features
+        f = self.interpreter.get_tensor(index).reshape(-1)
+        values = (f.astype(np.float32) - np.float32(zp)) * np.float32(scale) if scale else f.astype(np.float32)
+        return np.asarray(values, np.float32)
+
+    def _ood(self) -> float | None:
+        if self.signature is None:
+            return None
+        values = self.features()
+        return None if values is None else float(self.signature.score(values)[0])
 
     def p_defect_from_output(self, raw: np.ndarray) -> float:
         """Dequantize the output tensor and pick P(defective)."""
@@ -128,11 +189,12 @@ class Classifier:
         t2 = time.perf_counter()
         p = self.p_defect_from_output(self.interpreter.get_tensor(self._output_index))
         defective, confidence, low = decide(p, self.decision)
+        ood = self._ood()
         t3 = time.perf_counter()
         return Prediction(
             label=self.manifest.labels[1] if defective else self.manifest.labels[0], defective=defective,
             p_defect=p, confidence=confidence, threshold=self.decision.threshold, low_confidence=low,
             model=self.manifest.name, sha256=self.manifest.tflite.sha256,
             timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
-                        "postprocess": (t3 - t2) * 1e3},
+                        "postprocess": (t3 - t2) * 1e3}, ood=ood,
         )

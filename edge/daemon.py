@@ -27,7 +27,7 @@ import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
-from edge.alerts import Alert, AlertPolicy, Sampler
+from edge.alerts import Alert, AlertPolicy, Sampler, Streak
 from edge.classifier import Classifier
 from edge.config import EdgeConfig
 from edge.control import Control
@@ -115,6 +115,7 @@ class Daemon:
                                       duty_cycle=g.duty_cycle) if g.enabled else None
         self.health = Health(self)
         self.framing = FramingWatch(self.classifier.manifest.framing)
+        self.unfamiliar = Streak(cfg.alerts.unfamiliar_streak)
         self._ready = False
         self._published_results = 0
         self._ref: tuple[Classifier, payloads.ModelRef] | None = None
@@ -158,7 +159,10 @@ class Daemon:
                                         last_error=cam.stats.last_error),
             gradcam={"state": self.gradcam.state, "pid": self.gradcam.pid, **self.gradcam.counts}
             if self.gradcam else {"state": "disabled"}, model_refused=self.model_refused,
-            framing=self.framing.status() if self.pipeline.judges_parts else None))
+            framing=self.framing.status() if self.pipeline.judges_parts else None,
+            familiarity=None if clf.ood_threshold is None else {
+                "threshold": clf.ood_threshold, "unfamiliar": self.unfamiliar.unfamiliar,
+                "streak": self.unfamiliar.length}))
 
     def publish_status(self) -> None:
         self.link.publish(topics.STATUS, self.status_payload(), qos=1, kind="event", retain=True)
@@ -245,12 +249,13 @@ class Daemon:
             defective=p.defective, p_defect=round(p.p_defect, 6), confidence=round(p.confidence, 6),
             threshold=p.threshold, low_confidence=p.low_confidence, model=model,
             timings_ms={k: round(v, 3) for k, v in timings_ms.items()}, part_id=part_id,
-            crop=_box(buffered.crop))
+            crop=_box(buffered.crop), **self._familiarity(p.ood))
         # Buffered before it is announced: a command naming the frame may arrive as soon as the result is out.
         self.ring.add(buffered)
         if part_id is None or self.cfg.parts.frame_results:
             self.link.publish(topics.RESULT, payloads.dumps(message), qos=self.cfg.mqtt.result_qos, kind="result")
-        alerts = [] if self.pipeline.judges_parts else self.alerts.on_result(frame_id, p)  # parts: on_part
+        alerts = [] if self.pipeline.judges_parts else [*self.alerts.on_result(frame_id, p),
+                                                         *self._unfamiliar(p.ood, frame_id, frame_id)]
         self._alerted(alerts, ts, buffered)
         if not alerts and self.sampler.take():  # a confident call, for the console's review queue
             self._snapshot(buffered, buffered.image, "sample")
@@ -288,14 +293,34 @@ class Daemon:
                         **({"trigger_to_first_frame": round((started - part.started) * 1e3, 3)}
                            if started is not None else {})},
             crop=_box(decider.crop) if decider else None,
-            framing=decider.figures.as_dict() if decider and decider.figures else None)
+            framing=decider.figures.as_dict() if decider and decider.figures else None,
+            **self._familiarity(decider.ood if decider else None))
         self.link.publish(topics.PART, payloads.dumps(message), qos=1, kind="part")
         self.history.event("part", part_id=part.part_id, verdict=v.verdict,
                            p_defect=None if p is None else round(p.p_defect, 6))
-        if p is not None and frame is not None:
-            self._alerted(self.alerts.on_part(part.part_id, frame.frame_id, p), ts, frame)
+        if p is not None and frame is not None and decider is not None:
+            self._alerted([*self.alerts.on_part(part.part_id, frame.frame_id, p),
+                           *self._unfamiliar(decider.ood, frame.frame_id, part.part_id, part_id=part.part_id)],
+                          ts, frame)
         if decider is not None and decider.figures is not None and frame is not None:
             self._watch_framing(decider.figures, part.part_id, frame, ts)
+
+    def _familiarity(self, ood: float | None) -> dict[str, Any]:
+        limit = self.classifier.ood_threshold
+        if ood is None or limit is None:
+            return {}
+        return {"ood": round(ood, 4), "unfamiliar": ood > limit}
+
+    def _unfamiliar(self, ood: float | None, frame_id: str, key: str, **detail: str) -> list[Alert]:
+        """A run of inputs unlike anything the model was trained on (an unknown part, an empty fixture, a hand):
+        one ``unfamiliar_input`` alert, with the last of them attached."""
+        limit = self.classifier.ood_threshold
+        if ood is None or limit is None or not self.unfamiliar.add(ood > limit):
+            return []
+        log.warning("%d inputs in a row unlike the model's training images (ood %.2f > %.2f)",
+                    self.unfamiliar.length, ood, limit)
+        return [Alert("unfamiliar_input", frame_id, f"{self.cfg.device.id}:unfamiliar_input:{key}",
+                      {"ood": round(ood, 4), "ood_threshold": limit, "model": self.classifier.name, **detail})]
 
     def _watch_framing(self, seen: Figures, part_id: str, frame: Buffered, ts: str) -> None:
         """The part's framing against the model's training images; the moment the line's becomes unlike them, one

@@ -122,6 +122,18 @@ class FramingSpec(_Frozen):
     measured_on: str = ""  # which images: a folder, or "synthetic parts"
 
 
+class SignatureSpec(_Frozen):
+    """What the model has seen (:mod:`edge.signature`): the ``.tflite`` gives the pooled features before its last
+    layer as a second output, and ``file`` holds their mean and principal directions over the training images."""
+
+    file: FileRef  # NAME.signature.npz
+    features: int = Field(gt=0)  # the features output's width
+    images: int = Field(gt=0)  # training images it was fit on
+    threshold: float = Field(gt=0)  # a score above this is unfamiliar
+    chosen_by: str = ""  # how the threshold was chosen, and on what
+    held_out_below: float = Field(default=0.0, ge=0, le=1)  # share of held-out images scoring below it
+
+
 class Manifest(_Frozen):
     schema_: Literal[1] = Field(default=1, alias="schema")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -141,6 +153,8 @@ class Manifest(_Frozen):
     # How the training images frame their part; None for models converted before it was measured (the unit then
     # crops with a default margin, and says it cannot compare: ``defect-convert framing`` adds it).
     framing: FramingSpec | None = None
+    # None: the model gives no features (converted before, or its graph has no pooled layer before a Dense head).
+    signature: SignatureSpec | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
 

@@ -220,7 +220,7 @@ class Pipeline:
                         timings_ms={"capture": frame.capture_ms, "queue": queued, **pred.timings_ms},
                         part_id=part.part_id if part else None, crop=crop)
         if part is not None:
-            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, seen))
+            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, seen, pred.ood))
             part.first_frame = part.first_frame or frame.monotonic
         return result
 

@@ -1,18 +1,12 @@
 """A belt of real photos: casting photos sliding across a conveyor under a fixed camera, with ground truth.
 
 The synthetic line (``converter.synth.write_video``) was drawn for the demo models and agrees with them; this one is
-made of the casting data set's **test** photos (never the ones a model was trained on), as a user's line would look:
-grey 640x360 frames at 12 fps, 300x300 parts at uneven spacing and slightly uneven speed, a flicker of the light.
+made of the casting data set's **test** photos (never the ones a model was trained on), as the framing issue first
+measured it: grey 640x360 frames at 12 fps, each 300x300 photo pasted whole on a dark belt (a part arriving on its
+light carrier plate), at uneven spacing and slightly uneven speed, under a flickering light.
 
-Two belts:
-
-- ``light``: the photos' own surface (the impellers were photographed on a light grey plate). Each photo is blended
-  into the belt outside the part, so what differs from the belt is the part, as on a line whose training photos were
-  taken by its own camera.
-- ``dark``: each photo pasted whole on a dark belt, as the framing issue's first measurement had it. What differs
-  from the belt is then the photo's square, its own background included.
-
-The truth for each part: the photo, its label, and the frame in which it is closest to the middle of the frame.
+The truth for each part: the photo, its label, and the frames in which it is in view. :func:`train_casting_model`
+makes the model a user of this line would have: trained on the casting **train** photos.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import json
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -31,8 +24,8 @@ from edge.parts import PartSettings, PartVerdict, Presence, PresenceSettings
 from edge.pipeline import Pipeline, Result
 from edge.preprocess import Roi
 from edge.sources.base import Camera, FrameSource
+from harness.data import casting_split
 
-Belt = Literal["light", "dark"]
 WIDTH, HEIGHT, FPS, SIDE = 640, 360, 12.0, 300
 # The presence ROI the framing issue used: larger than the part, around the belt's middle.
 ROI = Roi(x=120, y=10, width=400, height=340)
@@ -49,26 +42,16 @@ class BeltPart:
     last_frame: int
 
 
-def _belt_image(kind: Belt, rng: np.random.Generator) -> np.ndarray:
-    level = 170.0 if kind == "light" else 40.0
+def _belt_image(rng: np.random.Generator) -> np.ndarray:
     ramp = np.linspace(-6, 6, WIDTH, dtype=np.float32)[None, :]
-    return level + ramp + rng.normal(0, 2.5, (HEIGHT, WIDTH)).astype(np.float32)
+    return 40.0 + ramp + rng.normal(0, 2.5, (HEIGHT, WIDTH)).astype(np.float32)
 
 
-def _feather() -> np.ndarray:
-    """Alpha of a photo over the light belt: the round part and its shadow, fading to the belt at the square's
-    edge, so no seam of the photo's square is left for presence to see."""
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32)
-    r = np.hypot(xx - SIDE / 2 + 0.5, yy - SIDE / 2 + 0.5)
-    return np.clip((SIDE / 2 - r) / 12.0, 0.0, 1.0)
-
-
-def write_belt(path: Path, photos: list[tuple[Path, bool]], *, belt: Belt = "light", seed: int = 0,
-               step_px: float = 34.0) -> list[BeltPart]:
+def write_belt(path: Path, photos: list[tuple[Path, bool]], *, seed: int = 0, step_px: float = 34.0
+               ) -> list[BeltPart]:
     """Write the clip to ``path`` (MJPG AVI) and its truth beside it (``.json``); return the truth."""
     rng = np.random.default_rng(seed)
-    base = _belt_image(belt, rng)
-    alpha = _feather() if belt == "light" else np.ones((SIDE, SIDE), np.float32)
+    base = _belt_image(rng)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
         raise OSError(f"cannot write video {path}: OpenCV has no MJPG writer here")
@@ -97,10 +80,7 @@ def write_belt(path: Path, photos: list[tuple[Path, bool]], *, belt: Belt = "lig
                 left = round(x)
                 a, b = max(0, left), min(WIDTH, left + SIDE)
                 if b > a:
-                    src = grey[:, a - left:b - left]
-                    al = alpha[:, a - left:b - left]
-                    region = canvas[top:top + SIDE, a:b]
-                    canvas[top:top + SIDE, a:b] = region * (1 - al) + src * al
+                    canvas[top:top + SIDE, a:b] = grey[:, a - left:b - left]
                 if abs(x + SIDE / 2 - WIDTH / 2) < best:
                     best, centred = abs(x + SIDE / 2 - WIDTH / 2), frame_no
                 emit(canvas)
@@ -203,3 +183,52 @@ def read_video(video: Path) -> list[np.ndarray]:
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     cap.release()
     return frames
+
+
+MODEL_SIZE = 128  # the casting model's input side: a small CNN at 128 px trains in about two minutes here
+TRAIN_IMAGES = 1600
+
+
+def train_casting_model(out: Path, casting: Path, *, epochs: int = 8, seed: int = 0) -> Path:
+    """A user's model of the casting photos: a small CNN (batch-normalised, pooled features, a sigmoid head) trained
+    on 1,600 photos of the data set's train split with random flips and a cosine-decayed learning rate, then
+    converted by ``defect-convert convert --quantize auto`` with the train split as calibration and the held-out
+    test split as evaluation, so its manifest records the training photos' framing and its signature. It reaches
+    about 93 % on the test split (trained at a fixed rate, the same model swung between 33 % and 89 % from one
+    epoch to the next: batch normalisation's statistics never settled). Returns ``out/casting.json``;
+    ``out/split`` holds the splits (links, nothing copied)."""
+    from converter.cli import main
+    from converter.dataset import open_folder
+    from edge.manifest import InputSpec
+    from edge.preprocess import Preprocessor
+    from edge.tfload import tf_keras
+
+    _, k = tf_keras()
+    train_dir, test_dir = casting_split(casting, out / "split")
+    x, y = open_folder(train_dir).sample(TRAIN_IMAGES, seed=seed).pixels(
+        Preprocessor(InputSpec(height=MODEL_SIZE, width=MODEL_SIZE, dtype="float32")))
+    k.utils.set_random_seed(seed)
+    inp = k.Input((MODEL_SIZE, MODEL_SIZE, 3), name="image")
+    h = inp
+    for i, filters in enumerate((16, 32, 64)):
+        h = k.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv_{i}")(h)
+        h = k.layers.BatchNormalization(momentum=0.9, name=f"bn_{i}")(h)
+        h = k.layers.ReLU(name=f"relu_{i}")(h)
+        h = k.layers.MaxPooling2D(name=f"pool_{i}")(h)
+    h = k.layers.GlobalAveragePooling2D(name="gap")(h)
+    model = k.Model(inp, k.layers.Dense(1, activation="sigmoid", name="prediction")(h), name="casting")
+    steps = epochs * ((len(x) + 31) // 32)
+    model.compile(optimizer=k.optimizers.Adam(k.optimizers.schedules.CosineDecay(2e-3, steps)),
+                  loss="binary_crossentropy")
+    xs = x.astype(np.float32) / 255
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):  # a part seen from above is the same part mirrored
+        flip = rng.random(len(xs)) < 0.5
+        model.fit(np.where(flip[:, None, None, None], xs[:, :, ::-1], xs), y, epochs=1, batch_size=32, verbose=0)
+    h5 = out / "casting.h5"
+    model.save(h5)
+    rc = main(["convert", str(h5), "--quantize", "auto", "--calibration", str(train_dir), "--eval", str(test_dir),
+               "--eval-limit", "200", "--name", "casting", "--out-dir", str(out)])
+    if rc != 0:
+        raise RuntimeError(f"defect-convert convert failed ({rc})")
+    return out / "casting.json"

@@ -36,3 +36,22 @@ def link_into(paths: list[Path], folder: Path) -> Path:
     for p in paths:
         (folder / p.name).symlink_to(p.resolve())
     return folder
+
+
+def casting_split(casting: Path, out: Path) -> tuple[Path, Path]:
+    """The data set's original train and test splits as labelled folders of symlinks (nothing is copied).
+
+    The 64 test images that are byte-identical to training images (duplicates_train_test.txt) are left out of the
+    test split, so it is truly held out.
+    """
+    leaked = {line.split("\t")[0] for line in (casting / "duplicates_train_test.txt").read_text().splitlines()
+              if line and not line.startswith("#")}
+    for split in ("train", "test"):
+        for cls in ("good", "defect"):
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+    for cls in ("good", "defect"):
+        for img in (casting / cls).iterdir():
+            split = img.name.split("__", 1)[0]
+            if split in ("train", "test") and f"{cls}/{img.name}" not in leaked:
+                (out / split / cls / img.name).symlink_to(img.resolve())
+    return out / "train", out / "test"

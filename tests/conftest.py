@@ -96,54 +96,13 @@ def casting() -> Path:
     return CASTING
 
 
-def casting_split(casting: Path, out: Path) -> tuple[Path, Path]:
-    """The data set's original train and test splits as labelled folders of symlinks (nothing is copied).
-
-    The 64 test images that are byte-identical to training images (duplicates_train_test.txt) are left out of the
-    test split, so it is truly held out.
-    """
-    leaked = {line.split("\t")[0] for line in (casting / "duplicates_train_test.txt").read_text().splitlines()
-              if line and not line.startswith("#")}
-    for split in ("train", "test"):
-        for cls in ("good", "defect"):
-            (out / split / cls).mkdir(parents=True, exist_ok=True)
-    for cls in ("good", "defect"):
-        for img in (casting / cls).iterdir():
-            split = img.name.split("__", 1)[0]
-            if split in ("train", "test") and f"{cls}/{img.name}" not in leaked:
-                (out / split / cls / img.name).symlink_to(img.resolve())
-    return out / "train", out / "test"
-
-
-CASTING_SIZE = 128  # the casting model's input side: a small CNN at 128 px trains in about a minute here
-
-
 @pytest.fixture(scope="session")
 def casting_model(tmp_path_factory: pytest.TempPathFactory, casting: Path, keras_mod: Any) -> Path:
-    """A user's model of the casting photos: a small CNN trained on 1,600 photos of the train split (flips and
-    quarter turns, as ``defect-convert train`` augments), converted to int8 with its framing measured. Returns the
-    manifest (``casting.json``); its folder holds the splits as ``split/train`` and ``split/test``."""
-    from converter.cli import main
-    from converter.dataset import open_folder
-    from edge.manifest import InputSpec
-    from edge.preprocess import Preprocessor
+    """A user's model of the casting photos, trained on their train split (harness/belt.py says how); returns its
+    manifest, whose folder also holds the splits as ``split/train`` and ``split/test``."""
+    from harness.belt import train_casting_model
 
-    out = tmp_path_factory.mktemp("casting_model")
-    train_dir, test_dir = casting_split(casting, out / "split")
-    x, y = open_folder(train_dir).sample(1600, seed=0).pixels(
-        Preprocessor(InputSpec(height=CASTING_SIZE, width=CASTING_SIZE, dtype="float32")))
-    x = np.concatenate([x, x[:, :, ::-1], np.rot90(x, 1, axes=(1, 2)), np.rot90(x, 2, axes=(1, 2))])
-    y = np.concatenate([y] * 4)
-    keras_mod.utils.set_random_seed(0)
-    model = build_tiny(keras_mod, CASTING_SIZE)
-    model.compile(optimizer=keras_mod.optimizers.Adam(3e-3), loss="binary_crossentropy")
-    model.fit(x.astype(np.float32) / 255, y, epochs=8, batch_size=64, verbose=0)
-    h5 = out / "casting.h5"
-    model.save(h5)
-    rc = main(["convert", str(h5), "--quantize", "int8", "--calibration", str(train_dir), "--eval", str(test_dir),
-               "--eval-limit", "200", "--name", "casting", "--out-dir", str(out)])
-    assert rc == 0
-    return out / "casting.json"
+    return train_casting_model(tmp_path_factory.mktemp("casting_model"), casting)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ from converter.dataset import open_folder
 from edge import manifest as mf
 from edge.manifest import InputSpec
 from edge.preprocess import Preprocessor
-from tests.conftest import TINY, build_tiny, casting_split
+from harness.data import casting_split
+from tests.conftest import TINY, build_tiny
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,56 @@
+"""What the model has seen (edge/signature.py): the score, its file, and the alert's streak. The real measurement,
+a model trained on casting photos against foreign inputs, is in tests/test_belt.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import signature
+from edge.alerts import Streak
+
+
+def features(n: int, seed: int, *, shift: float = 0.0) -> np.ndarray:
+    """Feature vectors that vary along 4 directions of 64, as a network's pooled features of one kind of part do."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(0).normal(size=(4, 64))
+    return (rng.normal(size=(n, 4)) * [3, 2, 1, 0.5]) @ basis + rng.normal(0, 0.05, (n, 64)) + 5.0 + shift
+
+
+def test_training_inputs_score_about_one_and_others_far_above() -> None:
+    sig = signature.fit(features(400, 1))
+    held_out = sig.score(features(400, 2))
+    limit = signature.threshold(held_out)
+    assert 0.7 < float(np.median(held_out)) < 1.3 and limit < 3
+    assert (sig.score(features(400, 3)) <= limit).mean() >= 0.98, "other inputs of the same kind stay below"
+    assert (sig.score(features(100, 4, shift=0.5)) > limit).all(), "a shifted kind of input is far above"
+    odd = np.random.default_rng(5).normal(5, 1, (100, 64))  # nothing like the 4 directions
+    assert (sig.score(odd) > 5 * limit).all()
+    assert sig.score(features(1, 6)[0]).shape == (1,), "one vector scores as one row"
+
+
+def test_the_file_round_trips_and_a_bad_one_is_one_clear_line(tmp_path: Path) -> None:
+    sig = signature.fit(features(50, 1), components=8)
+    path = tmp_path / "m.signature.npz"
+    path.write_bytes(signature.to_bytes(sig))
+    again = signature.load(path)
+    assert np.array_equal(again.components, sig.components) and again.residual == pytest.approx(sig.residual)
+    (tmp_path / "bad.npz").write_bytes(b"not a signature")
+    with pytest.raises(signature.SignatureError, match=r"bad.npz: signature unreadable"):
+        signature.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "odd.npz", mean=np.zeros(3), components=np.zeros((2, 4)), variances=np.ones(2), residual=1.0)
+    with pytest.raises(signature.SignatureError, match=r"odd.npz: signature malformed"):
+        signature.load(tmp_path / "odd.npz")
+    with pytest.raises(ValueError, match="at least 8"):
+        signature.fit(features(3, 1))
+
+
+def test_a_streak_alerts_once_and_rearms_after_as_many_familiar_inputs() -> None:
+    streak = Streak(3)
+    said = [streak.add(x) for x in (True, True, False, True, True, True, True, True)]
+    assert said == [False, False, False, False, False, True, False, False], "one odd input is no streak"
+    assert [streak.add(x) for x in (False, False, True, True, True)] == [False] * 5, "not re-armed after 2 familiar"
+    assert [streak.add(x) for x in (False, False, False, True, True, True)] == [False] * 5 + [True]
+    assert streak.unfamiliar == 13
