@@ -213,8 +213,8 @@ def part_crop(image: np.ndarray, found: Located, spec: FramingSpec | None, overr
     """The square the model is fed for the part located at ``found`` in ``image``.
 
     On a carrier (:func:`carried`) whose part spans it as the training photos' parts spanned theirs (within their
-    5th to 95th percentile), the carrier itself, squared: that *is* the training photo's framing. Otherwise the part, squared with the training
-    images' margin (``override`` when the engineer has set one)."""
+    5th to 95th percentile), the carrier itself, squared: that *is* the training photo's framing. Otherwise the
+    part, squared with the training images' margin (``override`` when the engineer has set one)."""
     h, w = image.shape[:2]
     span = span_of(spec, override)
     carrier = carried(image, found.box, found.figures.background, pixel_threshold=pixel_threshold)

@@ -25,6 +25,7 @@ from edge.pipeline import Pipeline, Result
 from edge.preprocess import Roi
 from edge.sources.base import Camera, FrameSource
 from harness.data import casting_split
+from harness.tiny import build_tiny
 
 WIDTH, HEIGHT, FPS, SIDE = 640, 360, 12.0, 300
 # The presence ROI the framing issue used: larger than the part, around the belt's middle.
@@ -208,15 +209,7 @@ def train_casting_model(out: Path, casting: Path, *, epochs: int = 8, seed: int 
     x, y = open_folder(train_dir).sample(TRAIN_IMAGES, seed=seed).pixels(
         Preprocessor(InputSpec(height=MODEL_SIZE, width=MODEL_SIZE, dtype="float32")))
     k.utils.set_random_seed(seed)
-    inp = k.Input((MODEL_SIZE, MODEL_SIZE, 3), name="image")
-    h = inp
-    for i, filters in enumerate((16, 32, 64)):
-        h = k.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv_{i}")(h)
-        h = k.layers.BatchNormalization(momentum=0.9, name=f"bn_{i}")(h)
-        h = k.layers.ReLU(name=f"relu_{i}")(h)
-        h = k.layers.MaxPooling2D(name=f"pool_{i}")(h)
-    h = k.layers.GlobalAveragePooling2D(name="gap")(h)
-    model = k.Model(inp, k.layers.Dense(1, activation="sigmoid", name="prediction")(h), name="casting")
+    model = build_tiny(k, MODEL_SIZE, name="casting")
     steps = epochs * ((len(x) + 31) // 32)
     model.compile(optimizer=k.optimizers.Adam(k.optimizers.schedules.CosineDecay(2e-3, steps)),
                   loss="binary_crossentropy")

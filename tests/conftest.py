@@ -17,27 +17,12 @@ import pytest
 
 from converter import synth
 from harness.data import CASTING, WHERE, casting_present
+from harness.tiny import build_tiny
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = 64  # input side of the tiny test models
-
-
-def build_tiny(keras: Any, size: int = TINY, *, outputs: int = 1) -> Any:
-    """A small CNN with the reference head (sigmoid) or a 2-class softmax head."""
-    k = keras
-    inp = k.Input((size, size, 3), name="image")
-    x = inp
-    for i, f in enumerate((16, 32, 64)):
-        x = k.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv_{i}")(x)
-        x = k.layers.BatchNormalization(momentum=0.9, name=f"bn_{i}")(x)
-        x = k.layers.ReLU(name=f"relu_{i}")(x)
-        x = k.layers.MaxPooling2D(name=f"pool_{i}")(x)
-    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
-    act = "sigmoid" if outputs == 1 else "softmax"
-    out = k.layers.Dense(outputs, activation=act, name="prediction")(x)
-    return k.Model(inp, out, name="tiny")
 
 
 def synthetic_xy(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
