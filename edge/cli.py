@@ -177,6 +177,16 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_framing(a: argparse.Namespace) -> int:
+    """Exit 2 for a bad configuration or model, 1 when parts are framed unlike the training photos, else 0."""
+    from edge import config
+    from edge.framecheck import check
+
+    checked = check(config.load(a.config), a.out, parts=a.parts, source=a.source, timeout_s=a.timeout)
+    print("\n".join(checked.lines))
+    return 1 if checked.problems else 0
+
+
 def _cmd_verify_model(a: argparse.Namespace) -> int:
     """Exit 0 when the model reproduces its verification set on this unit, 1 when it does not."""
     from edge.classifier import Classifier
@@ -239,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))
     k.add_argument("--no-camera", action="store_true", help="do not open the camera (a running unit holds it)")
     k.set_defaults(func=_cmd_check_config)
+    f = sub.add_parser("check-framing", help="watch the next parts pass and show what the model sees of them, "
+                       "against how its training photos framed theirs (docs/framing.md)")
+    f.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))
+    f.add_argument("--source", help="a recording of the line (video or folder) instead of the configured camera")
+    f.add_argument("--parts", type=int, default=10, help="parts to watch (default 10)")
+    f.add_argument("--out", type=Path, default=Path("framing-check"), help="where the crops and report go")
+    f.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for them (default 120)")
+    f.set_defaults(func=_cmd_check_framing)
+
     v = sub.add_parser("verify-model", help="re-prove a model's parity with Keras on this unit's runtime and CPU")
     v.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     v.add_argument("--models-dir", type=Path, default=default_models_dir())

@@ -276,9 +276,9 @@ def compare(line: Figures, spec: FramingSpec) -> list[str]:
     b = spec.background
     if not b.p5 - BACKGROUND_SLACK <= line.background <= b.p95 + BACKGROUND_SLACK:
         out.append(f"the background around parts is grey level {line.background:.0f} where training images had "
-                   f"{b.median:.0f} ({b.p5:.0f}-{b.p95:.0f}): the model was trained on another background (train on "
-                   "photos from this line), or the crop takes in the belt (parts.span = 1.0 if each part carries "
-                   "its own background)")
+                   f"{b.median:.0f} ({b.p5:.0f}-{b.p95:.0f}): the model sees the belt around the part (crop to it: "
+                   "parts.crop = \"part\"; parts.span = 1.0 if each part sits on a carrier of its own), or it was "
+                   "trained on another background (train on photos from this line)")
     return out
 
 

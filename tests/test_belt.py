@@ -9,20 +9,28 @@ p by about 0.05). Presence and trigger mode, and the ROI fed whole, which is wha
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge import framing
-from edge.classifier import Classifier, decide
+from edge.classifier import Classifier
 from edge.images import list_images, read_rgb
 from edge.manifest import load
-from edge.parts import PartSettings, PartVerdict, Presence, PresenceSettings
-from edge.pipeline import Pipeline
-from edge.sources import Camera, source_from_spec
-from harness.belt import ROI, BeltPart, TriggeredFrames, judge_presence, match, read_video, write_belt
+from harness.belt import (
+    FOREIGN,
+    ROI,
+    BeltPart,
+    agreement,
+    belt_photos,
+    clean_calls,
+    foreign,
+    read_video,
+    run_presence,
+    run_trigger,
+    write_belt,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,77 +40,39 @@ PARTS = 30
 @pytest.fixture(scope="module")
 def belt(casting_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[BeltPart]]:
     """30 test photos (held out from training), good and defective in turn, on the dark belt."""
-    test = casting_model.parent / "split" / "test"
-    good, bad = list_images(test / "good"), list_images(test / "defect")
-    photos = [x for pair in zip([(p, False) for p in good], [(p, True) for p in bad], strict=False)
-              for x in pair][:PARTS]
     video = tmp_path_factory.mktemp("belt") / "belt.avi"
-    return video, write_belt(video, photos, seed=3)
-
-
-def _calls(clf: Classifier, truth: list[BeltPart]) -> dict[int, tuple[bool, str]]:
-    """The model's call on each part's clean photo: (defective, ok/ng/unsure)."""
-    out = {}
-    for t in truth:
-        defective, _, low = decide(clf.classify(read_rgb(Path(t.photo))).p_defect, clf.decision)
-        out[t.index] = defective, "unsure" if low else "ng" if defective else "ok"
-    return out
-
-
-def _agreement(judged: dict[int, list[PartVerdict]], clean: dict[int, tuple[bool, str]]) -> tuple[float, float]:
-    """(decisions, three-way calls) equal to the clean photo's, over every part; a part judged twice or never fails."""
-    n = len(clean)
-    once = {i: v[0] for i, v in judged.items() if len(v) == 1 and v[0].prediction is not None}
-    decisions = sum(once[i].prediction.defective == clean[i][0] for i in once) / n  # type: ignore[union-attr]
-    calls = sum(once[i].verdict == clean[i][1] for i in once) / n
-    return decisions, calls
-
-
-def _presence(video: Path, manifest: Path, crop: str) -> tuple[list[PartVerdict], dict[str, int]]:
-    camera = Camera(source_from_spec(str(video)))
-    clf = Classifier(manifest, frame_order=camera.frame_order, roi=ROI)
-    settings = PartSettings(presence=Presence(PresenceSettings(), roi=ROI), crop=crop)  # type: ignore[arg-type]
-    return judge_presence(video, camera, clf, parts=settings)
+    return video, write_belt(video, belt_photos(casting_model.parent / "split" / "test", PARTS), seed=3)
 
 
 def test_presence_feeds_the_part_not_the_roi(casting_model: Path, belt: tuple[Path, list[BeltPart]]) -> None:
     video, truth = belt
-    clean = _calls(Classifier(casting_model), truth)
-    figures = {}
-    for crop in ("part", "roi"):
-        verdicts, index = _presence(video, casting_model, crop)
-        judged = match(truth, verdicts, index)
+    clean = clean_calls(Classifier(casting_model), truth)
+    part = run_presence(video, casting_model, truth, crop="part")
+    roi = run_presence(video, casting_model, truth, crop="roi")
+    for judged in (part, roi):
         assert not judged.phantoms, "no verdict on the empty belt"
         assert all(len(v) == 1 for v in judged.matched.values()), \
             {i: len(v) for i, v in judged.matched.items() if len(v) != 1}
-        figures[crop] = _agreement(judged.matched, clean)
-        if crop == "part":
-            for t in truth:  # the crop is the photo's carrier plate, to the pixel: not a line of belt in it
-                f = judged.matched[t.index][0].part.frames[0]
-                assert f.crop is not None and f.crop.width == f.crop.height == 300 and f.crop.y == 30, f.crop
-    print(f"\nreal-photo belt, presence, {len(truth)} parts: decisions as on the clean photo: crop "
-          f"{figures['part'][0]:.3f}, ROI {figures['roi'][0]:.3f}; three-way calls: crop {figures['part'][1]:.3f}, "
-          f"ROI {figures['roi'][1]:.3f}")
-    assert figures["part"][0] >= 0.95
-    assert figures["roi"][0] < figures["part"][0] - 0.15, "the ROI, belt and all, is not what the model learnt"
+    for t in truth:  # the crop is the photo's carrier plate, to the pixel: not a line of belt in it
+        f = part.matched[t.index][0].part.frames[0]
+        assert f.crop is not None and f.crop.width == f.crop.height == 300 and f.crop.y == 30, f.crop
+    a, b = agreement(truth, part.matched, clean), agreement(truth, roi.matched, clean)
+    print(f"\nreal-photo belt, presence, {len(truth)} parts: decisions as on the clean photo: crop {a.decisions:.3f}, "
+          f"ROI {b.decisions:.3f}; three-way calls: crop {a.calls:.3f}, ROI {b.calls:.3f}")
+    assert a.decisions >= 0.95 and a.judged_once == 1.0
+    assert b.decisions < a.decisions - 0.15, "the ROI, belt and all, is not what the model learnt"
 
 
 def test_trigger_mode_crops_the_part_inside_the_roi(casting_model: Path, belt: tuple[Path, list[BeltPart]]
                                                      ) -> None:
     video, truth = belt
-    clean = _calls(Classifier(casting_model), truth)
-    holder: list[Pipeline] = []
-    source = TriggeredFrames(read_video(video), {t.centred_frame for t in truth}, lambda: holder[0].trigger("gpio"))
-    pipe = Pipeline(Camera(source), Classifier(casting_model, roi=ROI), device_id="belt", mode="on_demand",
-                    parts=PartSettings(max_frame_delay_s=0.5))
-    holder.append(pipe)
-    verdicts: list[PartVerdict] = []
-    pipe.run(threading.Event(), lambda r: None, on_part=verdicts.append)
+    verdicts = run_trigger(video, casting_model, truth)
     assert len(verdicts) == len(truth) and not [v for v in verdicts if v.verdict == "missed"]
-    by_part = {t.index: [v] for t, v in zip(truth, sorted(verdicts, key=lambda v: v.part.seq), strict=True)}
-    decisions, calls = _agreement(by_part, clean)
-    print(f"\nreal-photo belt, trigger: decisions as on the clean photo {decisions:.3f}, three-way calls {calls:.3f}")
-    assert decisions >= 0.95
+    a = agreement(truth, {t.index: [v] for t, v in zip(truth, verdicts, strict=True)},
+                  clean_calls(Classifier(casting_model), truth))
+    print(f"\nreal-photo belt, trigger: decisions as on the clean photo {a.decisions:.3f}, three-way calls "
+          f"{a.calls:.3f}")
+    assert a.decisions >= 0.95
     assert all(v.part.frames[0].crop is not None for v in verdicts), "the part located inside the ROI"
 
 
@@ -127,26 +97,6 @@ def test_the_roi_fed_whole_is_unlike_training_and_the_check_says_what_to_change(
     assert framing.compare(framing.figures(roi[crop.y:crop.y + crop.height, crop.x:crop.x + crop.width]), spec) == []
 
 
-def _foreign(kind: str, i: int) -> np.ndarray:
-    """Inputs a casting model has never seen: the demo's synthetic parts, an empty belt, a hand over the belt."""
-    import cv2
-
-    from converter import synth
-
-    if kind == "synthetic part":
-        return synth.sample(5, i, size=256).image
-    r = np.random.default_rng(i)
-    img = np.clip(40 + r.normal(0, 3, (300, 300, 3)) + r.uniform(-10, 10), 0, 255).astype(np.uint8)
-    if kind == "hand":
-        skin = tuple(int(v) for v in (r.uniform(170, 230), r.uniform(120, 170), r.uniform(90, 140)))
-        cx, cy = (int(v) for v in r.integers(80, 220, 2))
-        cv2.ellipse(img, (cx, cy), (70, 90), float(r.uniform(0, 180)), 0, 360, skin, -1)
-        for _ in range(4):
-            a = r.uniform(0, 2 * np.pi)
-            cv2.line(img, (cx, cy), (int(cx + 140 * np.cos(a)), int(cy + 140 * np.sin(a))), skin, 22)
-    return img
-
-
 def test_the_unit_knows_what_it_has_never_seen(casting_model: Path) -> None:
     from converter.metrics import roc_auc
 
@@ -155,10 +105,9 @@ def test_the_unit_knows_what_it_has_never_seen(casting_model: Path) -> None:
     assert limit is not None and clf.signature is not None
     test = casting_model.parent / "split" / "test"
     held = np.array([clf.classify(read_rgb(p)).ood for c in ("good", "defect") for p in list_images(test / c)])
-    foreign = {k: np.array([clf.classify(_foreign(k, i)).ood for i in range(40)])
-               for k in ("synthetic part", "empty belt", "hand")}
-    shares = {k: float((v > limit).mean()) for k, v in foreign.items()}
-    everything = np.concatenate(list(foreign.values()))
+    unseen = {k: np.array([clf.classify(foreign(k, i)).ood for i in range(40)]) for k in FOREIGN}
+    shares = {k: float((v > limit).mean()) for k, v in unseen.items()}
+    everything = np.concatenate(list(unseen.values()))
     auc = roc_auc(np.r_[np.zeros(len(held)), np.ones(len(everything))].astype(bool), np.r_[held, everything])
     print(f"\ncasting model's signature: threshold {limit:.2f}; {float((held <= limit).mean()):.3f} of "
           f"{len(held)} held-out photos below; above: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())

@@ -143,3 +143,44 @@ def test_framing_command_records_the_training_photos_framing_in_a_manifest(tmp_p
     kept = {k: v for k, v in after.items() if k != "framing" and (k in before or v is not None)}
     assert kept == {k: v for k, v in before.items() if k != "framing"}, "nothing else of the manifest changed"
     assert main(["framing", str(models / "nothing.json"), "--images", str(photos)]) == 2
+
+
+def test_check_framing_shows_the_engineer_what_the_model_sees_and_what_to_change(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge import manifest as mf
+    from edge.cli import main as edge_main
+
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models", models, ignore=shutil.ignore_patterns("*.h5", "efficientnetb0*", "cnn*"))
+    m = models / "mobilenetv2.json"
+    m.write_text(mf.load(m).model_copy(update={"framing": spec(0.8, 165)}).to_json())
+    line = tmp_path / "line"
+    line.mkdir()
+    n = 0
+    for _ in range(33):  # the belt empty while presence learns it, then three parts on their plates sliding through
+        n += 1
+        cv2.imwrite(str(line / f"{n:04d}.png"), np.full((360, 640, 3), 40, np.uint8))
+    for part in range(3):
+        for x in range(-300, 660, 20):
+            frame = np.full((360, 640, 3), 40, np.uint8)
+            if x >= 0 and x + 300 <= 640:
+                plate(frame, x, 30, 300, 120, metal=60 + 30 * part)
+            n += 1
+            cv2.imwrite(str(line / f"{n:04d}.png"), frame)
+    cfg = tmp_path / "edge.toml"
+    base = (f'[device]\nid = "u"\n[camera]\nsource = "{line}"\n[camera.roi]\nx = 120\ny = 10\nwidth = 400\n'
+            f'height = 340\n[model]\nname = "mobilenetv2"\nmodels_dir = "{models}"\n[parts]\npresence = true\n')
+    cfg.write_text(base)
+    assert edge_main(["check-framing", "--config", str(cfg), "--parts", "3", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "framed like the training photos: nothing to change" in out, out
+    crops = sorted((tmp_path / "out").glob("part_00?_*[0-9].jpg"))
+    assert len(crops) == 3 and all(cv2.imread(str(c)).shape[:2] == (300, 300) for c in crops), crops
+    assert len(list((tmp_path / "out").glob("part_*_frame.jpg"))) == 3
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [r["crop"][2] for r in report["parts"]] == [300, 300, 300]
+    cfg.write_text(base + 'crop = "roi"\n')
+    assert edge_main(["check-framing", "--config", str(cfg), "--parts", "3", "--out", str(tmp_path / "roi")]) == 1
+    out = capsys.readouterr().out
+    assert "change: the background around parts is grey level 40 where training images had 165" in out, out
+    assert 'parts.crop = "part"' in out
