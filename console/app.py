@@ -444,7 +444,7 @@ def create_app(svc: Services) -> FastAPI:
                     continue
                 data = await item.read()
                 calls.append(await asyncio.to_thread(svc.inspector.inspect, item.filename or "upload", data,
-                                                     model))
+                                                     model, locate=fields.get("locate") == "on"))
         finally:
             await form.close()  # the spooled upload files
         error = "" if calls else "choose one or more JPEG or PNG files"

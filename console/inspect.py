@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.framing import lone_crop
 from edge.images import ImageError, decode_rgb
 
 MAX_PIXELS = 40_000_000  # a 40 MP photo; more is not a camera frame
@@ -89,6 +90,9 @@ class Call:
     width: int = 0
     height: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    crop: tuple[int, int, int, int] | None = None  # located: the part's square in the upload, as the unit crops it
+    ood: float | None = None  # distance from the model's training inputs (a model with a signature)
+    unfamiliar: bool = False  # ood above the model's threshold
 
 
 class Inspector:
@@ -141,7 +145,9 @@ class Inspector:
                     raise InspectError(str(e)) from None
             return self._classifiers[name]
 
-    def inspect(self, name: str, data: bytes, model: str) -> Call:
+    def inspect(self, name: str, data: bytes, model: str, *, locate: bool = False) -> Call:
+        """One upload's call; ``locate``: a whole frame from the line's camera, so find the part and crop it as the
+        unit does at the line (edge/framing.py) before classifying."""
         call = Call(id=secrets.token_hex(8), name=name[:200], model=model, ok=False)
         with self._lock:
             self.calls[call.id] = call
@@ -152,10 +158,16 @@ class Inspector:
             frame = decode_upload(name, data)
             decode_ms = (time.perf_counter() - t0) * 1e3
             clf = self.classifier(model)
-            p = clf.classify(frame)
+            box = lone_crop(frame, clf.manifest.framing) if locate else None
+            p = clf.classify(frame, box=box)
         except InspectError as e:
             call.error = str(e)
             return call
+        if box is not None:
+            call.crop = (box.x, box.y, box.width, box.height)
+            frame = frame[box.y:box.y + box.height, box.x:box.x + box.width]  # the heatmap of what the model saw
+        if p.ood is not None and clf.ood_threshold is not None:
+            call.ood, call.unfamiliar = round(p.ood, 3), p.ood > clf.ood_threshold
         call.ok, call.label, call.p_defect, call.confidence = True, p.label, p.p_defect, p.confidence
         call.low_confidence, call.threshold = p.low_confidence, p.threshold
         call.height, call.width = frame.shape[:2]

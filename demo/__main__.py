@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("DEMO_DIR") or REPO / "var").resolve()
 RUN = VAR / "demo"  # broker, unit and relay state, the video, the logs
 MAIL = VAR / "mail"
+SEEN = RUN / "seen"  # the snapshots (the crop each alerted part was judged on) and whole frames with its box
 SECONDS = float(os.environ.get("DEMO_SECONDS", "75"))
 BROKER = os.environ.get("DEMO_BROKER", "auto")
 
@@ -261,12 +262,18 @@ def live(watch: Any, sink: Any, stop: threading.Event, truth: list[dict[str, obj
             elif kind == "part":
                 part = json.loads(payload)
                 state["parts"].append(part["verdict"])
+                crop = part.get("crop")
                 recent.append(f"part {part['seq']:>3}  {part['verdict'].upper():<6} p={part.get('p_defect', 0):.3f}  "
-                              f"{len(part['frames'])} frames")
+                              f"{len(part['frames'])} frames" + (f", saw {crop[2]}x{crop[3]} at {crop[0]},{crop[1]}"
+                                                                  if crop else ""))
             elif kind == "alert":
                 state["alerts"] += 1
             elif kind.startswith("gradcam/"):
                 state["heatmaps"] += 1
+            elif kind.startswith(("snapshot/", "frame/")):  # what the model saw, and where on the belt
+                what, frame_id = kind.split("/", 1)
+                SEEN.mkdir(parents=True, exist_ok=True)
+                (SEEN / f"{frame_id}{'_frame' if what == 'frame' else ''}.jpg").write_bytes(payload)
             elif kind == "metrics":
                 m = json.loads(payload)
                 inf = m["latency_ms"].get("inference", {})
@@ -310,6 +317,9 @@ def live(watch: Any, sink: Any, stop: threading.Event, truth: list[dict[str, obj
           f"{len(parts) - parts.count('ng') - parts.count('ok')} unsure or missed) from {state['results']} "
           f"classified frames; on the first pass {right} of {len(first)} verdicts match the ground truth. "
           f"{state['alerts']} alerts, {state['heatmaps']} heatmaps.")
+    if SEEN.is_dir():
+        print(f"what the model saw of each alerted part: {SEEN} (NAME.jpg, the crop it was fed; NAME_frame.jpg, the "
+              "whole frame with the crop's box)")
 
 
 def plc_view(port: int) -> None:

@@ -66,7 +66,8 @@ def _cmd_classify(a: argparse.Namespace) -> int:
         counts["defective"] += p.defective
         counts["low_confidence"] += p.low_confidence
         if a.json:
-            print(json.dumps({"frame_id": r.frame_id, "origin": r.frame.origin, **p.as_dict(),
+            crop = {"crop": [r.crop.x, r.crop.y, r.crop.width, r.crop.height]} if r.crop else {}
+            print(json.dumps({"frame_id": r.frame_id, "origin": r.frame.origin, **p.as_dict(), **crop,
                               "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}), flush=True)
         else:
             ms = sum(p.timings_ms.values())
@@ -80,7 +81,7 @@ def _cmd_classify(a: argparse.Namespace) -> int:
         if camera.frame_order not in clf_by_order:
             continue
         Pipeline(camera, clf_by_order[camera.frame_order], device_id="cli", queue_size=2,
-                 drop_when_behind=False).run(threading.Event(), show)
+                 drop_when_behind=False, locate=a.locate).run(threading.Event(), show)
         bad += getattr(src, "skipped", [])
         if camera.stats.last_error:
             bad.append(camera.stats.last_error)
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of .tflite models with manifests (default $DEFECT_EDGE_MODELS or ./models)")
     c.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     c.add_argument("--json", action="store_true", help="one JSON object per frame, then a summary object")
+    c.add_argument("--locate", action="store_true", help="find the part in each image and crop it as the unit does "
+                   "at the line (whole frames from the line's camera; docs/framing.md)")
     c.set_defaults(func=_cmd_classify)
 
     g = sub.add_parser("gradcam", help="write a Grad-CAM overlay of one image (needs TensorFlow)")

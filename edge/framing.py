@@ -227,6 +227,14 @@ def part_crop(image: np.ndarray, found: Located, spec: FramingSpec | None, overr
     return crop_box(carrier.part.box, span, w, h)
 
 
+def lone_crop(image: np.ndarray, spec: FramingSpec | None, override: float | None = None, *,
+              pixel_threshold: int = 30) -> Roi | None:
+    """The crop for the part in a lone image (a whole frame from the line's camera, uploaded or on disk): located
+    against the image's own border, framed as the training photos are; None when no part stands out."""
+    found = locate(image, pixel_threshold=pixel_threshold)
+    return None if found is None else part_crop(image, found, spec, override, pixel_threshold=pixel_threshold)
+
+
 def span_of(spec: FramingSpec | None, override: float | None) -> float:
     """The part's share of the crop's side: the configured one, else the training images' median, else the
     default."""

@@ -133,7 +133,7 @@ class Pipeline:
 
     def __init__(self, camera: Camera, classifier: Classifier, *, device_id: str, mode: Mode = "continuous",
                  target_fps: float = 0.0, queue_size: int = 1, drop_when_behind: bool = True,
-                 parts: PartSettings | None = None):
+                 parts: PartSettings | None = None, locate: bool = False):
         if classifier.preprocess.frame_order != camera.frame_order:
             raise ValueError(f"classifier expects {classifier.preprocess.frame_order} frames, camera gives "
                              f"{camera.frame_order}: create it with frame_order=camera.frame_order")
@@ -147,6 +147,9 @@ class Pipeline:
         self.parts = parts or PartSettings()
         self.part_ids = PartIds(device_id)
         self.triggers = Triggers(self.part_ids, self.parts.max_pending)
+        # Continuous mode without presence: find the part in each frame and crop to it, as a unit in a part mode
+        # would (``classify --locate``, the console's inspect page), instead of feeding the whole ROI or frame.
+        self.locate = locate
         self._current: Part | None = None  # presence: the part in position now
         self._gap = 0
 
@@ -308,7 +311,7 @@ class Pipeline:
                 if self.parts.presence is not None:
                     self._gated(frame, on_result, on_part)
                 else:
-                    result = self._classify(frame)
+                    result = self._classify(frame, found=self._locate(frame.image) if self.locate else None)
                     if result is not None:
                         on_result(result)
                 if self.period:

@@ -96,7 +96,8 @@ fi
 # --- files ----------------------------------------------------------------------------------------------------------
 install -d -m 0755 "$root/models" "$root/examples" "$root/share/mosquitto"
 install -m 0644 "$src/README.md" "$root/README.md"
-for f in "$src"/models/*.tflite "$src"/models/*.json "$src"/models/*.h5 "$src"/models/*.md; do
+# NAME.signature.npz: what each model has seen (docs/framing.md); a manifest that names it is refused without it.
+for f in "$src"/models/*.tflite "$src"/models/*.json "$src"/models/*.h5 "$src"/models/*.md "$src"/models/*.npz; do
   install -m 0644 "$f" "$root/models/"
 done
 # Each model's verification set (NAME.verify/ beside NAME.verify.json): the unit re-proves parity with it.
@@ -148,7 +149,7 @@ fi
 say "done: $root"
 cat <<EOF
 Next, on a unit:
-  cp $PREFIX/models/NAME.{tflite,json,h5} /var/lib/defect-edge/models/   # your converted model (mkdir -p first)
+  cp -r $PREFIX/models/NAME.* /var/lib/defect-edge/models/   # every file of your converted model (mkdir -p first)
   edit $SYSCONFDIR/defect-edge/edge.toml; put the broker password in $SYSCONFDIR/defect-edge/mqtt_password
   $PREFIX/.venv/bin/defect-edge check-config --config $SYSCONFDIR/defect-edge/edge.toml
   systemctl enable --now defect-edge            # or defect-edge@NAME for $SYSCONFDIR/defect-edge/NAME.toml

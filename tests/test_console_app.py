@@ -160,6 +160,39 @@ def test_inspect_calls_a_photo_exactly_as_the_unit_does(inspect_app: tuple[TestC
     assert csv_text.splitlines()[0].startswith("file,model,label,p_defect") and "part.jpg,mobilenetv2" in csv_text
 
 
+def test_inspect_locates_the_part_in_a_whole_frame_and_says_when_the_model_never_saw_its_like(
+        inspect_app: tuple[TestClient, str], tmp_path: Path, casting: Path) -> None:
+    """A frame from a line: a casting photo on a dark belt. Located, the model is fed the photo's square, as a unit
+    would crop it (the call `classify --locate` makes); and the demo MobileNetV2, trained on synthetic parts, says
+    it has never seen an impeller instead of only calling it defective."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    from harness.data import casting_sample
+
+    client, token = inspect_app
+    photo = cv2.imread(str(casting_sample(1)[0]))
+    frame = np.full((360, 640, 3), 40, np.uint8)
+    frame[30:330, 170:470] = photo
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), frame)
+    r = client.post("/inspect", data={"csrf": token, "model": "mobilenetv2", "locate": "on"},
+                    files=[("files", ("frame.png", path.read_bytes(), "image/png"))])
+    assert "the part&#39;s 300×300 at 170,30" in r.text or "the part's 300×300 at 170,30" in r.text, r.text[-2000:]
+    assert "unlike anything the model was trained on" in r.text
+    got = float(re.search(r'class="p_defect">([0-9.]+)<', r.text).group(1))  # type: ignore[union-attr]
+    cli = subprocess.run([str(Path(sys.executable).parent / "defect-edge"), "classify", str(path), "--json",
+                          "--locate", "--models-dir", str(REPO / "models")], capture_output=True, text=True,
+                         timeout=120)
+    line = json.loads(cli.stdout.splitlines()[0])
+    assert line["crop"] == [170, 30, 300, 300] and abs(got - line["p_defect"]) <= 1e-6
+    assert line["ood"] > mf.load(REPO / "models" / "mobilenetv2.json").signature.threshold  # type: ignore[union-attr]
+
+
 def test_inspect_refuses_bad_files_with_a_clear_message(inspect_app: tuple[TestClient, str]) -> None:
     import struct
     import zlib
@@ -194,7 +227,7 @@ def test_a_model_without_its_h5_inspects_but_says_why_there_is_no_heatmap(tmp_pa
 
     store = tmp_path / "models"
     store.mkdir()
-    for suffix in (".tflite", ".json"):
+    for suffix in (".tflite", ".json", ".signature.npz"):
         shutil.copy(REPO / "models" / f"mobilenetv2{suffix}", store)
     cfg = config.parse({"state": {"dir": str(tmp_path / "state")}, "models_dir": str(store)})
     engine = db.engine_for(cfg.database_url())
