@@ -113,6 +113,7 @@ class AlertsConfig(Section):
     snapshot_jpeg_quality: int = Field(default=85, ge=10, le=100)
     sample_share: float = Field(default=0.0, ge=0, le=1)  # share of calls without an alert sent with a snapshot too
     sample_per_minute: int = Field(default=6, ge=0)  # at most this many sampled snapshots a minute
+    on_unfamiliar: bool = True  # unfamiliar_input alerts (models with a signature)
     unfamiliar_streak: int = Field(default=3, ge=1, le=1000)  # inputs in a row unlike the training ones: one alert
 
 

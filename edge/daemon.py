@@ -315,7 +315,7 @@ class Daemon:
         """A run of inputs unlike anything the model was trained on (an unknown part, an empty fixture, a hand):
         one ``unfamiliar_input`` alert, with the last of them attached."""
         limit = self.classifier.ood_threshold
-        if ood is None or limit is None or not self.unfamiliar.add(ood > limit):
+        if ood is None or limit is None or not self.unfamiliar.add(ood > limit) or not self.cfg.alerts.on_unfamiliar:
             return []
         log.warning("%d inputs in a row unlike the model's training images (ood %.2f > %.2f)",
                     self.unfamiliar.length, ood, limit)
@@ -334,6 +334,7 @@ class Daemon:
             alert = Alert("framing", frame.frame_id, f"{self.cfg.device.id}:framing:{part_id}",
                           {"problems": problems, "model": self.classifier.name, "part_id": part_id})
             self._alerted([alert], ts, frame)
+            self.publish_status()  # the retained status says it too, for whoever looks later
 
     def _reply(self, topic: str, payload: bytes, props: Properties | None) -> None:
         """A command's reply: through the outbox on the unit's own reply topic, directly to a v5 response topic."""

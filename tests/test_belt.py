@@ -10,6 +10,7 @@ p by about 0.05). Presence and trigger mode, and the ROI fed whole, which is wha
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,3 +115,49 @@ def test_the_unit_knows_what_it_has_never_seen(casting_model: Path) -> None:
           + f"; AUC {auc:.3f}")
     assert (held <= limit).mean() >= 0.99
     assert all(s >= 0.95 for s in shares.values()), shares
+
+
+def test_a_unit_judging_impellers_with_the_demo_model_says_so(tmp_path: Path, casting: Path, broker: Any,
+                                                               daemons: list[Any]) -> None:
+    """The real daemon, over MQTT, on the casting belt, with the committed demo MobileNetV2 (trained on synthetic
+    parts on a dark background): every part still gets its verdict, and the unit says both that its crops are unlike
+    the model's training images and that the inputs are unlike anything it has seen, with the crop attached."""
+    import json
+
+    import cv2
+
+    from harness import REPO
+    from harness.broker import Collector
+    from harness.daemon import BASE, Daemon, config
+    from harness.data import casting_sample
+
+    photos = [(p, p.parent.name == "defect") for p in casting_sample(12)]
+    video = tmp_path / "belt.avi"
+    truth = write_belt(video, photos, seed=5)
+    c = Collector(broker.port, f"{BASE}/#")
+    cfg = config(tmp_path, broker.port, REPO / "models", model={"name": "mobilenetv2"},
+                 camera={"source": str(video), "fps": 0, "loop": False,
+                         "roi": {"x": ROI.x, "y": ROI.y, "width": ROI.width, "height": ROI.height}},
+                 parts={"presence": True}, gradcam={"enabled": False})
+    d = Daemon(tmp_path / "unit", cfg).start()
+    daemons.append(d)
+    assert c.wait(lambda m: sum(t.endswith("/part") for t, _, _ in m) >= len(truth) - 1, 120), d.log()[-3000:]
+    parts = [json.loads(p) for p in c.on("/part")]
+    for p in parts:  # a square on the plate: the plate itself, or the impeller re-framed at the training's margin
+        _, y, w, h = p["crop"]
+        assert w == h and y >= 30 and y + h <= 330 and p["framing"]["background"] > 120, (p["crop"], p["framing"])
+    assert sum(p["unfamiliar"] for p in parts) >= 0.9 * len(parts) and all(p["ood"] > 0 for p in parts)
+    assert c.wait(lambda m: {"framing", "unfamiliar_input"} <= {json.loads(p)["kind"] for t, p, _ in m
+                                                                  if t.endswith("/alert")}, 30), d.log()[-3000:]
+    alerts = {a["kind"]: a for a in (json.loads(p) for p in c.on("/alert"))}
+    framing_alert, unfamiliar = alerts["framing"], alerts["unfamiliar_input"]
+    assert any("grey level" in p and "training images had 38" in p for p in framing_alert["problems"]), framing_alert
+    assert unfamiliar["ood"] > unfamiliar["ood_threshold"] > 0 and unfamiliar["part_id"]
+    assert c.wait(lambda m: any(t.endswith(f"/frame/{framing_alert['frame_id']}") for t, _, _ in m), 30)
+    crop = cv2.imdecode(np.frombuffer(c.on(f"/snapshot/{framing_alert['frame_id']}")[0], np.uint8), cv2.IMREAD_COLOR)
+    whole = cv2.imdecode(np.frombuffer(c.on(f"/frame/{framing_alert['frame_id']}")[0], np.uint8), cv2.IMREAD_COLOR)
+    assert crop.shape[:2] == (300, 300) and whole.shape[:2] == (360, 640), "the crop the model saw, and where it was"
+    status = json.loads([p for t, p, _ in c.messages if t.endswith("/status")][-1])
+    assert status["framing"]["state"] == "unlike_training" and status["framing"]["problems"]
+    assert status["familiarity"]["threshold"] == unfamiliar["ood_threshold"] and status["familiarity"]["unfamiliar"]
+    c.close()

@@ -161,8 +161,8 @@ def test_the_publisher_keeps_the_loops_order_and_outlives_a_bad_message(tmp_path
         "device": {"id": "unit1"}, "mqtt": {"host": "127.0.0.1", "port": 1, "result_qos": 1},
         "camera": {"source": str(part_folder(tmp_path / "parts", count=1))},
         "model": {"name": "mobilenetv2", "models_dir": str(REPO / "models")},
-        "alerts": {"on_defect": False, "on_low_confidence": False}, "state": {"dir": str(tmp_path / "state")},
-        "gradcam": {"enabled": False},
+        "alerts": {"on_defect": False, "on_low_confidence": False, "on_unfamiliar": False},
+        "state": {"dir": str(tmp_path / "state")}, "gradcam": {"enabled": False},
     })
     d = Daemon(cfg)
     image = np.zeros((64, 64, 3), np.uint8)
