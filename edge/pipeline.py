@@ -208,11 +208,15 @@ class Pipeline:
         clf = self.classifier
         queued = (time.perf_counter() - frame.monotonic) * 1e3
         try:
+            t0 = time.perf_counter()
             crop = self._crop(frame.image, found)
+            t1 = time.perf_counter()
             pred = clf.classify(frame.image, box=crop)
+            t2 = time.perf_counter()
             # How the region the model saw frames its part, by the locator that measured the training images.
             seen = figures(clf.preprocess.source(frame.image, crop), pixel_threshold=self.parts.pixel_threshold) \
                 if part is not None else None
+            framing_ms = (t1 - t0 + time.perf_counter() - t2) * 1e3
         except FrameError as e:
             self.stats.frame_errors += 1
             self.stats.last_error = str(e)
@@ -220,7 +224,8 @@ class Pipeline:
             return None
         self.stats.inferred += 1
         result = Result(frame_id=self.ids.next(), frame=frame, prediction=pred,
-                        timings_ms={"capture": frame.capture_ms, "queue": queued, **pred.timings_ms},
+                        timings_ms={"capture": frame.capture_ms, "queue": queued, **pred.timings_ms,
+                                    **({"framing": framing_ms} if part is not None or crop else {})},
                         part_id=part.part_id if part else None, crop=crop)
         if part is not None:
             part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, seen, pred.ood))
