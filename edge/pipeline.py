@@ -105,6 +105,11 @@ class FrameSlot:
         with self._cond:
             return self._closed and not self._frames
 
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
 
 @dataclass(frozen=True)
 class Result:
@@ -244,8 +249,10 @@ class Pipeline:
             self._decided(missed(late, f"{self.parts.max_pending} triggers already waiting for inference"), on_part)
         part = self.triggers.take(0.5)
         if part is None:
+            # A finite source that has ended leaves its last, untriggered frame in the slot: with no trigger
+            # waiting, nothing more can be judged.
             heartbeat()
-            return not (stop.is_set() or self.slot.closed_and_empty)
+            return not (stop.is_set() or self.slot.closed)
         limit = self.parts.max_frame_delay_s
         while len(part.frames) < self.parts.frames_per_trigger:
             frame = self.slot.get(0.05)
