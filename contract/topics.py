@@ -66,8 +66,8 @@ class TopicError(ValueError):
 
 @dataclass(frozen=True)
 class Topic:
-    """A unit's topic, split: ``what`` is one of available, status, result, part, alert, metrics, snapshot, gradcam
-    (the event), gradcam_image, reply; ``key`` is the frame id of an image or the command name of a reply."""
+    """A unit's topic, split: ``what`` is one of available, status, result, part, alert, metrics, snapshot, frame,
+    gradcam (the event), gradcam_image, reply; ``key`` is the frame id of an image or the command name of a reply."""
 
     what: str
     device_id: str
@@ -88,10 +88,10 @@ def parse(prefix: str, topic: str) -> Topic:
     device, rest = parts[0], parts[1:]
     if len(rest) == 1 and rest[0] in _PLAIN:
         return Topic(rest[0], device)
-    if len(rest) == 2 and rest[0] in (SNAPSHOT, GRADCAM):
+    if len(rest) == 2 and rest[0] in (SNAPSHOT, GRADCAM, FRAME):
         if not FRAME_ID.match(rest[1]):
             raise TopicError("bad_frame_id", repr(rest[1][:80]))
-        return Topic(SNAPSHOT if rest[0] == SNAPSHOT else "gradcam_image", device, rest[1])
+        return Topic("gradcam_image" if rest[0] == GRADCAM else rest[0], device, rest[1])
     if len(rest) == 3 and rest[0] == CMD and rest[2] == REPLY and (rest[1] in COMMANDS or rest[1] == "unknown"):
         return Topic(REPLY, device, rest[1])
     raise TopicError("bad_topic", topic[:120])

@@ -16,11 +16,12 @@ __all__ = ["Rejected", "parse_alert", "route_topic"]
 
 Rejected = (PayloadError, TopicError)  # both carry ``reason``, the counter a refusal is reported under
 
-_RELAYED = ("alert", topics.SNAPSHOT, "gradcam_image")
+_RELAYED = ("alert", topics.SNAPSHOT, topics.FRAME, "gradcam_image")
 
 
 def route_topic(edge_prefix: str, topic: str) -> Topic:
-    """``<prefix>/<device>/alert`` or ``<prefix>/<device>/{snapshot,gradcam}/<frame_id>``; TopicError otherwise."""
+    """``<prefix>/<device>/alert`` or ``<prefix>/<device>/{snapshot,frame,gradcam}/<frame_id>``; TopicError
+    otherwise."""
     where = topics.parse(edge_prefix, topic)
     if where.what not in _RELAYED:
         raise TopicError("bad_topic", topic[:120])

@@ -51,7 +51,8 @@ class Relay:
 
     def subscriptions(self) -> list[str]:
         p = self.cfg.mqtt.edge_prefix
-        plain = [f"{p}/+/{topics.ALERT}", f"{p}/+/{topics.SNAPSHOT}/+", f"{p}/+/{topics.GRADCAM}/+"]
+        plain = [f"{p}/+/{topics.ALERT}", f"{p}/+/{topics.SNAPSHOT}/+", f"{p}/+/{topics.FRAME}/+",
+                 f"{p}/+/{topics.GRADCAM}/+"]
         return [f"$share/{self.cfg.mqtt.shared_group}/{t}" for t in plain] if self.v5 else plain
 
     # -- intake (paho's network thread) --------------------------------------------------------------------------
@@ -91,7 +92,9 @@ class Relay:
             return
         check_image(where, payload, self.cfg.limits.max_image_bytes)
         assert where.key is not None
-        self.store.add_evidence(where.key, "snapshot" if where.what == topics.SNAPSHOT else "gradcam", payload)
+        # The snapshot (what the model saw), the whole frame with its crop's box (part modes), the heatmap.
+        kind = "gradcam" if where.what == "gradcam_image" else where.what
+        self.store.add_evidence(where.key, kind, payload)
 
     # -- delivery ------------------------------------------------------------------------------------------------
     def deliver(self, item: Outgoing) -> None:
