@@ -52,14 +52,24 @@ def _features(clf: Classifier, frames: Iterable[np.ndarray], pre: Preprocessor) 
 
 
 def fit(clf: Classifier, training: list[np.ndarray], held_out: list[np.ndarray], out: Path, name: str
-        ) -> tuple[mf.SignatureSpec, dict[str, Any]]:
+        ) -> tuple[mf.SignatureSpec | None, dict[str, Any]]:
     """Fit the signature on ``training`` images through ``clf`` (the chosen ``.tflite``), choose the threshold on
-    half of the ``held_out`` images and measure it on the other half; write ``NAME.signature.npz`` in ``out``."""
+    half of the ``held_out`` images and measure it on the other half; write ``NAME.signature.npz`` in ``out``.
+    None, and why in the report, when the features say nothing (an untrained model gives one vector for all)."""
     pre = Preprocessor(clf.manifest.input)  # images as the converter reads them: RGB, whole, at any size
-    sig = signature.fit(_features(clf, training, pre))
+    features = _features(clf, training, pre)
+    if float(features.std(axis=0).max()) < 1e-6:
+        why = f"its features are the same for all {len(training)} training images: no signature"
+        print(f"defect-convert: {why}", file=sys.stderr)
+        return None, {"skipped": why}
+    sig = signature.fit(features)
     scores = sig.score(_features(clf, held_out, pre))
     chosen, measured = scores[0::2], scores[1::2]
     limit = signature.threshold(chosen)
+    if not limit > 0:
+        why = f"held-out images all score {limit:g}: no threshold to set"
+        print(f"defect-convert: {why}", file=sys.stderr)
+        return None, {"skipped": why}
     below = float((measured <= limit).mean()) if len(measured) else 1.0
     path = out / f"{name}.signature.npz"
     mf.write_atomic(path, signature.to_bytes(sig))

@@ -31,11 +31,11 @@ from edge.alerts import Alert, AlertPolicy, Sampler, Streak
 from edge.classifier import Classifier
 from edge.config import EdgeConfig
 from edge.control import Control
-from edge.framing import Figures, FramingWatch
+from edge.framing import Figures, FramingWatch, figures
 from edge.gradcam.service import GradcamService, Outcome
 from edge.health import Health
 from edge.history import History
-from edge.images import boxed, encode_jpeg
+from edge.images import ImageError, boxed, encode_jpeg
 from edge.io import LineInterface, LineState, line_interfaces
 from edge.metrics import StageLatency
 from edge.models import manifest_path
@@ -45,7 +45,7 @@ from edge.mqtt.homeassistant import discovery_messages
 from edge.mqtt.outbox import Outbox
 from edge.parts import PartSettings, PartVerdict, deciding_frame
 from edge.pipeline import Pipeline, Result
-from edge.preprocess import Roi
+from edge.preprocess import FrameError, Roi
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
 from edge.systemd import Notifier
@@ -279,6 +279,7 @@ class Daemon:
         part, p = v.part, v.prediction
         decider = deciding_frame(part, self.cfg.parts.aggregate) if part.frames else None
         frame = self.ring.get(decider.frame_id) if decider else None
+        seen = self._figures(frame) if frame is not None else None
         ts = topics.iso(frame.captured_at if frame else time.time())
         started = part.first_frame
         message = payloads.Part(
@@ -293,7 +294,7 @@ class Daemon:
                         **({"trigger_to_first_frame": round((started - part.started) * 1e3, 3)}
                            if started is not None else {})},
             crop=_box(decider.crop) if decider else None,
-            framing=decider.figures.as_dict() if decider and decider.figures else None,
+            framing=seen.as_dict() if seen else None,
             **self._familiarity(decider.ood if decider else None))
         self.link.publish(topics.PART, payloads.dumps(message), qos=1, kind="part")
         self.history.event("part", part_id=part.part_id, verdict=v.verdict,
@@ -302,8 +303,17 @@ class Daemon:
             self._alerted([*self.alerts.on_part(part.part_id, frame.frame_id, p),
                            *self._unfamiliar(decider.ood, frame.frame_id, part.part_id, part_id=part.part_id)],
                           ts, frame)
-        if decider is not None and decider.figures is not None and frame is not None:
-            self._watch_framing(decider.figures, part.part_id, frame, ts)
+        if seen is not None and frame is not None:
+            self._watch_framing(seen, part.part_id, frame, ts)
+
+    def _figures(self, frame: Buffered) -> Figures | None:
+        """How the region the model saw of ``frame`` frames its part, by the locator that measured the training
+        images: here on the publisher, once per part, not on the inference loop for every part frame."""
+        try:
+            region = self.classifier.preprocess.source(frame.image, frame.crop)
+        except (FrameError, ImageError):
+            return None
+        return figures(region, pixel_threshold=self.cfg.parts.pixel_threshold)
 
     def _familiarity(self, ood: float | None) -> dict[str, Any]:
         limit = self.classifier.ood_threshold

@@ -108,7 +108,8 @@ def _report(cfg: EdgeConfig, clf: Classifier, order: str, verdicts: list[PartVer
             if c is not None:
                 (out / f"{name}_frame.jpg").write_bytes(
                     encode_jpeg(boxed(image, (c.x, c.y, c.width, c.height)), order, 90))
-        fig = f.figures or framing.NOTHING_FOUND
+        fig = framing.NOTHING_FOUND if image is None else framing.figures(
+            clf.preprocess.source(image, c), pixel_threshold=cfg.parts.pixel_threshold)
         seen.append(fig)
         where = f"{c.x},{c.y},{c.width}" if c else "the ROI"
         ood = "" if f.ood is None else f"{f.ood:.2f}"

@@ -167,7 +167,6 @@ class PartFrame:
     p_defect: float
     offset: float  # from presence; 0 for triggered frames
     crop: Roi | None = None  # the region the model saw, in frame pixels (None: the ROI or the whole frame)
-    figures: Figures | None = None  # how that region frames the part (edge/framing.py)
     ood: float | None = None  # its distance from the model's training inputs (edge/signature.py)
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from edge.classifier import Classifier, Prediction
-from edge.framing import Located, figures, locate, part_crop
+from edge.framing import Located, locate, part_crop
 from edge.parts import (
     Part,
     PartFrame,
@@ -215,13 +215,8 @@ class Pipeline:
         try:
             t0 = time.perf_counter()
             crop = self._crop(frame.image, found)
-            t1 = time.perf_counter()
+            framing_ms = (time.perf_counter() - t0) * 1e3
             pred = clf.classify(frame.image, box=crop)
-            t2 = time.perf_counter()
-            # How the region the model saw frames its part, by the locator that measured the training images.
-            seen = figures(clf.preprocess.source(frame.image, crop), pixel_threshold=self.parts.pixel_threshold) \
-                if part is not None else None
-            framing_ms = (t1 - t0 + time.perf_counter() - t2) * 1e3
         except FrameError as e:
             self.stats.frame_errors += 1
             self.stats.last_error = str(e)
@@ -233,7 +228,7 @@ class Pipeline:
                                     **({"framing": framing_ms} if part is not None or crop else {})},
                         part_id=part.part_id if part else None, crop=crop)
         if part is not None:
-            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, seen, pred.ood))
+            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, pred.ood))
             part.first_frame = part.first_frame or frame.monotonic
         return result
 

@@ -34,9 +34,12 @@ def test_each_quantization_converts_with_manifest_and_parity(tiny_h5: Path, synt
                                                              quant: str, min_agreement: float) -> None:
     assert convert(tiny_h5, "--quantize", quant, "--eval", synth_eval, "--calibration", synth_eval,
                    "--out-dir", tmp_path, "--name", "tiny", "--min-agreement", min_agreement) == 0
-    assert files(tmp_path) == ["tiny.json", "tiny.parity.json", "tiny.parity.md", "tiny.parity.png", "tiny.tflite",
-                               "tiny.verify", "tiny.verify.json"]
+    assert files(tmp_path) == ["tiny.json", "tiny.parity.json", "tiny.parity.md", "tiny.parity.png",
+                               "tiny.signature.npz", "tiny.tflite", "tiny.verify", "tiny.verify.json"]
     m = mf.load(tmp_path / "tiny.json")
+    # What the model has seen: its pooled features are the .tflite's second output, their signature beside it.
+    assert m.signature is not None and m.signature.features == 64 and m.signature.held_out_below >= 0.95
+    assert m.framing is not None and m.framing.images == 80
     assert m.quantization == quant and m.architecture == "tiny"
     assert m.parity["agreement"] >= min_agreement and m.parity["n"] == 80
     # Heatmaps: the layers and method whose hottest pixels matter most to the model, measured on the eval images
