@@ -98,6 +98,7 @@ install -d -m 0755 "$root/models" "$root/examples" "$root/share/mosquitto"
 install -m 0644 "$src/README.md" "$root/README.md"
 # NAME.signature.npz: what each model has seen (docs/framing.md); a manifest that names it is refused without it.
 for f in "$src"/models/*.tflite "$src"/models/*.json "$src"/models/*.h5 "$src"/models/*.md "$src"/models/*.npz; do
+  [ -e "$f" ] || continue  # a pattern that matched nothing
   install -m 0644 "$f" "$root/models/"
 done
 # Each model's verification set (NAME.verify/ beside NAME.verify.json): the unit re-proves parity with it.

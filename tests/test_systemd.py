@@ -63,7 +63,8 @@ def test_tree(installed: Installed) -> None:
     p = installed.prefix
     for rel in ("README.md", "examples/edge.toml", "examples/relay.toml", "share/mosquitto/defect-edge.conf",
                 "share/mosquitto/acl", "models/mobilenetv2.tflite", "models/mobilenetv2.json",
-                "models/mobilenetv2.h5", ".venv/bin/defect-edge", ".venv/bin/defect-relay"):
+                "models/mobilenetv2.h5", "models/mobilenetv2.signature.npz", ".venv/bin/defect-edge",
+                ".venv/bin/defect-relay"):
         assert (p / rel).is_file(), rel
     assert (p / "share/mosquitto/make-credentials.sh").stat().st_mode & stat.S_IXUSR
     assert {f.name for f in installed.units.iterdir()} == set(UNITS)
