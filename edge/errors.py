@@ -7,9 +7,10 @@ from edge.classifier import ModelMismatchError
 from edge.manifest import ManifestError
 from edge.models import UnknownModelError
 from edge.runtime import RuntimeUnavailableError
+from edge.signature import SignatureError
 from edge.sources.base import SourceError
 from edge.verify import VerificationError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SourceError,
-    VerificationError)
+    ConfigError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SignatureError,
+    SourceError, VerificationError)

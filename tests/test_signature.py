@@ -54,3 +54,27 @@ def test_a_streak_alerts_once_and_rearms_after_as_many_familiar_inputs() -> None
     assert [streak.add(x) for x in (False, False, True, True, True)] == [False] * 5, "not re-armed after 2 familiar"
     assert [streak.add(x) for x in (False, False, False, True, True, True)] == [False] * 5 + [True]
     assert streak.unfamiliar == 13
+
+
+def test_a_model_whose_signature_is_missing_or_corrupt_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A manifest that names a signature is a promise: without the file, or with another one, the unit refuses the
+    model (cmd/model keeps the one it runs) and says which file, as for a .tflite that does not match."""
+    import shutil
+
+    from edge import manifest as mf
+    from edge.cli import main
+    from harness import REPO
+
+    models = tmp_path / "models"
+    shutil.copytree(REPO / "models", models, ignore=shutil.ignore_patterns("*.h5", "efficientnetb0*", "cnn*"))
+    npz = models / "mobilenetv2.signature.npz"
+    npz.unlink()
+    assert main(["verify-model", "mobilenetv2", "--models-dir", str(models)]) == 2
+    shutil.copy(REPO / "models" / "mobilenetv2.signature.npz", npz)
+    with npz.open("ab") as f:
+        f.write(b"\0")
+    from edge.classifier import Classifier, ModelMismatchError
+
+    with pytest.raises(ModelMismatchError, match=r"signature file mobilenetv2.signature.npz is missing or not the one"):
+        Classifier(models / "mobilenetv2.json")
+    assert mf.load(models / "mobilenetv2.json").signature is not None
