@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from edge.parts import Crop, PartSettings, PartVerdict, Presence, PresenceSettin
 from edge.pipeline import Pipeline, Result
 from edge.preprocess import Roi
 from edge.sources import source_from_spec
-from edge.sources.base import Camera, FrameSource
+from edge.sources.base import Camera
 from harness.data import casting_split
+from harness.frames import MemoryFrames
 from harness.tiny import build_tiny
 
 WIDTH, HEIGHT, FPS, SIDE = 640, 360, 12.0, 300
@@ -104,8 +106,6 @@ def write_belt(path: Path, photos: list[tuple[Path, bool]], *, seed: int = 0, st
 class Judged:
     """A belt run's parts against the truth."""
 
-    verdicts: list[PartVerdict]
-    frame_index: dict[str, int]  # frame id -> the video's frame number
     matched: dict[int, list[PartVerdict]]  # truth index -> the verdicts whose frames showed it
     phantoms: list[PartVerdict]  # verdicts on frames that showed no part
 
@@ -123,41 +123,25 @@ def match(truth: list[BeltPart], verdicts: list[PartVerdict], frame_index: dict[
             phantoms.append(v)
         else:
             matched[owner.index].append(v)
-    return Judged(verdicts, frame_index, matched, phantoms)
+    return Judged(matched, phantoms)
 
 
-class TriggeredFrames(FrameSource):
+class TriggeredFrames(MemoryFrames):
     """The belt's frames, with a part sensor: ``fire()`` is called as the frame in which a part is centred is
     captured, as a light barrier at the inspection position would. Live, as a camera is: unused frames are dropped."""
 
-    frame_order = "RGB"
-    live = True
-
-    def __init__(self, frames: list[np.ndarray], at: set[int], fire: object, period: float = 0.004):
-        self.frames, self.at, self.fire, self.period = frames, at, fire, period
-        self.i = 0
+    def __init__(self, frames: list[np.ndarray], at: set[int], fire: Callable[[], object], period: float = 0.004):
+        super().__init__(frames, period=period)
+        self.at, self.fire = at, fire
 
     @property
     def description(self) -> str:
         return "belt with a part sensor"
 
-    def open(self) -> None:
-        pass
-
     def read(self) -> tuple[np.ndarray, str] | None:
-        from edge.sources.base import EndOfStream
-
-        if self.i >= len(self.frames):
-            raise EndOfStream
-        threading.Event().wait(self.period)
         if self.i in self.at:
-            assert callable(self.fire)
             self.fire()
-        self.i += 1
-        return self.frames[self.i - 1], str(self.i - 1)
-
-    def close(self) -> None:
-        pass
+        return super().read()
 
 
 def read_video(video: Path) -> list[np.ndarray]:
