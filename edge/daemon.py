@@ -3,17 +3,21 @@
 This module keeps the wiring and the lifecycle; what the unit does when commanded is in :mod:`edge.control`, how it
 watches itself in :mod:`edge.health`, and every message it sends is a model of :mod:`contract.payloads`.
 
-Threads: the inference loop (main thread, pings the systemd watchdog, hands each part's verdict to the line's I/O),
-the capture thread (inside the pipeline), the publisher (results' and verdicts' messages, alerts, history: every
-:data:`PUBLISH_EVERY_S`, a batch), paho's network thread, the outbox drainer, and a housekeeping thread (metrics,
-history flush and pruning, camera offline alerts, systemd STATUS). Nothing the broker or the camera does can end
-it; SIGTERM stops it within 5 s, after flushing what it can and publishing ``available=offline``.
+Threads: the inference loop (main thread, pings the systemd watchdog, makes each part's verdict durable and then
+hands it to the line's I/O), the capture thread (inside the pipeline), the publisher (results' and verdicts'
+messages, alerts, history: every :data:`PUBLISH_EVERY_S` a batch, or at once for a verdict), paho's network thread,
+the outbox drainer, and a housekeeping thread (metrics, history flush and pruning, camera offline alerts, systemd
+STATUS). Nothing the broker or the camera does can end it; SIGTERM stops it within 5 s, after flushing what it can
+and publishing ``available=offline``. A crash loses no verdict the line was given: the outbox keeps each part from
+its number to its published message, and the next start publishes what it finds (``docs/line.md``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -43,8 +47,9 @@ from edge.mqtt.client import MqttLink
 from edge.mqtt.commands import CommandRouter
 from edge.mqtt.homeassistant import discovery_messages
 from edge.mqtt.outbox import Outbox
-from edge.parts import PartSettings, PartVerdict, deciding_frame
+from edge.parts import Part, PartIds, PartSettings, PartVerdict, deciding_frame, missed
 from edge.pipeline import Pipeline, Result
+from edge.policy import DecisionPolicy
 from edge.preprocess import FrameError, Roi
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
@@ -88,13 +93,18 @@ class Daemon:
         self.outbox = Outbox(db, max_bytes=int(cfg.state.outbox_max_mb * 1024 * 1024))
         self.history = History(db, retention_days=cfg.state.results_retention_days,
                                max_rows=cfg.state.results_max_rows)
+        self.policy = DecisionPolicy(state / "decision.json", threshold=cfg.model.threshold,
+                                     low_confidence_band=cfg.model.low_confidence_band)
         self.camera = Camera(cfg.camera.frame_source(), stall_timeout=cfg.camera.stall_timeout_s)
+        part_ids = PartIds(cfg.device.id, last_seq=self.outbox.last_part_seq(), opened=self._opened)
         self.pipeline = Pipeline(self.camera, self.load_classifier(cfg.model.name), device_id=cfg.device.id,
                                  mode=cfg.inference.mode, target_fps=cfg.inference.target_fps,
                                  queue_size=cfg.inference.queue_size, drop_when_behind=self.camera.source.live,
-                                 parts=PartSettings.from_config(cfg.parts, cfg.camera.region()))
+                                 parts=PartSettings.from_config(cfg.parts, cfg.camera.region(), state / "belt.npz"),
+                                 part_ids=part_ids)
         self.line_state = LineState()
         self.line_state.pending = lambda: self.pipeline.triggers.pending
+        self.line_state.duplicates = lambda: sum(self.pipeline.triggers.duplicates.values())
         self.line: list[LineInterface] = line_interfaces(cfg.line, self.line_state)
         self.ring = FrameRing(max_frames=cfg.state.ring_frames, max_bytes=int(cfg.state.ring_max_mb * 1024 * 1024))
         a = cfg.alerts
@@ -122,6 +132,7 @@ class Daemon:
         self._handed: deque[Callable[[], None]] = deque()  # from the inference loop to the publisher, in order
         self._publish_lock = threading.Lock()  # one thread publishes at a time, so messages keep that order
         self._published_all = threading.Event()  # the inference loop has ended: publish what is left, then stop
+        self._publish_now = threading.Event()  # a verdict was handed: no waiting for the beat
         self.model_refused: str | None = None  # shown on status until a model loads
 
     # -- model -----------------------------------------------------------------------------------------------
@@ -133,10 +144,7 @@ class Daemon:
         log.info("%s", report.line())
         if not report.ok:
             raise VerificationError(report.line())
-        if m.threshold is not None or m.low_confidence_band is not None:
-            clf.decision = clf.decision.model_copy(update={
-                k: v for k, v in (("threshold", m.threshold), ("low_confidence_band", m.low_confidence_band))
-                if v is not None})
+        clf.decision = self.policy.decision(clf.manifest.decision)
         return clf
 
     @property
@@ -162,7 +170,18 @@ class Daemon:
             framing=self.framing.status() if self.pipeline.judges_parts else None,
             familiarity=None if clf.ood_threshold is None else {
                 "threshold": clf.ood_threshold, "unfamiliar": self.unfamiliar.unfamiliar,
-                "streak": self.unfamiliar.length}))
+                "streak": self.unfamiliar.length},
+            decision=self.policy.sources(man.decision), parts=self._parts_status()))
+
+    def _parts_status(self) -> dict[str, Any] | None:
+        pipeline = self.pipeline
+        if not pipeline.judges_parts:
+            return None
+        if pipeline.mode == "on_demand":
+            t = pipeline.triggers
+            return {"debounce_ms": round(t.debounce_s * 1e3, 1), "duplicates": dict(t.duplicates)}
+        presence = pipeline.parts.presence
+        return {"presence": presence.status() if presence else None}
 
     def publish_status(self) -> None:
         self.link.publish(topics.STATUS, self.status_payload(), qos=1, kind="event", retain=True)
@@ -171,10 +190,12 @@ class Daemon:
         return discovery_messages(self.cfg.homeassistant.prefix, self.link.base, self.cfg.device.id, _version(),
                                   self.classifier.name)
 
+    def _alert_message(self, alert: Alert, ts: str) -> payloads.Alert:
+        return payloads.Alert(device_id=self.cfg.device.id, ts=ts, kind=alert.kind, frame_id=alert.frame_id,
+                              dedup_key=alert.dedup_key, **alert.detail)
+
     def publish_alert(self, alert: Alert, ts: str) -> None:
-        message = payloads.Alert(device_id=self.cfg.device.id, ts=ts, kind=alert.kind,
-                                 frame_id=alert.frame_id, dedup_key=alert.dedup_key, **alert.detail)
-        self.link.publish(topics.ALERT, payloads.dumps(message), qos=1, kind="alert")
+        self.link.publish(topics.ALERT, payloads.dumps(self._alert_message(alert, ts)), qos=1, kind="alert")
         self.history.event("alert", kind=alert.kind, frame_id=alert.frame_id)
 
     def _model_ref(self) -> payloads.ModelRef:
@@ -186,11 +207,16 @@ class Daemon:
         return self._ref[1]
 
     def _alerted(self, alerts: list[Alert], ts: str, frame: Buffered) -> None:
-        """Publish ``alerts`` about ``frame``, with its snapshot and, as configured, a heatmap. The frame's pixels
-        are decoded once, if needed (the ring may hold only the file's bytes)."""
-        pixels = None
+        """Publish ``alerts`` about ``frame``, with their evidence."""
         for alert in alerts:
             self.publish_alert(alert, ts)
+        self._evidence(alerts, frame)
+
+    def _evidence(self, alerts: list[Alert], frame: Buffered) -> None:
+        """The snapshot of the frame ``alerts`` are about and, as configured, a heatmap. The frame's pixels are
+        decoded once, if needed (the ring may hold only the file's bytes)."""
+        pixels = None
+        for alert in alerts:
             gradcam = self.gradcam if alert.kind in self.cfg.gradcam.auto_on else None
             if not (self.cfg.alerts.snapshot or gradcam):
                 continue
@@ -229,7 +255,9 @@ class Daemon:
                     log.exception("publishing failed")
 
     def _publisher(self) -> None:
-        while not self._published_all.wait(PUBLISH_EVERY_S):
+        while not self._published_all.is_set():
+            self._publish_now.wait(PUBLISH_EVERY_S)
+            self._publish_now.clear()
             self._publish_handed()
         self._publish_handed()
 
@@ -264,29 +292,47 @@ class Daemon:
         self._published_results += 1
         self.latency.add({**timings_ms, "publish": (time.perf_counter() - t0) * 1e3})
 
+    def _opened(self, part: Part) -> None:
+        """Whichever thread numbers a part (a trigger's, or the inference loop for presence): the outbox keeps it
+        until its message is stored, so a crash before its verdict is reported ``missed`` by the next start."""
+        try:
+            self.outbox.open_part(part.seq, part.part_id, part.source, part.opened_at)
+        except sqlite3.Error as e:
+            log.error("part %d not recorded (a crash now would not report it): %s", part.seq, e)
+
     def on_part(self, v: PartVerdict) -> None:
-        """Inference loop: a part's verdict goes to the line now (a PLC is waiting); MQTT, alerts and history follow
-        in the publisher's next batch, after the results of the part's frames."""
+        """Inference loop: the verdict's messages are built and made durable, then the verdict goes to the line (a
+        PLC is waiting), then the publisher is woken to store and send them, after the results of the part's
+        frames. No wire ever shows a verdict that a crash could lose."""
+        part_message, alerts = self._part_messages(v, self._model_ref())
+        record = json.dumps({"part": payloads.dumps(part_message).decode(),
+                             "alerts": [payloads.dumps(self._alert_message(a, part_message.ts)).decode()
+                                        for a in alerts]})
+        try:
+            self.outbox.decide_part(v.part.seq, v.part.part_id, v.part.source, v.part.opened_at, record)
+        except sqlite3.Error as e:  # the line still gets its answer: a PLC waits, and the MQTT message follows
+            log.error("part %d: verdict not made durable before the line was told: %s", v.part.seq, e)
         self.line_state.decided(v)
         for interface in self.line:
             try:
                 interface.decided(v)
             except Exception as e:  # one interface's failure must not cost the others, or the verdict
                 log.warning("%s: verdict not delivered: %s", interface.name, e)
-        self._hand(partial(self._publish_part, v, self._model_ref()))
+        self._hand(partial(self._publish_part, v, part_message, alerts))
+        self._publish_now.set()
 
-    def _publish_part(self, v: PartVerdict, model: payloads.ModelRef) -> None:
+    def _part_messages(self, v: PartVerdict, model: payloads.ModelRef) -> tuple[payloads.Part, list[Alert]]:
+        """The ``part`` message of a verdict (but its framing figures, measured later on the publisher) and the
+        alerts it raises."""
         part, p = v.part, v.prediction
         decider = deciding_frame(part, self.cfg.parts.aggregate) if part.frames else None
-        frame = self.ring.get(decider.frame_id) if decider else None
-        seen = self._figures(frame) if frame is not None else None
-        ts = topics.iso(frame.captured_at if frame else time.time())
+        ts = topics.iso(decider.captured_at if decider else time.time())
         started = part.first_frame
         message = payloads.Part(
             device_id=self.cfg.device.id, ts=ts, part_id=part.part_id, seq=part.seq, trigger=part.source,
             verdict=v.verdict, aggregate=self.cfg.parts.aggregate,
             frames=[payloads.PartFrame(frame_id=f.frame_id, p_defect=round(f.p_defect, 6)) for f in part.frames],
-            frame_id=frame.frame_id if frame else None, label=p.label if p else None,
+            frame_id=decider.frame_id if decider else None, label=p.label if p else None,
             defective=p.defective if p else None, p_defect=round(p.p_defect, 6) if p else None,
             confidence=round(p.confidence, 6) if p else None, threshold=p.threshold if p else None,
             low_confidence=p.low_confidence if p else None, model=model, error=v.error,
@@ -294,17 +340,49 @@ class Daemon:
                         **({"trigger_to_first_frame": round((started - part.started) * 1e3, 3)}
                            if started is not None else {})},
             crop=_box(decider.crop) if decider else None,
-            framing=seen.as_dict() if seen else None,
             **self._familiarity(decider.ood if decider else None))
-        self.link.publish(topics.PART, payloads.dumps(message), qos=1, kind="part")
-        self.history.event("part", part_id=part.part_id, verdict=v.verdict,
-                           p_defect=None if p is None else round(p.p_defect, 6))
-        if p is not None and frame is not None and decider is not None:
-            self._alerted([*self.alerts.on_part(part.part_id, frame.frame_id, p),
-                           *self._unfamiliar(decider.ood, frame.frame_id, part.part_id, part_id=part.part_id)],
-                          ts, frame)
-        if seen is not None and frame is not None:
-            self._watch_framing(seen, part.part_id, frame, ts)
+        alerts = [] if p is None or decider is None else [
+            *self.alerts.on_part(part.part_id, decider.frame_id, p),
+            *self._unfamiliar(decider.ood, decider.frame_id, part.part_id, part_id=part.part_id)]
+        return message, alerts
+
+    def _publish_part(self, v: PartVerdict, message: payloads.Part, alerts: list[Alert]) -> None:
+        """Publisher: the part's message with its framing figures, and its alerts, stored in the transaction that
+        settles the part; then the alerts' evidence, and the framing watch."""
+        frame = self.ring.get(message.frame_id) if message.frame_id else None
+        seen = self._figures(frame) if frame is not None else None
+        if seen is not None:
+            message = message.model_copy(update={"framing": seen.as_dict()})
+        self.link.publish_many([(topics.PART, payloads.dumps(message), "part"),
+                                *((topics.ALERT, payloads.dumps(self._alert_message(a, message.ts)), "alert")
+                                  for a in alerts)], settles=v.part.seq)
+        self.history.event("part", part_id=v.part.part_id, verdict=v.verdict, p_defect=message.p_defect)
+        for a in alerts:
+            self.history.event("alert", kind=a.kind, frame_id=a.frame_id)
+        if frame is not None:
+            self._evidence(alerts, frame)
+            if seen is not None:
+                self._watch_framing(seen, v.part.part_id, frame, message.ts)
+
+    def _recover(self) -> None:
+        """At start: the parts the last run had promised the line and not published. A decided one is published as
+        it was decided; one still being inspected when the unit stopped is reported ``missed``, with why, and shown
+        to the line as such."""
+        for u in self.outbox.unsettled():
+            if u.decided is not None:
+                record = json.loads(u.decided)
+                messages = [(topics.PART, record["part"].encode(), "part"),
+                            *((topics.ALERT, a.encode(), "alert") for a in record["alerts"])]
+                verdict = json.loads(record["part"]).get("verdict")
+            else:
+                part = Part(u.part_id, u.seq, u.source, time.perf_counter(), opened_at=u.opened)  # type: ignore[arg-type]
+                v = missed(part, "the unit stopped while the part was being inspected; this is its restart")
+                message, _ = self._part_messages(v, self._model_ref())
+                messages, verdict = [(topics.PART, payloads.dumps(message), "part")], "missed"
+                self.line_state.decided(v)
+            self.link.publish_many(messages, settles=u.seq)
+            self.history.event("part", part_id=u.part_id, verdict=verdict, recovered=True)
+            log.warning("part %d (%s) from before the restart: published %s", u.seq, u.part_id, verdict)
 
     def _figures(self, frame: Buffered) -> Figures | None:
         """How the region the model saw of ``frame`` frames its part, by the locator that measured the training
@@ -421,6 +499,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.history.event("start", version=_version(), model=self.classifier.name, source=self.cfg.camera.source)
+        self._recover()
         self.link.start()
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
@@ -437,6 +516,7 @@ class Daemon:
             self.request_stop()
             deadline = time.monotonic() + STOP_WITHIN_S
             self._published_all.set()
+            self._publish_now.set()
             publisher.join(timeout=STOP_WITHIN_S / 2)  # everything classified is published, or in the outbox
             housekeeping.join(timeout=1.0)
             self.line_state.stopping()

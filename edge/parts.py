@@ -3,11 +3,12 @@
 A line wants one answer per part, at the moment it passes, not one per frame of a part sliding in and out of view
 (each of which the model calls on its own, half-visible ones included). Two ways to know a part is there:
 
-- **presence** (no model, no wiring): a small grey copy of the ROI against the empty belt, learnt at start as the
-  per-pixel median of the first frames (parts move, the belt does not) and refreshed slowly from empty frames. The
-  largest blob of changed pixels is the part; it is *in position* when it is wholly inside the ROI (touches no edge)
-  and its centre is within ``centre_tolerance`` of the ROI's. A run of in-position frames is one part; only those
-  frames are classified, so the model never sees a half part and the unit spends no inference on the empty belt.
+- **presence** (no model, no wiring): a small grey copy of the ROI against the empty belt (:class:`Presence`), learnt
+  from the first frames and refreshed slowly from empty ones, kept across restarts and relearnt when it no longer
+  fits. The largest blob of changed pixels is the part; it is *in position* when it is wholly inside the ROI (touches
+  no edge) and its centre is within ``centre_tolerance`` of the ROI's. A run of in-position frames is one part; only
+  those frames are classified, so the model never sees a half part and the unit spends no inference on the empty
+  belt.
 - **an external trigger** (a part sensor on GPIO, a PLC over Modbus or OPC UA, an MQTT ``cmd/trigger``): the part
   gets its id at the trigger, and the frames captured after it are its frames.
 
@@ -22,11 +23,14 @@ the same decision rule as a single frame: ``ok``, ``ng``, ``unsure`` (inside the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -35,6 +39,8 @@ from edge.classifier import Classifier, Prediction, decide
 from edge.config import PartsConfig
 from edge.framing import Blob, Figures, Located, largest_blob, locate, small_grey
 from edge.preprocess import Roi
+
+log = logging.getLogger(__name__)
 
 Aggregate = Literal["max", "mean", "centred"]
 Crop = Literal["part", "roi"]
@@ -47,9 +53,40 @@ class PresenceSettings:
     pixel_threshold: int = 30  # grey levels a pixel must differ from the belt by to count as part
     min_area: float = 0.02  # share of the ROI the largest blob must cover to be a part (dust and glare are not)
     centre_tolerance: float = 0.15  # |blob centre - ROI centre| / ROI size, both axes
-    learn_frames: int = 30  # frames whose median is the empty belt
+    learn_frames: int = 30  # frames the empty belt is learnt from
     refresh: float = 0.02  # weight of each empty frame in the belt's running mean
     width: int = 96  # the grey copy's width in pixels; enough to see a part, cheap to compare
+    misfit: float = 0.25  # share of the ROI outside the part unlike the belt beyond which the belt no longer fits
+
+    @classmethod
+    def from_config(cls, p: PartsConfig) -> PresenceSettings:
+        return cls(pixel_threshold=p.pixel_threshold, min_area=p.min_area, centre_tolerance=p.centre_tolerance,
+                   learn_frames=p.learn_frames)
+
+    @property
+    def stale_frames(self) -> int:
+        """Frames a blob may stay exactly where it is before it is taken for belt the learning got wrong (a part
+        that stood on it then, or a lasting change of the scene), and the belt is learnt again."""
+        return 4 * self.learn_frames
+
+
+BeltState = Literal["learning", "checking", "loaded", "learnt"]
+MODE_SAMPLES = 60  # frames at most in the per-pixel vote of a learning (it costs samples squared)
+CHECK_FRAMES = 10  # frames a belt kept from the last run is checked on before it is trusted
+
+
+def learn_belt(greys: list[np.ndarray], level: float) -> np.ndarray:
+    """The empty belt from frames of it with parts passing: per pixel, the value most of the frames agree on (within
+    ``level`` grey levels). A part passing shows a pixel different values as its texture slides by; the belt shows
+    it the same one. The median, used before, took the part's values wherever a part covered a pixel in more than
+    half the frames (a restart with parts on the belt): ghosts that never healed."""
+    step = max(1, len(greys) // MODE_SAMPLES)
+    stack = np.stack(greys[::step]).astype(np.float32)  # (n, h, w)
+    votes = np.stack([(np.abs(stack - sample) <= level).sum(axis=0) for sample in stack])  # (n, h, w)
+    best = np.take_along_axis(stack, np.argmax(votes, axis=0)[None], axis=0)[0]  # the value most agree with
+    agree = np.abs(stack - best) <= level
+    belt: np.ndarray = ((stack * agree).sum(axis=0) / agree.sum(axis=0)).astype(np.float32)
+    return belt
 
 
 REFINE_WIDTH = 480  # the part's box is found again at up to this many pixels across (its frame's own, mostly)
@@ -66,13 +103,73 @@ class Sighting:
 
 
 class Presence:
-    """Is a part in the inspection position? No model: a difference against the empty belt."""
+    """Is a part in the inspection position? No model: a difference against the empty belt.
 
-    def __init__(self, settings: PresenceSettings, *, roi: Roi | None = None):
+    The belt is kept in ``store`` (the state directory) when given: a restart uses it at once, checked on its first
+    :data:`CHECK_FRAMES` frames, instead of being blind while it learns. It is learnt again, said in one line and in
+    :meth:`status`, when it no longer fits (the light changed, the camera moved: ``misfit`` of the ROI outside the
+    part unlike it for ``learn_frames`` frames), when a blob has not moved for ``stale_frames`` (a ghost), and on
+    :meth:`relearn` (``cmd/learn_belt``). Parts that passed while it was learnt are counted in ``unjudged``: the
+    pipeline reports them ``missed`` rather than let them pass unsaid."""
+
+    def __init__(self, settings: PresenceSettings, *, roi: Roi | None = None, store: Path | None = None):
         self.s = settings
         self.roi = roi
+        self.store = store
         self._learning: list[np.ndarray] = []
         self.belt: np.ndarray | None = None
+        self.state: BeltState = "learning"
+        self.reason = "first start: no belt kept from before"
+        self.learnt_at: float | None = None
+        self.relearnt = 0
+        self.unjudged = 0  # parts seen passing while the belt was learnt, not yet reported
+        self._checked: list[float] = []
+        self._misfits = 0
+        self._still: tuple[tuple[int, int, int, int], int] | None = None  # a blob's box, and frames it stayed
+        self.asked: str | None = None  # another thread's request to learn again, taken by the next observe()
+        self._load()
+
+    def _load(self) -> None:
+        if self.store is None or not self.store.exists():
+            return
+        try:
+            with np.load(self.store) as saved:
+                belt, roi = saved["belt"].astype(np.float32), tuple(int(v) for v in saved["roi"])
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("presence: the belt kept in %s cannot be read (%s): learning it", self.store, e)
+            return
+        if roi != self._roi_key() or belt.ndim != 2 or belt.shape[1] != self.s.width:
+            self.reason = "the ROI or the presence width changed since the belt was kept"
+            return
+        self.belt, self.state, self.reason = belt, "checking", "kept from the last run"
+
+    def _roi_key(self) -> tuple[int, ...]:
+        r = self.roi
+        return (-1, -1, -1, -1) if r is None else (r.x, r.y, r.width, r.height)
+
+    def _save(self) -> None:
+        if self.store is None or self.belt is None:
+            return
+        tmp = self.store.with_name(self.store.name + ".tmp.npz")
+        try:
+            np.savez(tmp, belt=self.belt, roi=np.array(self._roi_key()))
+            tmp.replace(self.store)
+        except OSError as e:
+            log.warning("presence: the learnt belt cannot be kept in %s (%s): a restart learns it again", self.store, e)
+
+    def relearn(self, why: str) -> None:
+        """Forget the belt and learn it again from the next frames."""
+        log.warning("presence: learning the belt again: %s", why)
+        self.belt, self.state, self.reason = None, "learning", why
+        self._learning.clear()
+        self._checked.clear()
+        self._misfits, self._still = 0, None
+        self.relearnt += 1
+
+    def status(self) -> dict[str, Any]:
+        return {"belt": self.state, "why": self.reason, "relearnt": self.relearnt,
+                "learnt_at": None if self.learnt_at is None else round(self.learnt_at, 3),
+                **({"learning": f"{len(self._learning)}/{self.s.learn_frames}"} if self.state == "learning" else {})}
 
     def _region(self, image: np.ndarray) -> np.ndarray:
         if self.roi is None:
@@ -84,19 +181,74 @@ class Presence:
     def learning(self) -> bool:
         return self.belt is None
 
+    def _learnt(self) -> None:
+        """The learning frames are in: the belt, kept; and the parts that passed meanwhile, counted."""
+        frames, self._learning = self._learning, []
+        self.belt = learn_belt(frames, self.s.pixel_threshold / 2)
+        self.state, self.learnt_at = "learnt", time.time()
+        self._save()
+        inside = False
+        for grey in frames:
+            blob = largest_blob((np.abs(grey - self.belt) > self.s.pixel_threshold).astype(np.uint8))
+            now = blob is not None and self._in_position(blob, *grey.shape)
+            self.unjudged += now and not inside
+            inside = now
+        log.info("presence: belt learnt from %d frames%s", len(frames),
+                 f"; {self.unjudged} part(s) passed meanwhile, unjudged" if self.unjudged else "")
+
+    def _in_position(self, blob: Blob, h: int, w: int) -> bool:
+        offset = max(abs(blob.cx - w / 2) / w, abs(blob.cy - h / 2) / h)
+        inside = blob.x > 0 and blob.y > 0 and blob.x + blob.width < w and blob.y + blob.height < h
+        return blob.share >= self.s.min_area and inside and offset <= self.s.centre_tolerance
+
+    def _fits(self, changed: np.ndarray, blob: Blob | None) -> bool:
+        """Watch the belt: False (and learning starts again) when it no longer fits the frames, or when a blob
+        has stood still for too long."""
+        outside = changed.copy()
+        if blob is not None:
+            outside[blob.y:blob.y + blob.height, blob.x:blob.x + blob.width] = 0
+        misfit = float(outside.mean())
+        if self.state == "checking":
+            self._checked.append(misfit)
+            if len(self._checked) >= CHECK_FRAMES:
+                if float(np.median(self._checked)) > self.s.misfit / 2:
+                    self.relearn(f"the belt kept from the last run does not fit: "
+                                 f"{float(np.median(self._checked)):.0%} of it differs")
+                    return False
+                self.state = "loaded"
+        self._misfits = self._misfits + 1 if misfit > self.s.misfit else 0
+        if self._misfits >= self.s.learn_frames:
+            self.relearn(f"the belt no longer fits: {misfit:.0%} of the ROI outside the part differs from it")
+            return False
+        box = None if blob is None or blob.share < self.s.min_area else (blob.x, blob.y, blob.width, blob.height)
+        if box is None:
+            self._still = None
+        elif self._still is not None and max(abs(a - b) for a, b in zip(box, self._still[0], strict=True)) <= 1:
+            self._still = (self._still[0], self._still[1] + 1)
+            if self._still[1] >= self.s.stale_frames:
+                self.relearn(f"something has not moved for {self._still[1]} frames: taken for belt")
+                return False
+        else:
+            self._still = (box, 0)
+        return True
+
     def observe(self, image: np.ndarray) -> Sighting | None:
-        """The sighting in ``image``; None while the belt is still being learnt."""
+        """The sighting in ``image``; None while the belt is being learnt."""
+        if self.asked is not None:
+            why, self.asked = self.asked, None
+            self.relearn(why)
         region = self._region(image)
         grey = small_grey(region, self.s.width)
         if self.belt is None:
             self._learning.append(grey)
             if len(self._learning) >= self.s.learn_frames:
-                self.belt = np.median(np.stack(self._learning), axis=0).astype(np.float32)
-                self._learning.clear()
+                self._learnt()
             return None
         changed = (np.abs(grey - self.belt) > self.s.pixel_threshold).astype(np.uint8)
         h, w = changed.shape
         blob = largest_blob(changed)
+        if not self._fits(changed, blob):
+            return None
         if blob is None:
             cv2.accumulateWeighted(grey, self.belt, self.s.refresh)  # an empty belt: follow the light slowly
             return Sighting(0.0, 1.0, False)
@@ -104,8 +256,7 @@ class Presence:
             cv2.accumulateWeighted(grey, self.belt, self.s.refresh, mask=1 - changed)
             return Sighting(blob.share, 1.0, False)
         offset = max(abs(blob.cx - w / 2) / w, abs(blob.cy - h / 2) / h)
-        inside = blob.x > 0 and blob.y > 0 and blob.x + blob.width < w and blob.y + blob.height < h
-        if not (inside and offset <= self.s.centre_tolerance):
+        if not self._in_position(blob, h, w):
             return Sighting(blob.share, float(offset), False)
         return Sighting(blob.share, float(offset), True, self._box(region, blob))
 
@@ -142,6 +293,7 @@ class PartSettings:
     frames_per_trigger: int = 1
     max_frame_delay_s: float = 0.1  # a trigger's first frame later than this: the part has moved on (missed)
     max_pending: int = 8  # triggers waiting for inference; more are answered as missed
+    debounce_s: float = 0.0  # a trigger from the same source sooner than this after the last is that part again
     gap_frames: int = 1  # presence: frames out of position tolerated inside one part
     presence: Presence | None = None
     # "part": the model sees the located part, cropped square as its training images framed theirs (edge/framing.py);
@@ -151,12 +303,11 @@ class PartSettings:
     pixel_threshold: int = 30  # the locator's, in trigger mode (presence has its own)
 
     @classmethod
-    def from_config(cls, p: PartsConfig, roi: Roi | None) -> PartSettings:
-        presence = Presence(PresenceSettings(pixel_threshold=p.pixel_threshold, min_area=p.min_area,
-                                             centre_tolerance=p.centre_tolerance, learn_frames=p.learn_frames),
-                            roi=roi) if p.presence else None
+    def from_config(cls, p: PartsConfig, roi: Roi | None, belt_store: Path | None = None) -> PartSettings:
+        presence = Presence(PresenceSettings.from_config(p), roi=roi, store=belt_store) if p.presence else None
         return cls(aggregate=p.aggregate, frames_per_trigger=p.frames_per_trigger,
                    max_frame_delay_s=p.max_frame_delay_ms / 1e3, max_pending=p.max_pending,
+                   debounce_s=(p.max_frame_delay_ms if p.debounce_ms is None else p.debounce_ms) / 1e3,
                    gap_frames=p.gap_frames, presence=presence, crop=p.crop, span=p.span,
                    pixel_threshold=p.pixel_threshold)
 
@@ -168,6 +319,7 @@ class PartFrame:
     offset: float  # from presence; 0 for triggered frames
     crop: Roi | None = None  # the region the model saw, in frame pixels (None: the ROI or the whole frame)
     ood: float | None = None  # its distance from the model's training inputs (edge/signature.py)
+    captured_at: float = 0.0  # wall clock
 
 
 @dataclass
@@ -180,6 +332,7 @@ class Part:
     started: float  # perf_counter time of the trigger, or of the first in-position frame
     frames: list[PartFrame] = field(default_factory=list)
     first_frame: float | None = None  # perf_counter capture time of its first frame
+    opened_at: float = field(default_factory=time.time)  # wall clock, for the record kept until it is published
 
 
 @dataclass(frozen=True)
@@ -226,33 +379,54 @@ def missed(part: Part, why: str) -> PartVerdict:
 
 
 class PartIds:
-    """``<device>-<boot epoch>-p<sequence>``: unique per device like frame ids, with the sequence a PLC reads."""
+    """``<device>-<boot epoch>-p<sequence>``: unique per device like frame ids, with the sequence a PLC reads. The
+    sequence goes on from ``last_seq`` (the unit's last before a restart: a PLC polling it for news must see a new
+    number), and ``opened`` hears of each part as it is numbered, in order (the daemon keeps it until its verdict is
+    published)."""
 
-    def __init__(self, device_id: str, boot_epoch: int | None = None):
+    def __init__(self, device_id: str, boot_epoch: int | None = None, *, last_seq: int = 0,
+                 opened: Callable[[Part], None] = lambda part: None):
         self.prefix = f"{device_id}-{boot_epoch if boot_epoch is not None else int(time.time()):010d}-p"
-        self.seq = 0
+        self.seq = last_seq
+        self._opened = opened
         self._lock = threading.Lock()
 
     def next(self, source: TriggerSource, started: float | None = None) -> Part:
         with self._lock:
             self.seq += 1
-            return Part(f"{self.prefix}{self.seq:09d}", self.seq, source,
+            part = Part(f"{self.prefix}{self.seq:09d}", self.seq, source,
                         time.perf_counter() if started is None else started)
+            self._opened(part)
+            return part
 
 
 class Triggers:
-    """Triggers waiting for their frames, oldest first and bounded: a storm beyond it is answered as missed."""
+    """Triggers waiting for their frames, oldest first and bounded: a storm beyond it is answered as missed.
 
-    def __init__(self, ids: PartIds, max_pending: int):
+    Debounced per source: a trigger sooner than ``debounce_s`` after the last one from the same source is that part
+    again (a PLC writing twice, a sensor chattering), counted in ``duplicates`` and answered with the part it
+    repeats. Two triggers that close would be judged on the same frame: they are not two parts this unit can tell
+    apart, and answering the second ``missed`` would, with ``reject_unsure``, pulse the ejector for a good part."""
+
+    def __init__(self, ids: PartIds, max_pending: int, debounce_s: float = 0.0):
         self.ids = ids
         self.max_pending = max_pending
+        self.debounce_s = debounce_s
+        self.duplicates: dict[str, int] = {}
+        self._last: dict[str, Part] = {}
         self._waiting: deque[Part] = deque()
         self._overflow: list[Part] = []
         self._cond = threading.Condition()
 
     def add(self, source: TriggerSource) -> Part:
-        part = self.ids.next(source)
+        now = time.perf_counter()
         with self._cond:
+            last = self._last.get(source)
+            if last is not None and now - last.started < self.debounce_s:
+                self.duplicates[source] = self.duplicates.get(source, 0) + 1
+                return last
+            part = self.ids.next(source, started=now)
+            self._last[source] = part
             if len(self._waiting) >= self.max_pending:
                 self._overflow.append(part)
             else:

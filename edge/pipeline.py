@@ -138,7 +138,7 @@ class Pipeline:
 
     def __init__(self, camera: Camera, classifier: Classifier, *, device_id: str, mode: Mode = "continuous",
                  target_fps: float = 0.0, queue_size: int = 1, drop_when_behind: bool = True,
-                 parts: PartSettings | None = None, locate: bool = False):
+                 parts: PartSettings | None = None, locate: bool = False, part_ids: PartIds | None = None):
         if classifier.preprocess.frame_order != camera.frame_order:
             raise ValueError(f"classifier expects {classifier.preprocess.frame_order} frames, camera gives "
                              f"{camera.frame_order}: create it with frame_order=camera.frame_order")
@@ -150,8 +150,8 @@ class Pipeline:
         self.slot = FrameSlot(queue_size, drop_when_behind=drop_when_behind)
         self.stats = PipelineStats()
         self.parts = parts or PartSettings()
-        self.part_ids = PartIds(device_id)
-        self.triggers = Triggers(self.part_ids, self.parts.max_pending)
+        self.part_ids = part_ids or PartIds(device_id)
+        self.triggers = Triggers(self.part_ids, self.parts.max_pending, self.parts.debounce_s)
         # Continuous mode without presence: find the part in each frame and crop to it, as a unit in a part mode
         # would (``classify --locate``, the console's inspect page), instead of feeding the whole ROI or frame.
         self.locate = locate
@@ -228,7 +228,7 @@ class Pipeline:
                                     **({"framing": framing_ms} if part is not None or crop else {})},
                         part_id=part.part_id if part else None, crop=crop)
         if part is not None:
-            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, pred.ood))
+            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, pred.ood, frame.captured_at))
             part.first_frame = part.first_frame or frame.monotonic
         return result
 
@@ -278,6 +278,10 @@ class Pipeline:
         presence = self.parts.presence
         assert presence is not None
         seen = presence.observe(frame.image)
+        while presence.unjudged:  # parts that passed while the belt was learnt: said, never silently let by
+            presence.unjudged -= 1
+            self._decided(missed(self.part_ids.next("presence"), "it passed while presence was learning the "
+                                 "belt (docs/line.md)"), on_part)
         if seen is not None and seen.in_position:
             if self._current is None:
                 self._current = self.part_ids.next("presence", started=frame.monotonic)

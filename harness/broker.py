@@ -72,6 +72,7 @@ class Collector:
 
     def __init__(self, port: int, *subscriptions: str, persistent: bool = True):
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.arrived: list[float] = []  # wall clock of each message's arrival, beside ``messages``
         self._cond = threading.Condition()
         self._subs = subscriptions
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}",
@@ -93,6 +94,7 @@ class Collector:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.arrived.append(time.time())
             self._cond.notify_all()
 
     def wait(self, predicate: Callable[[list[tuple[str, bytes, bool]]], bool], timeout: float = 30.0) -> bool:

@@ -13,7 +13,9 @@ The drainer works in batches. Woken by a new message or an acknowledgement while
 :data:`LINGER_S`, so that one outbox query, one run of publishes and one acknowledgement commit serve every message of
 that moment; woken per message, it cost a Raspberry Pi two thread hand-overs and two commits per result, taken from
 inference (``docs/benchmarks.md``). While a backlog drains (after an outage) it does not linger: acknowledgements
-free room in paho's window, and the next messages go at once.
+free room in paho's window, and the next messages go at once. Nor does it linger for a message someone waits on
+(:data:`URGENT_KINDS`: a part's verdict, an alert, a command's reply): that one ends the linger, and takes the
+results of the moment with it.
 
 QoS 0 messages (results, by default) go in the same batches, from a queue in memory rather than the outbox: handed
 to paho one by one, each woke paho's network thread, which cost the unit 0.2–0.3 ms of CPU per result and the broker
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 LINGER_S = 0.05  # what a message may wait for its batch: far below what a dashboard or a mail notices
 HELD_KINDS = frozenset({"result"})  # QoS 1 messages the drainer stores in batches: one per frame
 HELD_MAX = 500  # results waiting to be stored, at most: beyond it the outbox's error is the caller's
+URGENT_KINDS = frozenset({"part", "alert", "reply"})  # a PLC, a person or a caller waits on these: sent at once
 
 CommandHandler = Callable[[str, mqtt.MQTTMessage], None]
 
@@ -79,6 +82,7 @@ class MqttLink:
         self._ha_status = f"{cfg.homeassistant.prefix}/status" if cfg.homeassistant.enabled else ""
         self._connected = threading.Event()
         self._wake = threading.Event()
+        self._urgent = threading.Event()  # a message someone waits on: the drainer stops lingering
         self._stop = threading.Event()
         self._restart = threading.Event()  # set on connect: send everything unacknowledged again, oldest first
         self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # drainer thread only
@@ -123,6 +127,7 @@ class MqttLink:
             time.sleep(0.05)
         self._stop.set()
         self._wake.set()
+        self._urgent.set()
         if self._drainer:
             self._drainer.join(timeout=2)  # nothing publishes from the outbox from here on
         self._store_held_or_say()  # the last results, kept for the next start if not sent
@@ -149,10 +154,22 @@ class MqttLink:
         message = Outgoing(topic, payload, qos, retain, kind)
         if kind in HELD_KINDS and len(self._held) < HELD_MAX:
             self._held.append(message)
+            self._wake.set()
         else:
-            with self._store_lock:
-                self._store_held()
-                self.outbox.put_many([message])
+            self._store([message])
+
+    def publish_many(self, messages: list[tuple[str, bytes, str]], *, settles: int | None = None) -> None:
+        """QoS 1 messages ``(suffix, payload, kind)``, stored in one transaction in order, then sent. ``settles``:
+        the part whose verdict they carry, forgotten by the outbox in that transaction (:meth:`Outbox.put_many`)."""
+        self._store([Outgoing(self.topic(suffix), payload, 1, False, kind) for suffix, payload, kind in messages],
+                    settles=settles)
+
+    def _store(self, messages: list[Outgoing], *, settles: int | None = None) -> None:
+        with self._store_lock:
+            self._store_held()
+            self.outbox.put_many(messages, settles=settles)
+        if any(m.kind in URGENT_KINDS for m in messages):
+            self._urgent.set()
         self._wake.set()
 
     def _store_held(self) -> None:
@@ -195,7 +212,8 @@ class MqttLink:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             if not backlog:
-                self._stop.wait(LINGER_S)
+                self._urgent.wait(LINGER_S)
+            self._urgent.clear()
             self._wake.clear()
             if self._restart.is_set():
                 self._restart.clear()

@@ -5,6 +5,13 @@ survive both and drain in order. The outbox is bounded by bytes: when a new mess
 valuable messages go first (sampled snapshots of confident calls, results, metrics, the snapshot and Grad-CAM images
 of alerts, then alerts, oldest first within a kind), and what was shed is counted, persistently, and reported in
 ``metrics``.
+
+It also keeps the unit's promises to the line (``docs/line.md``, "Restarts and crashes"): each part from the moment it
+gets its sequence number (:meth:`Outbox.open_part`) until its ``part`` message is stored, and its verdict from the
+moment it is decided (:meth:`Outbox.decide_part`), before any wire serves it. The message that settles a part is
+stored in the same transaction that forgets it, so a crash at any moment leaves either the promise or the message,
+never both and never neither; a restart publishes what it finds (:meth:`Outbox.unsettled`), and numbers parts on
+from the last sequence number given.
 """
 
 from __future__ import annotations
@@ -34,6 +41,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_shed ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS outbox_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (
+    seq INTEGER PRIMARY KEY,
+    part_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    opened REAL NOT NULL,
+    decided TEXT
+);
 """
 
 
@@ -47,6 +61,18 @@ class Outgoing:
     retain: bool = False
     kind: str = "alert"
     created: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """A part the unit had promised the line when it stopped: decided (``decided`` holds what was to be published)
+    or still being inspected (None)."""
+
+    seq: int
+    part_id: str
+    source: str
+    opened: float  # wall clock
+    decided: str | None
 
 
 @dataclass(frozen=True)
@@ -73,13 +99,16 @@ class Outbox:
         """Store a message durably and return its id; shed older, less valuable ones if the outbox is full."""
         return self.put_many([Outgoing(topic, payload, qos, retain, kind)])[0]
 
-    def put_many(self, messages: list[Outgoing]) -> list[int]:
-        """Store messages in one transaction, in order, and return their ids; all are stored, or none."""
+    def put_many(self, messages: list[Outgoing], *, settles: int | None = None) -> list[int]:
+        """Store messages in one transaction, in order, and return their ids; all are stored, or none. ``settles``:
+        the sequence number of the part whose verdict they carry, forgotten in the same transaction."""
         ids = []
         with self._lock:
             before = self._bytes
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if settles is not None:
+                    self._db.execute("DELETE FROM parts WHERE seq = ?", (settles,))
                 for m in messages:
                     size = len(m.payload) + len(m.topic)
                     self._make_room(size, PRIORITY[m.kind])
@@ -110,6 +139,36 @@ class Outbox:
             self._bytes -= row[2]
             excess -= row[2]
 
+    def open_part(self, seq: int, part_id: str, source: str, opened: float) -> None:
+        """A part got its sequence number: remembered until its verdict is published, and the number never given
+        again."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO parts (seq, part_id, source, opened) VALUES (?, ?, ?, ?)",
+                             (seq, part_id, source, opened))
+            self._db.execute("INSERT INTO outbox_counters VALUES ('part_seq', ?) ON CONFLICT(name) DO UPDATE SET "
+                             "value = MAX(value, excluded.value)", (seq,))
+            self._db.execute("COMMIT")
+
+    def decide_part(self, seq: int, part_id: str, source: str, opened: float, record: str) -> None:
+        """The part's verdict, durable before the line is told: ``record`` is what a restart publishes if the unit
+        stops before the part's messages are stored."""
+        with self._lock:
+            self._db.execute("INSERT INTO parts (seq, part_id, source, opened, decided) VALUES (?, ?, ?, ?, ?) "
+                             "ON CONFLICT(seq) DO UPDATE SET decided = excluded.decided",
+                             (seq, part_id, source, opened, record))
+
+    def unsettled(self) -> list[Unsettled]:
+        """The parts promised and not published, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, part_id, source, opened, decided FROM parts ORDER BY seq").fetchall()
+        return [Unsettled(*r) for r in rows]
+
+    def last_part_seq(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM outbox_counters WHERE name = 'part_seq'").fetchone()
+        return int(row[0]) if row else 0
+
     def ack(self, message_ids: list[int]) -> None:
         """Forget messages the broker has acknowledged (one transaction for the lot)."""
         with self._lock:
@@ -135,7 +194,8 @@ class Outbox:
     def shed_counts(self) -> dict[str, int]:
         with self._lock:
             return {name.removeprefix("shed_"): int(v)
-                    for name, v in self._db.execute("SELECT name, value FROM outbox_counters")}
+                    for name, v in self._db.execute("SELECT name, value FROM outbox_counters "
+                                                    "WHERE name LIKE 'shed_%'")}
 
     def close(self) -> None:
         with self._lock:
