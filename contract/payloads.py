@@ -101,8 +101,12 @@ class Status(Message):
     framing: dict[str, Any] | None = None  # part modes: the line's framing against the training images'
     # models with a signature: the threshold, and how many inputs so far were unlike the training ones
     familiarity: dict[str, Any] | None = None
+    # the threshold and the low-confidence band in force, each with where it came from: model, config or command
+    decision: dict[str, Any] | None = None
+    # part modes: presence's belt (learnt, loaded, relearning) and the triggers (debounce, duplicates per source)
+    parts: dict[str, Any] | None = None
 
-    omit_if_none = frozenset({"model_refused", "framing", "familiarity"})
+    omit_if_none = frozenset({"model_refused", "framing", "familiarity", "decision", "parts"})
 
 
 class Result(Message):
@@ -287,18 +291,26 @@ class ModelArgs(CommandArgs):
 
 
 class ThresholdArgs(CommandArgs):
+    """Set the threshold and/or the band; they stay, across model swaps and restarts, until ``reset`` drops them
+    back to the unit's configuration or the model's own."""
+
     threshold: Probability | None = None
     low_confidence_band: Band | None = None
+    reset: bool = False
 
     @model_validator(mode="after")
     def _something(self) -> ThresholdArgs:
-        if self.threshold is None and self.low_confidence_band is None:
-            raise ValueError("give threshold and/or low_confidence_band")
+        if self.reset == (self.threshold is not None or self.low_confidence_band is not None):
+            raise ValueError("give threshold and/or low_confidence_band, or reset: true alone")
         return self
 
 
 class TriggerArgs(CommandArgs):
     pass
+
+
+class LearnBeltArgs(CommandArgs):
+    """Presence learns the empty belt again from the next frames (after the light or the camera was changed)."""
 
 
 class FeedbackArgs(CommandArgs):
@@ -314,7 +326,7 @@ class GradcamArgs(CommandArgs):
 
 COMMAND_ARGS: dict[str, type[CommandArgs]] = {"model": ModelArgs, "threshold": ThresholdArgs,
                                                "trigger": TriggerArgs, "feedback": FeedbackArgs,
-                                               "gradcam": GradcamArgs}
+                                               "gradcam": GradcamArgs, "learn_belt": LearnBeltArgs}
 
 
 def parse_command(name: str, payload: bytes | bytearray) -> CommandArgs:

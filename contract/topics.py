@@ -24,7 +24,7 @@ GRADCAM = "gradcam"  # gradcam/<frame_id>: JPEG bytes; "gradcam" alone: the JSON
 CMD = "cmd"  # cmd/<name>; replies on cmd/<name>/reply
 REPLY = "reply"
 
-COMMANDS = ("gradcam", "model", "threshold", "feedback", "trigger")
+COMMANDS = ("gradcam", "model", "threshold", "feedback", "trigger", "learn_belt")
 ALERT_KINDS = ("defect", "low_confidence", "camera_offline", "model_error", "framing", "unfamiliar_input")
 
 ONLINE, OFFLINE = b"online", b"offline"

@@ -158,6 +158,9 @@ class PartsConfig(Section):
     frames_per_trigger: int = Field(default=1, ge=1, le=16)  # on_demand: frames classified per trigger
     max_frame_delay_ms: float = Field(default=100.0, gt=0)  # on_demand: a first frame later than this is a miss
     max_pending: int = Field(default=8, ge=1, le=1000)  # on_demand: triggers waiting; more are answered missed
+    # on_demand: a trigger sooner than this after the last from the same source is that part again (counted, not a
+    # part); default max_frame_delay_ms: two triggers that close would be judged on the same frame
+    debounce_ms: float | None = Field(default=None, ge=0, le=60000)
     frame_results: bool = True  # also publish each classified frame's result
     gap_frames: int = Field(default=1, ge=0, le=30)  # presence: frames out of position tolerated within one part
     pixel_threshold: int = Field(default=30, ge=1, le=255)  # presence: grey levels from the empty belt

@@ -1,4 +1,5 @@
-"""What the unit does when commanded (``cmd/model``, ``threshold``, ``trigger``, ``feedback``, ``gradcam``).
+"""What the unit does when commanded (``cmd/model``, ``threshold``, ``trigger``, ``feedback``, ``gradcam``,
+``learn_belt``).
 
 Each handler runs on paho's network thread, returns the reply's ``result`` or raises :class:`CommandError` with a
 message for the sender; :mod:`edge.mqtt.commands` parses, routes and answers. A model swap is one reference
@@ -7,10 +8,19 @@ assignment under a lock: the next frame uses the new model, and a model that fai
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from contract import topics
-from contract.payloads import CommandError, FeedbackArgs, GradcamArgs, ModelArgs, ThresholdArgs, TriggerArgs
+from contract.payloads import (
+    CommandError,
+    FeedbackArgs,
+    GradcamArgs,
+    LearnBeltArgs,
+    ModelArgs,
+    ThresholdArgs,
+    TriggerArgs,
+)
 from edge.errors import USER_ERRORS
 from edge.images import encode_jpeg
 
@@ -49,20 +59,29 @@ class Control:
     def cmd_threshold(self, args: ThresholdArgs) -> dict[str, Any]:
         d = self.d
         with d.swap_lock:
+            try:
+                d.policy.command(threshold=args.threshold, low_confidence_band=args.low_confidence_band,
+                                 reset=args.reset)
+            except ValueError as e:
+                raise CommandError(f"not set: {e}") from None
+            except OSError as e:
+                raise CommandError(f"not set: cannot keep it in the state directory: {e}") from None
             clf = d.classifier
-            update = {k: v for k, v in (("threshold", args.threshold),
-                                        ("low_confidence_band", args.low_confidence_band)) if v is not None}
-            clf.decision = clf.decision.model_copy(update=update)
-        d.history.event("threshold", **update)
+            clf.decision = d.policy.decision(clf.manifest.decision)
+        d.history.event("threshold", threshold=clf.decision.threshold,
+                        low_confidence_band=list(clf.decision.low_confidence_band), reset=args.reset)
         d.publish_status()
-        return {"threshold": clf.decision.threshold, "low_confidence_band": list(clf.decision.low_confidence_band)}
+        return {"threshold": clf.decision.threshold, "low_confidence_band": list(clf.decision.low_confidence_band),
+                "from": {k: v["from"] for k, v in d.policy.sources(clf.manifest.decision).items()}}
 
     def cmd_trigger(self, args: TriggerArgs) -> dict[str, Any]:
         if self.d.pipeline.mode != "on_demand":
             raise CommandError("this unit classifies continuously; set inference.mode = \"on_demand\" to use trigger")
+        asked = time.perf_counter()
         part = self.d.pipeline.trigger("mqtt")
-        return {"triggered": True, "part_id": part.part_id, "seq": part.seq,
-                "result_topic": topics.PART}
+        return {"triggered": True, "part_id": part.part_id, "seq": part.seq, "result_topic": topics.PART,
+                # debounced: the part triggered just before, from MQTT too, is this one (docs/line.md)
+                "duplicate": part.started < asked}
 
     def cmd_feedback(self, args: FeedbackArgs) -> dict[str, Any]:
         item = self._buffered_or_error(args.frame_id)
@@ -82,3 +101,10 @@ class Control:
             raise CommandError("too many Grad-CAM requests waiting; try again shortly")
         return {"queued": True, "frame_id": item.frame_id, "method": args.method,
                 "result_topics": [f"{topics.GRADCAM}/{item.frame_id}", topics.GRADCAM]}
+
+    def cmd_learn_belt(self, args: LearnBeltArgs) -> dict[str, Any]:
+        presence = self.d.pipeline.parts.presence
+        if presence is None:
+            raise CommandError("this unit does not use presence (parts.presence = false): there is no belt to learn")
+        presence.asked = "asked by cmd/learn_belt"
+        return {"learning": True, "frames": presence.s.learn_frames}

@@ -41,10 +41,7 @@ class Checked:
 
 
 def _presence(cfg: EdgeConfig) -> Presence:
-    p = cfg.parts
-    return Presence(PresenceSettings(pixel_threshold=p.pixel_threshold, min_area=p.min_area,
-                                     centre_tolerance=p.centre_tolerance, learn_frames=p.learn_frames),
-                    roi=cfg.camera.region())
+    return Presence(PresenceSettings.from_config(cfg.parts), roi=cfg.camera.region())
 
 
 def check(cfg: EdgeConfig, out: Path, *, parts: int = 10, source: str | None = None, timeout_s: float = 120.0

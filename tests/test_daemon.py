@@ -208,8 +208,14 @@ def test_commands_do_what_they_say(tmp_path: Path, broker: Broker, models_dir: P
     r = command("model", {"name": "nope"})
     assert not r["ok"] and "keeping tiny" in r["error"] and "known: tiny, tiny_f32" in r["error"]
     r = command("threshold", {"threshold": 0.25, "low_confidence_band": [0.2, 0.3]})
-    assert r["ok"] and r["result"] == {"threshold": 0.25, "low_confidence_band": [0.2, 0.3]}
+    assert r["ok"] and r["result"] == {"threshold": 0.25, "low_confidence_band": [0.2, 0.3],
+                                       "from": {"threshold": "command", "low_confidence_band": "command"}}
     assert json.loads(c.on("/status")[-1])["model"]["threshold"] == 0.25
+    r = command("model", {"name": "tiny_f32"})  # a model swap keeps the commanded policy (it used to drop it)
+    status = json.loads(c.on("/status")[-1])
+    assert r["ok"] and status["model"]["threshold"] == 0.25, status
+    assert status["decision"]["threshold"]["from"] == "command" and status["decision"]["threshold"]["set_at"]
+    assert not command("threshold", {"threshold": 0.25, "reset": True})["ok"], "reset comes alone"
     frame_id = json.loads(c.on("/result")[-1])["frame_id"]
     r = command("feedback", {"frame_id": frame_id, "label": "defective", "note": "crack at 3 o'clock"})
     assert r["ok"] and r["result"]["frame_id"] == frame_id
@@ -254,10 +260,15 @@ def test_on_demand_trigger(tmp_path: Path, broker: Broker, models_dir: Path, dae
     c = Collector(broker.port, f"{BASE}/result", f"{BASE}/cmd/trigger/reply")
     d = start(daemons, tmp_path, config(tmp_path, broker.port, models_dir, inference={"mode": "on_demand"}))
     assert c.wait(lambda m: False, 2) is False and not c.on("/result"), "nothing without a trigger"
-    for _ in range(3):
+    for _ in range(3):  # one part, triggered three times at once: debounced (max_frame_delay_ms, 100 ms)
         c.publish(f"{BASE}/cmd/trigger", b"{}")
-    assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/result")]) == 3, 15), d.log()
-    assert all(json.loads(p)["ok"] for p in c.on("/reply"))
+    assert c.wait(lambda m: len(c.on("/reply")) == 3, 15), d.log()
+    replies = [json.loads(p) for p in c.on("/reply")]
+    assert [r["result"]["duplicate"] for r in replies] == [False, True, True], replies
+    assert len({r["result"]["part_id"] for r in replies}) == 1
+    time.sleep(0.2)  # past the debounce interval: the next trigger is the next part
+    c.publish(f"{BASE}/cmd/trigger", b"{}")
+    assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/result")]) == 2, 15), d.log()
     d.stop()
 
 

@@ -7,6 +7,7 @@ garbage is refused and counted, and never stops inspection (``docs/line.md``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,9 @@ UnitState = Literal["starting", "ready", "not_ready", "stopping"]
 STATE_CODES: dict[UnitState, int] = {"starting": 0, "ready": 1, "not_ready": 2, "stopping": 3}
 VERDICT_CODES = {"none": 0, "ok": 1, "ng": 2, "unsure": 3, "missed": 4}
 STALLED_AFTER_S = 2.0  # no heartbeat from the inference loop this long: the unit cannot inspect
+REFUSALS_SAID_EVERY_S = 10.0  # a client sending garbage in a loop gets one line per this, with the count since
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Snapshot:
     missed: int
     pending: int
     refused: int
+    duplicates: int
 
 
 class LineState:
@@ -50,7 +55,10 @@ class LineState:
         self._verdict: PartVerdict | None = None
         self._missed = 0
         self.pending: Callable[[], int] = lambda: 0  # the pipeline's waiting triggers, set by the daemon
-        self.refused = 0  # writes refused from the line (garbage, read-only registers), all interfaces
+        self.duplicates: Callable[[], int] = lambda: 0  # triggers debounced as the part before, set by the daemon
+        self.refused = 0  # requests refused from the line (garbage, read-only registers, other unit ids)
+        self._said_at = -REFUSALS_SAID_EVERY_S
+        self._unsaid = 0
 
     def beat(self, ready: bool) -> None:
         """From the inference loop: alive, and whether it can inspect (camera streaming, model loaded)."""
@@ -69,9 +77,18 @@ class LineState:
             self._verdict = v
             self._missed += v.verdict == "missed"
 
-    def refuse(self) -> None:
+    def refuse(self, why: str) -> None:
+        """Count a request refused from the line, and say why: at once, then at most one line every
+        :data:`REFUSALS_SAID_EVERY_S` with how many were not said (a PLC misconfigured in a loop must not flood
+        the journal)."""
         with self._lock:
             self.refused += 1
+            now = time.monotonic()
+            if now - self._said_at < REFUSALS_SAID_EVERY_S:
+                self._unsaid += 1
+                return
+            unsaid, self._unsaid, self._said_at = self._unsaid, 0, now
+        log.warning("%s%s", why, f" ({unsaid} more refused before this, not said)" if unsaid else "")
 
     def state(self) -> UnitState:
         with self._lock:
@@ -86,7 +103,7 @@ class LineState:
             return Snapshot(heartbeat=self._beats, state=state, seq=v.part.seq if v else 0,
                             part_id=v.part.part_id if v else "", verdict=v.verdict if v else "none", p_defect=p,
                             trigger_to_verdict_ms=v.trigger_to_verdict_ms if v else 0.0, missed=self._missed,
-                            pending=self.pending(), refused=self.refused)
+                            pending=self.pending(), refused=self.refused, duplicates=self.duplicates())
 
 
 class LineInterface(Protocol):

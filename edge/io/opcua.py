@@ -93,9 +93,7 @@ class OpcUaLine:
     def _after_write(self, event: Any, dispatcher: Any) -> None:
         refused = sum(1 for status in (event.response_params or []) if not status.is_good())
         for _ in range(refused):
-            self.state.refuse()
-        if refused:
-            log.warning("opcua: refused %d write(s) from a client (read-only variable or wrong type)", refused)
+            self.state.refuse("opcua: refused a write from a client (read-only variable or wrong type)")
 
     async def _write(self, values: dict[str, Any]) -> None:
         from asyncua import ua

@@ -28,6 +28,7 @@ from contract.payloads import (
     CommandError,
     FeedbackArgs,
     GradcamArgs,
+    LearnBeltArgs,
     ModelArgs,
     Reply,
     ThresholdArgs,
@@ -47,6 +48,7 @@ class Handlers(Protocol):
     def cmd_trigger(self, args: TriggerArgs) -> dict[str, Any]: ...
     def cmd_feedback(self, args: FeedbackArgs) -> dict[str, Any]: ...
     def cmd_gradcam(self, args: GradcamArgs) -> dict[str, Any]: ...
+    def cmd_learn_belt(self, args: LearnBeltArgs) -> dict[str, Any]: ...
 
 
 def response_topic_problem(prefix: str, own_reply: str, topic: str) -> str | None:
