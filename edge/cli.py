@@ -159,6 +159,8 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
     print(f"{a.config}: OK: device {cfg.device.id}, base topic {cfg.base_topic}, broker {cfg.mqtt.host}:"
           f"{cfg.mqtt.port} (MQTT {cfg.mqtt.protocol}{', TLS' if cfg.mqtt.tls else ''}), model {clf.name} "
           f"({clf.manifest.quantization}) on {clf.runtime.name}, camera {src.description}")
+    for warning in cfg.warnings():
+        print(f"warning: {warning}")
     if a.no_camera:
         return 0
     t0 = time.perf_counter()

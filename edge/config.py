@@ -245,6 +245,16 @@ class EdgeConfig(Section):
             raise ValueError("line.modbus.port and line.opcua's endpoint use the same port")
         return self
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but will hurt at the line: said by ``check-config`` and at start."""
+        out = []
+        p, fps = self.parts, self.camera.fps
+        if self.inference.mode == "on_demand" and fps > 0 and p.max_frame_delay_ms < 1.5 * 1000 / fps:
+            out.append(f"parts.max_frame_delay_ms = {p.max_frame_delay_ms:g} is under 1.5 frame periods at "
+                       f"camera.fps = {fps:g} ({1.5 * 1000 / fps:.0f} ms): a trigger that falls just after an "
+                       "exposure waits a whole period for the next frame, and its part is answered \"missed\"")
+        return out
+
     @property
     def base_topic(self) -> str:
         return topics.base(self.mqtt.prefix, self.device.id)

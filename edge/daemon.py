@@ -84,6 +84,8 @@ def _version() -> str:
 class Daemon:
     def __init__(self, cfg: EdgeConfig):
         self.cfg = cfg
+        for warning in cfg.warnings():
+            log.warning("%s", warning)
         self.started_at = time.time()
         self.stop_event = threading.Event()
         self.notifier = Notifier()

@@ -73,6 +73,7 @@ class PresenceSettings:
 BeltState = Literal["learning", "checking", "loaded", "learnt"]
 MODE_SAMPLES = 60  # frames at most in the per-pixel vote of a learning (it costs samples squared)
 CHECK_FRAMES = 10  # frames a belt kept from the last run is checked on before it is trusted
+LEARN_AT_MOST = 8  # learning goes on, doubling, until a frame looks empty, over this many times learn_frames
 
 
 def learn_belt(greys: list[np.ndarray], level: float) -> np.ndarray:
@@ -127,6 +128,7 @@ class Presence:
         self._misfits = 0
         self._still: tuple[tuple[int, int, int, int], int] | None = None  # a blob's box, and frames it stayed
         self.asked: str | None = None  # another thread's request to learn again, taken by the next observe()
+        self._learn_until = settings.learn_frames
         self._load()
 
     def _load(self) -> None:
@@ -162,6 +164,7 @@ class Presence:
         log.warning("presence: learning the belt again: %s", why)
         self.belt, self.state, self.reason = None, "learning", why
         self._learning.clear()
+        self._learn_until = self.s.learn_frames
         self._checked.clear()
         self._misfits, self._still = 0, None
         self.relearnt += 1
@@ -169,7 +172,7 @@ class Presence:
     def status(self) -> dict[str, Any]:
         return {"belt": self.state, "why": self.reason, "relearnt": self.relearnt,
                 "learnt_at": None if self.learnt_at is None else round(self.learnt_at, 3),
-                **({"learning": f"{len(self._learning)}/{self.s.learn_frames}"} if self.state == "learning" else {})}
+                **({"learning": f"{len(self._learning)}/{self._learn_until}"} if self.state == "learning" else {})}
 
     def _region(self, image: np.ndarray) -> np.ndarray:
         if self.roi is None:
@@ -181,20 +184,31 @@ class Presence:
     def learning(self) -> bool:
         return self.belt is None
 
-    def _learnt(self) -> None:
-        """The learning frames are in: the belt, kept; and the parts that passed meanwhile, counted."""
-        frames, self._learning = self._learning, []
-        self.belt = learn_belt(frames, self.s.pixel_threshold / 2)
+    def _learnt(self) -> bool:
+        """The learning frames are in: the belt, kept, and the parts that passed meanwhile, counted; or, when not
+        one of the frames looks empty against it, False: parts covered it all along (a slow belt, parts on it at a
+        restart), and learning goes on over twice the frames, up to :data:`LEARN_AT_MOST` times ``learn_frames``."""
+        frames = self._learning
+        belt = learn_belt(frames, self.s.pixel_threshold / 2)
+        blobs = [largest_blob((np.abs(grey - belt) > self.s.pixel_threshold).astype(np.uint8)) for grey in frames]
+        empty = any(b is None or b.share < self.s.min_area for b in blobs)
+        if not empty and len(frames) < LEARN_AT_MOST * self.s.learn_frames:
+            self._learn_until = 2 * len(frames)
+            return False
+        self._learning, self._learn_until = [], self.s.learn_frames
+        self.belt = belt
         self.state, self.learnt_at = "learnt", time.time()
         self._save()
         inside = False
-        for grey in frames:
-            blob = largest_blob((np.abs(grey - self.belt) > self.s.pixel_threshold).astype(np.uint8))
+        for grey, blob in zip(frames, blobs, strict=True):
             now = blob is not None and self._in_position(blob, *grey.shape)
             self.unjudged += now and not inside
             inside = now
+        if not empty:
+            log.warning("presence: no frame of %d showed the belt empty; learnt it anyway", len(frames))
         log.info("presence: belt learnt from %d frames%s", len(frames),
                  f"; {self.unjudged} part(s) passed meanwhile, unjudged" if self.unjudged else "")
+        return True
 
     def _in_position(self, blob: Blob, h: int, w: int) -> bool:
         offset = max(abs(blob.cx - w / 2) / w, abs(blob.cy - h / 2) / h)
@@ -205,8 +219,10 @@ class Presence:
         """Watch the belt: False (and learning starts again) when it no longer fits the frames, or when a blob
         has stood still for too long."""
         outside = changed.copy()
-        if blob is not None:
-            outside[blob.y:blob.y + blob.height, blob.x:blob.x + blob.width] = 0
+        h, w = changed.shape
+        edges = (blob.x == 0, blob.y == 0, blob.x + blob.width == w, blob.y + blob.height == h) if blob else ()
+        if blob is not None and sum(edges) < 3:
+            outside[blob.y:blob.y + blob.height, blob.x:blob.x + blob.width] = 0  # a part, not the whole scene
         misfit = float(outside.mean())
         if self.state == "checking":
             self._checked.append(misfit)
@@ -241,7 +257,7 @@ class Presence:
         grey = small_grey(region, self.s.width)
         if self.belt is None:
             self._learning.append(grey)
-            if len(self._learning) >= self.s.learn_frames:
+            if len(self._learning) >= self._learn_until:
                 self._learnt()
             return None
         changed = (np.abs(grey - self.belt) > self.s.pixel_threshold).astype(np.uint8)

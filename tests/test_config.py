@@ -141,3 +141,12 @@ def test_console_example_is_valid_and_documents_every_key() -> None:
     example = REPO / "examples" / "console.toml"
     assert console_config.load(example, check_files=False).web.port == 8080
     assert not undocumented(console_config.ConsoleConfig, example)
+
+
+def test_settings_that_will_hurt_at_the_line_are_warned() -> None:
+    data = {"device": {"id": "u1"}, "camera": {"source": "0", "fps": 12}, "inference": {"mode": "on_demand"},
+            "parts": {"max_frame_delay_ms": 100}}
+    warned = config.parse(data, check_files=False).warnings()
+    assert len(warned) == 1 and "under 1.5 frame periods" in warned[0] and "125 ms" in warned[0]
+    data["parts"] = {"max_frame_delay_ms": 130}
+    assert config.parse(data, check_files=False).warnings() == []

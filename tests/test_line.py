@@ -387,6 +387,8 @@ def test_the_unit_reports_parts_on_mqtt_and_modbus(tmp_path: Path, broker: Any,
             assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith("/part")]) == 2, 20)
             seen["registers"] = plc.read_holding_registers(0, count=10, device_id=1).registers
             plc.close()
+            c.publish(f"{BASE}/cmd/learn_belt", "{}")
+            assert c.wait(lambda m: any(t.endswith("/cmd/learn_belt/reply") for t, _, _ in m), 20)
         finally:
             daemon.request_stop()
 
@@ -406,6 +408,11 @@ def test_the_unit_reports_parts_on_mqtt_and_modbus(tmp_path: Path, broker: Any,
     assert [a.part_id for a in alerts] == [p.part_id for p in parts] and all(a.kind == "defect" for a in alerts)
     results = [payloads.read(payloads.Result, p, device_id="unit1") for p in c.on("/result")]
     assert {r.part_id for r in results} == {p.part_id for p in parts} and len(results) == 4
+    learn = json.loads(c.on("/cmd/learn_belt/reply")[0])
+    assert not learn["ok"] and "does not use presence" in learn["error"]
+    status = json.loads(c.on("/status")[-1])
+    assert status["parts"] == {"debounce_ms": 500.0, "duplicates": {}}, status
+    assert status["decision"]["threshold"] == {"value": 0.0, "from": "config"}
     assert "opcua: cannot serve opc.tcp://127.0.0.1:" in caplog.text, "the taken port is said, in one line"
     assert [i.name for i in daemon.line] == ["modbus"], "the unit ran without the interface that could not start"
     c.close()
