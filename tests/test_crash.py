@@ -42,7 +42,7 @@ def _read(plc: Any) -> list[int] | None:
 def test_sigkill_at_random_moments_loses_no_verdict(tmp_path: Path, broker: Broker, models_dir: Path) -> None:
     port = free_port()
     cfg = config(tmp_path, broker.port, models_dir, inference={"mode": "on_demand"},
-                 parts={"max_frame_delay_ms": 500}, gradcam={"enabled": False},
+                 parts={"max_frame_delay_ms": 500, "debounce_ms": 0}, gradcam={"enabled": False},
                  line={"modbus": {"enabled": True, "host": "127.0.0.1", "port": port}})
     parts = Collector(broker.port, f"{BASE}/part")
     rng = random.Random(27)
