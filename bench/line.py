@@ -35,12 +35,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import cv2
 
+from contract import topics
 from converter import synth
 from edge import config as edge_config
 from edge.metrics import percentile
@@ -247,7 +247,7 @@ def main() -> int:
         daemon.run()
         parts = [json.loads(p) for p in collector.on("/part")]
         timings = [p["timings_ms"] for p in parts]
-        published = [(arrived - datetime.fromisoformat(p["ts"]).timestamp()) * 1e3
+        published = [(arrived - topics.epoch(p["ts"])) * 1e3
                      for p, arrived in zip(parts, collector.arrived, strict=True) if "frame_id" in p]
         inside_ms = [t["trigger_to_verdict"] for t in timings]
         inside = (round(percentile(inside_ms, 50), 3), round(percentile(inside_ms, 99), 3))

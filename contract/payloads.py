@@ -91,6 +91,8 @@ class Status(Message):
     """Retained: what the unit runs and how it is."""
 
     software_version: str
+    # this process, new at every start: two units given one device id are told apart by it (docs/mqtt.md)
+    instance_id: str | None = Field(default=None, max_length=40)
     started_at: str
     uptime_s: float
     mode: str
@@ -106,7 +108,10 @@ class Status(Message):
     # part modes: presence's belt (learnt, loaded, relearning) and the triggers (debounce, duplicates per source)
     parts: dict[str, Any] | None = None
 
-    omit_if_none = frozenset({"model_refused", "framing", "familiarity", "decision", "parts"})
+    # another process connected as this unit since it started (two units with one device id): what it said of itself
+    twin: str | None = Field(default=None, max_length=200)
+
+    omit_if_none = frozenset({"model_refused", "framing", "familiarity", "decision", "parts", "instance_id", "twin"})
 
 
 class Result(Message):

@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -68,6 +69,8 @@ PUBLISH_EVERY_S = 0.05
 # is 2-7 frames at 30-130 fps, and a publisher starved for longer costs the loop its time rather than the unit its
 # memory.
 PUBLISH_BACKLOG = 32
+# A configured line interface cannot start: the exit status systemd does not restart on (RestartPreventExitStatus).
+EXIT_LINE_UNAVAILABLE = 2
 
 
 def _box(crop: Roi | None) -> tuple[int, int, int, int] | None:
@@ -87,6 +90,7 @@ class Daemon:
         for warning in cfg.warnings():
             log.warning("%s", warning)
         self.started_at = time.time()
+        self.instance_id = uuid.uuid4().hex[:12]
         self.stop_event = threading.Event()
         self.notifier = Notifier()
         state = cfg.state.dir
@@ -117,7 +121,7 @@ class Daemon:
         self.swap_lock = threading.Lock()
         self.router = CommandRouter(cfg.mqtt.prefix, cfg.device.id, Control(self), self._reply)
         self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload,
-                             discovery=self._discovery)
+                             discovery=self._discovery, instance=(self.instance_id, self.started_at))
         g = cfg.gradcam
         self.gradcam = GradcamService(lambda: self.classifier.manifest_path, self._gradcam_done,
                                       roi=cfg.camera.region(),
@@ -158,7 +162,8 @@ class Daemon:
         clf, cam = self.classifier, self.camera
         man = clf.manifest
         return payloads.dumps(payloads.Status(
-            device_id=self.cfg.device.id, software_version=_version(), started_at=topics.iso(self.started_at),
+            device_id=self.cfg.device.id, software_version=_version(), instance_id=self.instance_id,
+            started_at=topics.iso(self.started_at),
             uptime_s=round(time.time() - self.started_at, 1), mode=self.cfg.inference.mode,
             model=payloads.StatusModel(
                 name=man.name, quantization=man.quantization, sha256=man.tflite.sha256,
@@ -173,7 +178,7 @@ class Daemon:
             familiarity=None if clf.ood_threshold is None else {
                 "threshold": clf.ood_threshold, "unfamiliar": self.unfamiliar.unfamiliar,
                 "streak": self.unfamiliar.length},
-            decision=self.policy.sources(man.decision), parts=self._parts_status()))
+            decision=self.policy.sources(man.decision), parts=self._parts_status(), twin=self.link.twin))
 
     def _parts_status(self) -> dict[str, Any] | None:
         pipeline = self.pipeline
@@ -478,17 +483,20 @@ class Daemon:
             self._ready = True
             self.notifier.ready(f"model {self.classifier.name}, camera {self.camera.state}")
 
-    def _start_line(self) -> list[LineInterface]:
-        """Start each configured line interface; one that cannot start is said in one line and left out."""
-        started = []
-        for interface in self.line:
+    def _start_line(self) -> bool:
+        """Start each configured line interface. One that cannot start (its port taken, by another instance of
+        this unit as like as not; a pin busy) is said in one line, and the unit does not run: a line that believes
+        it is wired to an inspection station must not be left without it, silently. False then."""
+        for i, interface in enumerate(self.line):
             try:
                 interface.start(self.pipeline.trigger)
-                started.append(interface)
             except OSError as e:
-                log.error("%s", e)
+                log.error("%s: not running without it (exit %d); is another unit already serving it?", e,
+                          EXIT_LINE_UNAVAILABLE)
                 self.history.event("line_error", interface=interface.name, error=str(e))
-        return started
+                self.line = self.line[:i]  # the ones started are stopped on the way out
+                return False
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -507,9 +515,13 @@ class Daemon:
         housekeeping.start()
         publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         publisher.start()
-        self.line = self._start_line()
-        log.info("running: device %s, model %s, camera %s", self.cfg.device.id, self.classifier.name,
-                 self.camera.source.description)
+        exit_code = 0
+        if not self._start_line():
+            exit_code = EXIT_LINE_UNAVAILABLE
+            self.request_stop()
+        else:
+            log.info("running: device %s, model %s, camera %s", self.cfg.device.id, self.classifier.name,
+                     self.camera.source.description)
         try:
             self.pipeline.run(self.stop_event, self.on_result, self._heartbeat, self.on_part)
             if self.camera.state == "ended":
@@ -530,7 +542,7 @@ class Daemon:
             self.history.close()
             self.link.stop(flush_s=max(0.5, deadline - time.monotonic() - 1.0))
             self.outbox.close()
-        return 0
+        return exit_code
 
 
 def run(config_path: Path) -> int:

@@ -98,3 +98,27 @@ def test_sigkill_at_random_moments_loses_no_verdict(tmp_path: Path, broker: Brok
     print(f"{KILLS} kills {moments}: {acknowledged} triggers, {len(read)} verdicts read by the PLC, all "
           f"{len(by_id)} parts reported ({len(restarted)} missed at a restart, "
           f"{len(messages) - len(by_id)} redelivered)")
+
+
+def test_a_second_unit_with_the_same_id_is_said_and_one_whose_port_is_taken_exits_2(
+        tmp_path: Path, broker: Broker, models_dir: Path, daemons: list[Daemon]) -> None:
+    """Before: two units with one device id knocked each other off the broker in a loop, each saying only
+    "disconnected: Unspecified error", and the second ran silently without Modbus, its port taken."""
+    port = free_port()
+    line = {"modbus": {"enabled": True, "host": "127.0.0.1", "port": port}}
+    first = Daemon(tmp_path / "a", config(tmp_path / "a", broker.port, models_dir, inference={"mode": "on_demand"},
+                                          line=line)).start()
+    daemons.append(first)
+    status = Collector(broker.port, f"{BASE}/status")
+    assert status.wait(lambda m: len(m) >= 1, 30), first.log()
+    second = Daemon(tmp_path / "b", config(tmp_path / "b", broker.port, models_dir,
+                                           inference={"mode": "on_demand"}, line=line)).start()
+    daemons.append(second)
+    assert second.proc is not None and second.proc.wait(60) == 2, second.log()
+    said = [x for x in second.log().splitlines() if "modbus: cannot serve" in x]
+    assert len(said) == 1 and "not running without it" in said[0], second.log()
+    third = Daemon(tmp_path / "c", config(tmp_path / "c", broker.port, models_dir)).start()  # no line: it runs
+    daemons.append(third)
+    twin = "another process is connected as device 'unit1'"
+    assert until(lambda: twin in first.log() + third.log(), 60), (first.log()[-2000:], third.log()[-2000:])
+    assert status.wait(lambda m: any("twin" in json.loads(p) for _, p, _ in m), 30), "the status says it too"

@@ -33,6 +33,7 @@ in which messages were published. If the results cannot be stored, the drainer s
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -71,7 +72,8 @@ class LinkStats:
 
 class MqttLink:
     def __init__(self, cfg: EdgeConfig, outbox: Outbox, *, on_command: CommandHandler,
-                 status: Callable[[], bytes], discovery: Callable[[], list[tuple[str, bytes]]] = list):
+                 status: Callable[[], bytes], discovery: Callable[[], list[tuple[str, bytes]]] = list,
+                 instance: tuple[str, float] = ("", 0.0)):
         self.cfg = cfg
         self.base = cfg.base_topic
         self.outbox = outbox
@@ -80,6 +82,9 @@ class MqttLink:
         self._status = status
         self._discovery = discovery
         self._ha_status = f"{cfg.homeassistant.prefix}/status" if cfg.homeassistant.enabled else ""
+        self.instance_id, self._started_at = instance
+        self.twin: str | None = None  # another process connected as this unit: what it said of itself
+        self._twin_said = 0.0
         self._connected = threading.Event()
         self._wake = threading.Event()
         self._urgent = threading.Event()  # a message someone waits on: the drainer stops lingering
@@ -259,6 +264,8 @@ class MqttLink:
         client.subscribe(self.topic(topics.CMD, "+"),
                          options=SubscribeOptions(qos=1, retainAsPublished=True) if self.v5 else None,
                          qos=0 if self.v5 else 1)
+        if self.instance_id:  # the retained status tells whether another process runs as this unit
+            client.subscribe(self.topic(topics.STATUS), qos=1)
         client.publish(self.topic(topics.AVAILABLE), topics.ONLINE, qos=1, retain=True)
         client.publish(self.topic(topics.STATUS), self._status(), qos=1, retain=True)
         if self._ha_status:
@@ -290,7 +297,29 @@ class MqttLink:
         if self._inflight:
             self._wake.set()
 
+    def _twin(self, payload: bytes | bytearray) -> None:
+        """A status on this unit's own topic from another process that spoke after this one started: two units
+        share a device id (or a unit runs twice), and the broker hands the connection from one to the other in a
+        loop ("disconnected: Unspecified error" on both). Said in one line, once a minute, and on ``status``."""
+        try:
+            data = json.loads(payload)
+            other, started = str(data["instance_id"]), topics.epoch(data["started_at"])
+            spoke = started + float(data["uptime_s"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if other == self.instance_id or spoke < self._started_at:
+            return  # this process's own, or the last run's, left retained
+        self.twin = f"instance {other[:12]}, started {data['started_at']}"
+        if time.monotonic() - self._twin_said >= 60:
+            self._twin_said = time.monotonic()
+            log.error("another process is connected as device %r (%s): two units with one device.id knock each "
+                      "other off the broker; give each unit its own id, or stop the second one", self.cfg.device.id,
+                      self.twin)
+
     def _handle_message(self, _client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topic(topics.STATUS):
+            self._twin(msg.payload)
+            return
         if self._ha_status and msg.topic == self._ha_status:
             if msg.payload == b"online":  # Home Assistant restarted: tell it about this unit again
                 self._announce()
