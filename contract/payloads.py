@@ -196,6 +196,8 @@ class Metrics(Message):
     fps: float
     frames: int
     dropped_frames: int
+    # on_demand: frames no trigger asked for, which a camera delivers and the unit lets pass (not a loss)
+    unused_frames: int | None = None
     frame_errors: int
     latency_ms: dict[str, dict[str, float]]
     cpu_temp_c: float | None
@@ -208,7 +210,7 @@ class Metrics(Message):
     uptime_s: float
     parts: dict[str, Any] | None = None  # part modes: judged, missed, pending triggers, line interfaces
 
-    omit_if_none = frozenset({"parts"})
+    omit_if_none = frozenset({"parts", "unused_frames"})
 
 
 class GradcamEvent(Message):

@@ -66,6 +66,7 @@ class Health:
         return payloads.Metrics(
             device_id=d.cfg.device.id, interval_s=round(elapsed, 3),
             fps=round(frames / elapsed, 3) if elapsed else 0.0, frames=frames, dropped_frames=d.pipeline.dropped,
+            unused_frames=d.pipeline.unused if d.pipeline.mode == "on_demand" else None,
             frame_errors=d.pipeline.stats.frame_errors, latency_ms=stages, cpu_temp_c=cpu_temperature_c(),
             load=load_average(), rss_mb=rss_mb(),
             outbox={"depth": depth, "bytes": nbytes, "shed": d.outbox.shed_counts()},

@@ -2,7 +2,10 @@
 
 On a live line the newest frame wins: when inference falls behind, the oldest waiting frame is dropped and counted,
 so results never lag the conveyor. A replay of recorded frames may instead ask that nothing be dropped
-(``drop_when_behind=False``): capture then waits for inference. Modes: ``continuous`` (every frame, or at most
+(``drop_when_behind=False``): capture then waits for inference. Not in ``on_demand`` mode: there a replay keeps the
+line's clock, as a camera does, frames passing at the recording's pace whether or not a trigger asks for one, so
+that trigger mode can be tried on a recording of the line (before, the video froze between triggers, and each
+trigger judged whatever frame came next in the file). Modes: ``continuous`` (every frame, or at most
 ``target_fps``; with :class:`~edge.parts.Presence`, only the frames where a part is in position, one verdict per
 part) and ``on_demand`` (each :meth:`Pipeline.trigger` is a part: the frames captured after it, one verdict).
 """
@@ -147,7 +150,7 @@ class Pipeline:
         self.mode = mode
         self.period = 1.0 / target_fps if target_fps > 0 else 0.0
         self.ids = FrameIds(device_id)
-        self.slot = FrameSlot(queue_size, drop_when_behind=drop_when_behind)
+        self.slot = FrameSlot(queue_size, drop_when_behind=drop_when_behind or mode == "on_demand")
         self.stats = PipelineStats()
         self.parts = parts or PartSettings()
         self.part_ids = part_ids or PartIds(device_id)
@@ -160,7 +163,13 @@ class Pipeline:
 
     @property
     def dropped(self) -> int:
-        return self.slot.dropped
+        """Frames lost because inference was behind. In ``on_demand`` mode none are: a frame no trigger asked for
+        is :attr:`unused`, and a trigger whose frame came too late is a ``missed`` part, counted as such."""
+        return 0 if self.mode == "on_demand" else self.slot.dropped
+
+    @property
+    def unused(self) -> int:
+        return self.slot.dropped if self.mode == "on_demand" else 0
 
     @property
     def judges_parts(self) -> bool:

@@ -431,3 +431,45 @@ def test_gpio_active_low_sensor_idles_high_on_its_pull_up() -> None:
         assert triggered.sources == ["gpio"]
     finally:
         line.stop()
+
+
+def test_trigger_mode_on_a_recording_keeps_the_lines_clock(tmp_path: Path) -> None:
+    """A video replayed in on_demand mode runs at its own pace whether or not anyone triggers, as a camera does,
+    and ends with the file: each trigger is judged on the frame the line showed then. Before, the replay waited for
+    triggers, so a trigger at 1.5 s was judged on the file's second frame, and the process never ended."""
+    import cv2
+
+    from edge.sources.replay import VideoReplay
+
+    fps, count = 20.0, 60
+    video = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"FFV1"), fps, (224, 224))
+    for p in synth.iter_parts(9, count, size=224):
+        writer.write(cv2.cvtColor(p.image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    camera = Camera(VideoReplay(video))
+    pipe = Pipeline(camera, Classifier(MODEL, frame_order=camera.frame_order), device_id="u1", mode="on_demand",
+                    drop_when_behind=False, parts=PartSettings(max_frame_delay_s=0.2))
+    index: dict[str, int] = {}
+    verdicts: list[PartVerdict] = []
+    asked: list[float] = []
+
+    def trigger() -> None:
+        assert until(lambda: camera.stats.frames > 0, 10)
+        start = time.monotonic()
+        for at in (0.5, 1.0, 1.5, 2.0):
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            asked.append(camera.stats.frames)
+            pipe.trigger("api")
+
+    threading.Thread(target=trigger, daemon=True).start()
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (pipe.run(threading.Event(), lambda r: index.__setitem__(
+        r.frame_id, r.frame.index), on_part=verdicts.append), done.set()), daemon=True)
+    runner.start()
+    assert done.wait(20), "the run ends with the recording"
+    assert [v.verdict for v in verdicts] != [] and all(v.verdict != "missed" for v in verdicts), verdicts
+    judged = [index[v.part.frames[0].frame_id] for v in verdicts]
+    assert all(0 <= j - a <= 3 for j, a in zip(judged, asked, strict=True)), (judged, asked)
+    assert judged[-1] >= 35, "the recording went on between triggers"
+    assert pipe.dropped == 0 and pipe.unused >= count - 10, "frames no trigger asked for are unused, not dropped"
