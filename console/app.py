@@ -22,8 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import FastAPI, Form, HTTPException, Request, Response
+from fastapi import FastAPI, Form, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -42,6 +43,9 @@ from contract.payloads import HEATMAP_METHODS
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
+MAX_PAGE = 100_000  # a page number beyond it is refused (a 30-digit one overflowed the database's integer: a 500)
+LIVE_RECHECK_S = 2.0  # a live stream checks its session this often
+LIVE_KEEPALIVE_S = 15.0
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 
@@ -55,7 +59,7 @@ class Services:
         self.inspector = Inspector(cfg.models_dir)
         self.publish = publish  # (topic, payload): QoS 1 through the console's own MQTT connection
         self.historian_state = historian_state
-        self.sessions = auth.Sessions(cfg.secret_key(), cfg.web.session_max_age_s)
+        self.sessions = auth.Sessions(engine, cfg.secret_key(), cfg.web.session_max_age_s)
         self.limiter = auth.LoginLimiter(cfg.web.login_attempts_per_minute)
 
 
@@ -84,6 +88,8 @@ def create_app(svc: Services) -> FastAPI:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "same-origin"
+        if not request.url.path.startswith("/static/"):  # pages show what a user may see: no shared cache keeps them
+            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     @app.exception_handler(NeedLogin)
@@ -106,12 +112,15 @@ def create_app(svc: Services) -> FastAPI:
             raise HTTPException(403, f"this needs the {role} role; you are {current}")
         return user
 
-    async def posted(request: Request, role: Role) -> tuple[User, dict[str, str]]:
-        """The user behind a POST, after the role, origin and CSRF checks; and its form fields."""
-        user = user_of(request, role)
+    def same_origin(request: Request) -> None:
         origin = request.headers.get("origin")
         if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
             raise HTTPException(403, "cross-origin request refused")
+
+    async def posted(request: Request, role: Role) -> tuple[User, dict[str, str]]:
+        """The user behind a POST, after the role, origin and CSRF checks; and its form fields."""
+        user = user_of(request, role)
+        same_origin(request)
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         if not auth.csrf_ok(user.csrf, form.get("csrf") or request.headers.get("x-csrf-token")):
             queries.record(engine, user.name, "refused", f"POST {request.url.path} without a valid CSRF token")
@@ -130,15 +139,16 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/login")
     async def login(request: Request, name: str = Form(""), password: str = Form(""),
                     next: str = Form("/")) -> Response:
+        same_origin(request)  # a login forced from another site would sign the victim in as the attacker
         address = request.client.host if request.client else "?"
         if not svc.limiter.allowed(name, address):
-            queries.record(engine, name[:64] or "?", "login_limited", address)
+            queries.record(engine, queries.NOT_SIGNED_IN, "login_limited", f"as {_printable(name)} from {address}")
             return page(request, "login.html", None, next=_safe_next(next),
-                        error="Too many failed logins; wait a minute.", status=429)
+                        error="Too many failed logins from here; wait a while.", status=429)
         role = await asyncio.to_thread(auth.authenticate, engine, name, password)
         if role is None:
             svc.limiter.failed(name, address)
-            queries.record(engine, name[:64] or "?", "login_failed", address)
+            queries.record(engine, queries.NOT_SIGNED_IN, "login_failed", f"as {_printable(name)} from {address}")
             return page(request, "login.html", None, next=_safe_next(next), error="Wrong user name or password.")
         queries.record(engine, name, "login", address)
         response = RedirectResponse(_safe_next(next), status_code=303)
@@ -148,7 +158,12 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.post("/logout")
     async def logout(request: Request) -> Response:
-        await posted(request, "viewer")
+        user, form = await posted(request, "viewer")
+        if form.get("everywhere") == "1":
+            auth.end_sessions(engine, user.name)
+            queries.record(engine, user.name, "logout_everywhere", "")
+        else:
+            svc.sessions.end(request.cookies.get(auth.Sessions.COOKIE))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(auth.Sessions.COOKIE)
         return response
@@ -196,7 +211,7 @@ def create_app(svc: Services) -> FastAPI:
     # -- alerts and images -------------------------------------------------------------------------------------
     @app.get("/alerts", response_class=HTMLResponse)
     async def alerts_page(request: Request, unit: str = "", kind: str = "", day: str = "",
-                          page_no: int = 1) -> HTMLResponse:
+                          page_no: int = Query(1, ge=1, le=MAX_PAGE)) -> HTMLResponse:
         user = user_of(request)
         since = until = None
         if day:
@@ -237,16 +252,35 @@ def create_app(svc: Services) -> FastAPI:
         user_of(request)
         watcher = svc.hub.watch(unit or None, frozenset(kinds.split(",")))
 
+        def still_signed_in() -> bool:
+            try:
+                user_of(request)
+                return True
+            except NeedLogin:
+                return False
+
         async def stream() -> AsyncIterator[str]:
+            """Events as they come; the session is checked again every :data:`LIVE_RECHECK_S`, so a logout, a
+            password change or a disabled user ends the stream too (it kept flowing)."""
             try:
                 yield ": live\n\n"
+                quiet = 0.0
                 while True:
                     try:
-                        event = await asyncio.wait_for(watcher.queue.get(), timeout=15)
+                        event = await asyncio.wait_for(watcher.queue.get(), timeout=LIVE_RECHECK_S)
                     except TimeoutError:
-                        yield ": keep-alive\n\n"
+                        event = None
+                    if not await asyncio.to_thread(still_signed_in):
+                        yield "event: signed-out\ndata: {}\n\n"
+                        return
+                    if event is not None:
+                        quiet = 0.0
+                        yield LiveHub.sse(event)
                         continue
-                    yield LiveHub.sse(event)
+                    quiet += LIVE_RECHECK_S
+                    if quiet >= LIVE_KEEPALIVE_S:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
             finally:
                 svc.hub.unwatch(watcher)
 
@@ -269,13 +303,32 @@ def create_app(svc: Services) -> FastAPI:
             elif action == "role":
                 auth.set_role(engine, name, form.get("role", "viewer"), disabled=form.get("disabled") == "1")
             elif action == "password":
-                auth.set_password(engine, name, form.get("password", ""))
+                auth.set_password(engine, name, form.get("password", ""))  # and their sessions end
             else:
                 raise auth.AuthError("unknown action")
         except auth.AuthError as e:
             return page(request, "users.html", user, users=queries.users(engine), error=str(e), status=400)
         queries.record(engine, user.name, f"user_{action}", f"{name} {form.get('role', '')}".strip())
         return RedirectResponse("/users", status_code=303)
+
+    @app.post("/account/password", response_class=HTMLResponse)
+    async def own_password(request: Request) -> Response:
+        """Any user changes their own password, with the current one; their other sessions end, this one stays."""
+        user, form = await posted(request, "viewer")
+        if await asyncio.to_thread(auth.authenticate, engine, user.name, form.get("current", "")) is None:
+            return page(request, "account.html", user, error="The current password is wrong.", done=False,
+                        status=400)
+        try:
+            auth.set_password(engine, user.name, form.get("password", ""),
+                              keep_session=svc.sessions.token(request.cookies.get(auth.Sessions.COOKIE)))
+        except auth.AuthError as e:
+            return page(request, "account.html", user, error=str(e), done=False, status=400)
+        queries.record(engine, user.name, "own_password", "")
+        return page(request, "account.html", user, error="", done=True)
+
+    @app.get("/account", response_class=HTMLResponse)
+    async def account(request: Request) -> HTMLResponse:
+        return page(request, "account.html", user_of(request), error="", done=False)
 
     @app.get("/audit", response_class=HTMLResponse)
     async def audit_page(request: Request) -> HTMLResponse:
@@ -331,7 +384,7 @@ def create_app(svc: Services) -> FastAPI:
             engine, device_id=f["unit"] or None, kind=f["kind"] or None, model=f["model"] or None,
             since=f["since"], state=f["state"], limit=13))
         _, waiting = await asyncio.to_thread(lambda: review.queue(engine, state="waiting", limit=0))
-        query = "&".join(f"{k}={v}" for k, v in f.items() if k != "since" and v)
+        query = urlencode({k: v for k, v in f.items() if k != "since" and v})
         return page(request, "review.html", user, items=items, total=total, waiting=waiting, f=f, query=query,
                     kinds=review.REVIEWED_KINDS)
 
@@ -355,8 +408,7 @@ def create_app(svc: Services) -> FastAPI:
                 send(user, device_id, "feedback", {"frame_id": frame_id, "label": item["truth"], "note": note},
                      review_of=frame_id)
         filters = {k: form.get(k, "") for k in ("unit", "kind", "model", "day", "state")}
-        return RedirectResponse("/review?" + "&".join(f"{k}={v}" for k, v in filters.items() if v),
-                                status_code=303)
+        return RedirectResponse("/review?" + urlencode({k: v for k, v in filters.items() if v}), status_code=303)
 
     @app.post("/review/heatmap", response_class=HTMLResponse)
     async def review_heatmap(request: Request) -> HTMLResponse:
@@ -432,6 +484,7 @@ def create_app(svc: Services) -> FastAPI:
             return page(request, "inspect.html", user, models=models, calls=[], model="", status=413,
                         error=f"uploads are limited to {cfg.web.max_upload_mb:g} MB a request"
                         if length and length.isdigit() else "the upload must say its length")
+        same_origin(request)
         form = await request.form(max_files=50)
         try:
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
@@ -525,6 +578,11 @@ def _csv(rows: list[dict[str, Any]]) -> str:
         w.writerows({k: f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v for k, v in r.items()}
                     for r in rows)
     return out.getvalue()
+
+
+def _printable(text: str) -> str:
+    """What a visitor typed, fit for the audit: printable, on one line, bounded, quoted."""
+    return repr("".join(c if c.isprintable() else "?" for c in text[:64]))
 
 
 def _safe_next(target: str) -> str:

@@ -2,13 +2,17 @@
 login rate limit. Every check happens on the server; a page hides what a role may not do, and the route refuses it.
 
 Roles, each including the ones before it: ``viewer`` (sees everything), ``operator`` (reviews calls), ``engineer``
-(commands units, manages models), ``admin`` (manages users). A session cookie holds the user name, a CSRF token and
-when it was issued, signed with the console's secret key; it is refused after ``web.session_max_age_s``, and the
-user's role is read from the store on every request, so a changed role or a disabled user takes effect at once.
+(commands units, manages models), ``admin`` (manages users). Sessions are server-side (``sessions`` in the store):
+the cookie holds a random token, signed with the console's secret key and refused after ``web.session_max_age_s``;
+the store keeps the token's SHA-256 with the user and the CSRF token. Each request (and each tick of a live stream)
+looks its session up, and the user's role, so a logout ends that session, and a password change, disabling a user
+or "sign out everywhere" end all of the user's at once. (A signed cookie alone, as before, stayed valid after all
+three until it expired.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
@@ -20,7 +24,7 @@ from typing import Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, delete, select, update
 
 from console.store import schema as s
 
@@ -67,21 +71,47 @@ def add_user(engine: Engine, name: str, password: str, role: str) -> None:
                                              role=role, created=time.time(), disabled=False))
 
 
-def set_password(engine: Engine, name: str, password: str) -> None:
+def _end_sessions(conn: Connection, name: str) -> None:
+    conn.execute(delete(s.sessions).where(s.sessions.c.user == name))
+
+
+def set_password(engine: Engine, name: str, password: str, *, keep_session: str | None = None) -> None:
+    """A new password; every session of the user ends with the old one (but ``keep_session``, the cookie of the
+    user changing their own)."""
     with engine.begin() as conn:
         done = conn.execute(update(s.users).where(s.users.c.name == name).values(
             password_hash=_hasher.hash(check_password(password))))
         if not done.rowcount:
             raise AuthError(f"no user {name!r}")
+        conn.execute(delete(s.sessions).where(s.sessions.c.user == name,
+                                              s.sessions.c.id != (_session_id(keep_session) or "")))
+
+
+def admins_left(conn: Connection, without: str) -> int:
+    return len(conn.execute(select(s.users.c.name).where(s.users.c.role == "admin", s.users.c.disabled.is_(False),
+                                                         s.users.c.name != without)).all())
 
 
 def set_role(engine: Engine, name: str, role: str, *, disabled: bool = False) -> None:
+    """A user's role and whether they may log in; disabling ends their sessions. The last admin stays one: no one
+    would be left to manage users."""
     if role not in ROLES:
         raise AuthError(f"role must be one of {', '.join(ROLES)}")
     with engine.begin() as conn:
-        if not conn.execute(update(s.users).where(s.users.c.name == name).values(role=role,
-                                                                                 disabled=disabled)).rowcount:
+        row = conn.execute(select(s.users.c.role, s.users.c.disabled).where(s.users.c.name == name)).first()
+        if row is None:
             raise AuthError(f"no user {name!r}")
+        if row.role == "admin" and not row.disabled and (role != "admin" or disabled) and not admins_left(conn, name):
+            raise AuthError(f"{name!r} is the only admin: make another user admin first")
+        conn.execute(update(s.users).where(s.users.c.name == name).values(role=role, disabled=disabled))
+        if disabled:
+            _end_sessions(conn, name)
+
+
+def end_sessions(engine: Engine, name: str) -> None:
+    """Sign ``name`` out everywhere."""
+    with engine.begin() as conn:
+        _end_sessions(conn, name)
 
 
 # A hash of a random password: verifying against it takes as long as a real check, so a wrong user name and a
@@ -114,29 +144,59 @@ def role_of(engine: Engine, name: str) -> Role | None:
     return role
 
 
+def _session_id(token: str | None) -> str | None:
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
 class Sessions:
-    """Signed session cookies: ``{"u": name, "c": csrf token}``, valid for ``max_age_s`` after login."""
+    """Server-side sessions, named by a signed cookie holding a random token, valid for ``max_age_s`` after login
+    unless ended first."""
 
     COOKIE = "console_session"
 
-    def __init__(self, secret: bytes, max_age_s: int):
+    def __init__(self, engine: Engine, secret: bytes, max_age_s: int):
+        self.engine = engine
         self._s = URLSafeTimedSerializer(secret, salt="console-session")
         self.max_age_s = max_age_s
 
     def issue(self, name: str) -> str:
-        return self._s.dumps({"u": name, "c": secrets.token_urlsafe(24)})
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(delete(s.sessions).where(s.sessions.c.created < now - self.max_age_s))  # expired ones
+            conn.execute(s.sessions.insert().values(id=_session_id(token), user=name,
+                                                    csrf=secrets.token_urlsafe(24), created=now))
+        return self._s.dumps({"t": token})
 
-    def read(self, cookie: str | None) -> tuple[str, str] | None:
-        """(user name, CSRF token) of a valid cookie, else None."""
+    def _token(self, cookie: str | None) -> str | None:
         if not cookie:
             return None
         try:
             data = self._s.loads(cookie, max_age=self.max_age_s)
         except BadSignature:  # includes SignatureExpired
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("u"), str) or not isinstance(data.get("c"), str):
+        token = data.get("t") if isinstance(data, dict) else None
+        return token if isinstance(token, str) else None
+
+    def read(self, cookie: str | None) -> tuple[str, str] | None:
+        """(user name, CSRF token) of a live session, else None."""
+        sid = _session_id(self._token(cookie))
+        if sid is None:
             return None
-        return data["u"], data["c"]
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.sessions.c.user, s.sessions.c.csrf).where(s.sessions.c.id == sid)).first()
+        return None if row is None else (row.user, row.csrf)
+
+    def end(self, cookie: str | None) -> None:
+        """Log out: this session ends."""
+        sid = _session_id(self._token(cookie))
+        if sid is not None:
+            with self.engine.begin() as conn:
+                conn.execute(delete(s.sessions).where(s.sessions.c.id == sid))
+
+    def token(self, cookie: str | None) -> str | None:
+        """The session token a cookie holds, if it is validly signed (for a password change that keeps it)."""
+        return self._token(cookie)
 
 
 def csrf_ok(expected: str, given: str | None) -> bool:
@@ -144,26 +204,39 @@ def csrf_ok(expected: str, given: str | None) -> bool:
 
 
 class LoginLimiter:
-    """At most ``per_minute`` failed logins per user name and per client address in any minute."""
+    """Failed logins, limited per (user name, address) and per address, never per user name alone: anyone could
+    otherwise keep a known user locked out (five wrong passwords a minute from anywhere kept even the right one at
+    429). ``per_minute`` failures of one name from one address block that pair, and four times as many from one
+    address block the address, for a minute; each block that follows another within the hour lasts twice as long
+    as the one before, up to :data:`LONGEST_BLOCK_S`."""
+
+    LONGEST_BLOCK_S = 3600.0
+    ADDRESS_FACTOR = 4
 
     def __init__(self, per_minute: int):
         self.per_minute = per_minute
         self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._blocked: dict[str, tuple[float, float]] = {}  # key -> (until, its length)
         self._lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures[key]
-        while q and now - q[0] > 60:
-            q.popleft()
-        return q
+    def _keys(self, name: str, address: str) -> tuple[tuple[str, int], ...]:
+        return ((f"p:{name}\0{address}", self.per_minute), (f"a:{address}", self.per_minute * self.ADDRESS_FACTOR))
 
     def allowed(self, name: str, address: str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         with self._lock:
-            return all(len(self._recent(k, now)) < self.per_minute for k in (f"u:{name}", f"a:{address}"))
+            return all(self._blocked.get(k, (0.0, 0.0))[0] <= now for k, _ in self._keys(name, address))
 
     def failed(self, name: str, address: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            for k in (f"u:{name}", f"a:{address}"):
-                self._recent(k, now).append(now)
+            for key, limit in self._keys(name, address):
+                q = self._failures[key]
+                q.append(now)
+                while q and now - q[0] > 60:
+                    q.popleft()
+                if len(q) >= limit:
+                    until, length = self._blocked.get(key, (0.0, 0.0))
+                    length = min(self.LONGEST_BLOCK_S, length * 2) if now - until < 3600 and length else 60.0
+                    self._blocked[key] = (now + length, length)
+                    q.clear()

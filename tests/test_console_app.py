@@ -249,3 +249,120 @@ def test_inspect_needs_the_operator_role(inspect_app: tuple[TestClient, str]) ->
     viewer = TestClient(client.app)
     login(viewer, "view")
     assert viewer.get("/inspect").status_code == 403
+
+
+def _with_cookie(client: TestClient, cookie: str, address: str = "testclient") -> TestClient:
+    other = TestClient(client.app, client=(address, 50001))
+    other.cookies.set("console_session", cookie)
+    return other
+
+
+def test_a_logout_a_password_change_and_disabling_end_sessions_at_once(
+        app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    """Before, after POST /logout the old cookie still opened pages and could add users as admin; the same after an
+    admin changed the password, and disable-then-enable brought old sessions back."""
+    client, _ = app
+    token = login(client, "admin")
+    stolen = _with_cookie(client, client.cookies["console_session"])
+    assert stolen.get("/users").status_code == 200
+    client.post("/logout", data={"csrf": token})
+    assert stolen.get("/users", follow_redirects=False).status_code == 303
+    r = stolen.post("/users", data={"csrf": token, "action": "add", "name": "mallory", "password": PW,
+                                    "role": "admin"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+    token = login(client, "admin")
+    assert "mallory" not in client.get("/users").text, "the old cookie added no one"
+    viewer = TestClient(client.app)
+    login(viewer, "view")
+    held = _with_cookie(client, viewer.cookies["console_session"])
+    client.post("/users", data={"csrf": token, "action": "password", "name": "view", "password": PW + "!"})
+    assert held.get("/", follow_redirects=False).status_code == 303, "an admin's password change ends them"
+    viewer = TestClient(client.app)
+    viewer.post("/login", data={"name": "view", "password": PW + "!", "next": "/"})
+    held = _with_cookie(client, viewer.cookies["console_session"])
+    for disabled in ("1", ""):
+        client.post("/users", data={"csrf": token, "action": "role", "name": "view", "role": "viewer",
+                                    "disabled": disabled})
+    assert held.get("/", follow_redirects=False).status_code == 303, "enabled again: the old session stays ended"
+
+    assert "Sign out everywhere" in client.get("/account").text
+    elsewhere = _with_cookie(client, client.cookies["console_session"])
+    client.post("/logout", data={"csrf": token, "everywhere": "1"})
+    assert elsewhere.get("/", follow_redirects=False).status_code == 303
+
+
+def test_own_password_needs_the_current_one_and_keeps_this_session(
+        app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, _ = app
+    token = login(client, "view")
+    other = TestClient(client.app)
+    login(other, "view")
+    r = client.post("/account/password", data={"csrf": token, "current": "wrong one!", "password": PW + "2"})
+    assert r.status_code == 400 and "current password is wrong" in r.text
+    r = client.post("/account/password", data={"csrf": token, "current": PW, "password": PW + "2"})
+    assert r.status_code == 200 and "Password changed" in r.text
+    assert client.get("/", follow_redirects=False).status_code == 200, "this session goes on"
+    assert other.get("/", follow_redirects=False).status_code == 303, "the others end"
+
+
+def test_others_cannot_lock_a_user_out(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    """Before: five wrong passwords a minute from any address kept even the right password at 429."""
+    client, _ = app
+    attacker = TestClient(client.app, client=("203.0.113.9", 40000))
+    for _ in range(12):
+        attacker.post("/login", data={"name": "admin", "password": "guess guess", "next": "/"})
+    assert attacker.post("/login", data={"name": "admin", "password": PW}).status_code == 429
+    r = client.post("/login", data={"name": "admin", "password": PW, "next": "/"}, follow_redirects=False)
+    assert r.status_code == 303, "the user, from their own address, logs in"
+
+
+def test_login_origin_cache_and_audit_of_what_visitors_type(app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    client, _ = app
+    r = client.post("/login", data={"name": "admin", "password": PW}, headers={"Origin": "http://evil.example"},
+                    follow_redirects=False)
+    assert r.status_code == 403, "a login forced from another site"
+    client.post("/login", data={"name": "evil\nadmin\x1b[2J", "password": "x"})
+    token = login(client, "admin")
+    assert client.get("/").headers["cache-control"] == "no-store"
+    audit = client.get("/audit").text
+    assert "(not signed in)" in audit and "evil\nadmin" not in audit and "&#39;evil?admin?[2J&#39;" in audit
+    r = client.post("/inspect", data={"csrf": token}, headers={"Origin": "http://evil.example",
+                                                             "content-length": "10"})
+    assert r.status_code == 403, "POST /inspect checks the origin too"
+
+
+HOSTILE = ("9" * 30, "-1", "0", "nan", "1e309", "", "a" * 700, "\x00", "../../etc/passwd", "%ff", "ü" * 40,
+           "<script>", "2026-13-45", "unit1'--")
+
+
+def test_every_route_answers_hostile_parameters_without_a_server_error(
+        app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    """Before: GET /alerts?page_no=<30 digits> was a 500 (OverflowError) and a dropped connection. Every route, every
+    parameter it reads (path, query, form), with each hostile value: never a 5xx."""
+    import itertools
+    from urllib.parse import quote
+
+    from fastapi.routing import APIRoute
+
+    client, _ = app
+    token = login(client, "admin")
+    client.raise_server_exceptions = False  # a 500 is what is looked for, not a traceback in the test
+    names = ("page_no", "unit", "kind", "day", "by", "next", "state", "model", "since", "kinds", "id", "method",
+             "threshold", "low_confidence_band", "name", "role", "action", "verdict", "note", "frame_id", "device_id")
+    checked = 0
+    for route in [r for r in client.app.routes if isinstance(r, APIRoute)]:
+        if route.path in ("/live", "/logout"):
+            continue  # a stream, and the end of the session the rest needs (both tested on their own)
+        for method, value in itertools.product(sorted(route.methods), HOSTILE):
+            path = route.path
+            for param in route.param_convertors:
+                path = path.replace("{" + param + "}", quote(value, safe="") or "x")
+            fields = dict.fromkeys(names, value)
+            if method == "GET":
+                r = client.get(path, params=fields, follow_redirects=False)
+            else:
+                r = client.post(path, data={**fields, "csrf": token}, follow_redirects=False)
+            assert r.status_code < 500, (method, route.path, value[:40], r.status_code, r.text[:300])
+            checked += 1
+    assert checked > 300

@@ -24,7 +24,7 @@ SHA = "5" * 64
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     e = db.engine_for(f"sqlite:///{tmp_path / 'console.db'}")
-    assert db.migrate(e) == "0002"
+    assert db.migrate(e) == "0003"
     return e
 
 
@@ -40,7 +40,7 @@ def result_item(device: str, n: int, p: float, ts: float) -> writer.Item:
 def test_the_migrations_build_the_schema_the_queries_use(engine: Engine) -> None:
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), s.metadata) == []
-    assert db.migrate(engine) == "0002", "a second start migrates nothing"
+    assert db.migrate(engine) == "0003", "a second start migrates nothing"
 
 
 def test_a_redelivered_batch_changes_nothing_and_aggregates_count_once(engine: Engine) -> None:
@@ -112,29 +112,64 @@ def test_passwords_are_argon2_and_roles_nest(engine: Engine) -> None:
     assert auth.authenticate(engine, "lead", "long enough pw") is None
 
 
-def test_sessions_expire_and_cannot_be_forged() -> None:
-    sessions = auth.Sessions(b"k" * 32, max_age_s=60)
+def test_sessions_expire_cannot_be_forged_and_end_when_they_must(engine: Engine) -> None:
+    auth.add_user(engine, "lead", "long enough pw", "admin")
+    auth.add_user(engine, "second", "long enough pw", "admin")
+    sessions = auth.Sessions(engine, b"k" * 32, max_age_s=60)
     cookie = sessions.issue("lead")
     name, csrf = sessions.read(cookie) or ("", "")
     assert name == "lead" and len(csrf) > 20
     assert sessions.read(cookie[:-2] + "xx") is None
-    assert auth.Sessions(b"other key" * 4, 60).read(cookie) is None
+    assert auth.Sessions(engine, b"other key" * 4, 60).read(cookie) is None
     old = URLSafeTimedSerializer(b"k" * 32, salt="console-session")
-    assert sessions.read(old.dumps({"u": "lead", "c": "x"})) is not None
-    expired = auth.Sessions(b"k" * 32, max_age_s=-1)
+    assert sessions.read(old.dumps({"u": "lead", "c": "x"})) is None, "the old cookie format names no session"
+    assert sessions.read(old.dumps({"t": "guessed"})) is None, "a signed token the store never issued"
+    expired = auth.Sessions(engine, b"k" * 32, max_age_s=-1)
     assert expired.read(cookie) is None
     assert auth.csrf_ok(csrf, csrf) and not auth.csrf_ok(csrf, None) and not auth.csrf_ok(csrf, csrf[:-1])
 
+    other = sessions.issue("lead")
+    sessions.end(cookie)  # log out here
+    assert sessions.read(cookie) is None and sessions.read(other) is not None, "a logout ends its own session"
+    keep = sessions.issue("lead")
+    auth.set_password(engine, "lead", "another long pw", keep_session=sessions.token(keep))
+    assert sessions.read(other) is None and sessions.read(keep) is not None, "a password change ends the others"
+    auth.set_password(engine, "lead", "a third long pw")
+    assert sessions.read(keep) is None, "an admin's reset ends them all"
+    back = sessions.issue("lead")
+    auth.set_role(engine, "lead", "admin", disabled=True)
+    auth.set_role(engine, "lead", "admin", disabled=False)
+    assert sessions.read(back) is None, "disabling ends them; enabling again brings none back"
+    again = sessions.issue("lead")
+    auth.end_sessions(engine, "lead")
+    assert sessions.read(again) is None, "sign out everywhere"
 
-def test_logins_are_rate_limited_per_user_and_per_address() -> None:
+
+def test_the_last_admin_stays_one(engine: Engine) -> None:
+    auth.add_user(engine, "only", "long enough pw", "admin")
+    for role, disabled in (("viewer", False), ("admin", True)):
+        with pytest.raises(auth.AuthError, match="only admin"):
+            auth.set_role(engine, "only", role, disabled=disabled)
+    auth.add_user(engine, "next", "long enough pw", "admin")
+    auth.set_role(engine, "only", "viewer")
+
+
+def test_logins_are_limited_per_user_and_address_and_per_address_never_per_user_alone() -> None:
     limiter = auth.LoginLimiter(per_minute=3)
     for i in range(3):
         assert limiter.allowed("lead", "10.0.0.1", now=i)
         limiter.failed("lead", "10.0.0.1", now=i)
-    assert not limiter.allowed("lead", "10.0.0.2", now=5), "the user is limited from any address"
-    assert not limiter.allowed("other", "10.0.0.1", now=5), "the address is limited for any user"
-    assert limiter.allowed("other", "10.0.0.2", now=5)
-    assert limiter.allowed("lead", "10.0.0.1", now=70), "a minute later"
+    assert not limiter.allowed("lead", "10.0.0.1", now=5), "that name from that address: blocked"
+    assert limiter.allowed("lead", "10.0.0.2", now=5), "the user, from elsewhere, is never locked out by others"
+    assert limiter.allowed("other", "10.0.0.1", now=5), "another user from the same address"
+    assert limiter.allowed("lead", "10.0.0.1", now=63), "a minute later"
+    for i in range(3):
+        limiter.failed("lead", "10.0.0.1", now=70 + i)
+    assert not limiter.allowed("lead", "10.0.0.1", now=72 + 61), "the next block within the hour: twice as long"
+    assert limiter.allowed("lead", "10.0.0.1", now=72 + 121)
+    for i in range(12):  # one address trying many names
+        limiter.failed(f"user{i}", "10.0.0.9", now=300 + i)
+    assert not limiter.allowed("anyone", "10.0.0.9", now=312), "the address is limited for any name"
 
 
 def test_reports_bucket_by_hour_shift_and_day_and_compare_weeks(engine: Engine) -> None:

@@ -158,11 +158,15 @@ document.addEventListener("DOMContentLoaded", () => {
   drop.addEventListener("drop", e => { input.files = e.dataTransfer.files; });
 });
 
-// Review: one key per verdict; "n" writes a note (Enter then sends "unsure" unless a verdict key is used).
+// Review: one key per verdict; "n" writes a note, and Enter or Escape there ends it, to choose the verdict with its
+// key. A note never chooses a verdict: Enter in it used to submit the form's first button, "right".
 document.addEventListener("keydown", (e) => {
   const form = document.getElementById("verdict");
   if (!form || e.ctrlKey || e.metaKey || e.altKey) return;
-  if (document.activeElement && document.activeElement.id === "note") return;
+  if (document.activeElement && document.activeElement.id === "note") {
+    if (e.key === "Enter" || e.key === "Escape") { e.preventDefault(); document.activeElement.blur(); }
+    return;
+  }
   if (e.key === "n") { e.preventDefault(); document.getElementById("note").focus(); return; }
   const button = form.querySelector(`button[data-key="${CSS.escape(e.key)}"]`);
   if (button) { e.preventDefault(); button.click(); }

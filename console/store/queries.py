@@ -133,6 +133,9 @@ def audit(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(select(s.audit).order_by(desc(s.audit.c.id)).limit(limit)).mappings()]
 
 
+NOT_SIGNED_IN = "(not signed in)"  # the audit's "who" of a login attempt: what was typed goes in the detail, quoted
+
+
 def record(engine: Engine, user: str, action: str, detail: str) -> None:
     with engine.begin() as conn:
         conn.execute(s.audit.insert().values(ts=time.time(), user=user, action=action, detail=detail[:1000]))

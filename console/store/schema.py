@@ -131,6 +131,14 @@ users = Table(
     Column("disabled", Boolean, nullable=False, default=False),
 )
 
+sessions = Table(  # one per login: the cookie holds its token, signed; the id is the token's SHA-256
+    "sessions", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user", String(64), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+)
+
 audit = Table(  # logins, refusals, user changes
     "audit", metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
