@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 MAX_PAGE = 100_000  # a page number beyond it is refused (a 30-digit one overflowed the database's integer: a 500)
-LIVE_RECHECK_S = 2.0  # a live stream checks its session this often
+LIVE_TICK_S = 0.5  # a live stream notices a shutdown this soon
+LIVE_RECHECK_S = 2.0  # and checks its session this often
 LIVE_KEEPALIVE_S = 15.0
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
@@ -54,11 +55,13 @@ class Services:
     """What the pages need from the running console (the store, the live hub, a way to publish commands)."""
 
     def __init__(self, cfg: ConsoleConfig, engine: Engine, hub: LiveHub,
-                 publish: Callable[[str, bytes], None], historian_state: Callable[[], str] = lambda: "ok"):
+                 publish: Callable[[str, bytes], None], historian_state: Callable[[], str] = lambda: "ok",
+                 stopping: Callable[[], bool] = lambda: False):
         self.cfg, self.engine, self.hub = cfg, engine, hub
         self.inspector = Inspector(cfg.models_dir)
         self.publish = publish  # (topic, payload): QoS 1 through the console's own MQTT connection
         self.historian_state = historian_state
+        self.stopping = stopping  # the server is shutting down: open live streams end (they held SIGTERM 3.6 s)
         self.sessions = auth.Sessions(engine, cfg.secret_key(), cfg.web.session_max_age_s)
         self.limiter = auth.LoginLimiter(cfg.web.login_attempts_per_minute)
 
@@ -261,25 +264,27 @@ def create_app(svc: Services) -> FastAPI:
 
         async def stream() -> AsyncIterator[str]:
             """Events as they come; the session is checked again every :data:`LIVE_RECHECK_S`, so a logout, a
-            password change or a disabled user ends the stream too (it kept flowing)."""
+            password change or a disabled user ends the stream too (it kept flowing), and a shutdown ends it within
+            :data:`LIVE_TICK_S`."""
             try:
                 yield ": live\n\n"
-                quiet = 0.0
-                while True:
+                quiet = checked = time.monotonic()
+                while not svc.stopping():
                     try:
-                        event = await asyncio.wait_for(watcher.queue.get(), timeout=LIVE_RECHECK_S)
+                        event = await asyncio.wait_for(watcher.queue.get(), timeout=LIVE_TICK_S)
                     except TimeoutError:
                         event = None
-                    if not await asyncio.to_thread(still_signed_in):
-                        yield "event: signed-out\ndata: {}\n\n"
-                        return
+                    now = time.monotonic()
+                    if now - checked >= LIVE_RECHECK_S:
+                        checked = now
+                        if not await asyncio.to_thread(still_signed_in):
+                            yield "event: signed-out\ndata: {}\n\n"
+                            return
                     if event is not None:
-                        quiet = 0.0
+                        quiet = now
                         yield LiveHub.sse(event)
-                        continue
-                    quiet += LIVE_RECHECK_S
-                    if quiet >= LIVE_KEEPALIVE_S:
-                        quiet = 0.0
+                    elif now - quiet >= LIVE_KEEPALIVE_S:
+                        quiet = now
                         yield ": keep-alive\n\n"
             finally:
                 svc.hub.unwatch(watcher)

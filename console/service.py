@@ -43,7 +43,9 @@ def run(cfg: ConsoleConfig) -> int:
     def publish(topic: str, payload: bytes) -> None:
         historian.client.publish(topic, payload, qos=1)
 
-    services = Services(cfg, engine, hub, publish, lambda: historian.state)
+    server: _Server | None = None
+    services = Services(cfg, engine, hub, publish, lambda: historian.state,
+                        stopping=lambda: server is not None and server.should_exit)
     app = create_app(services)
     stop = threading.Event()
 
