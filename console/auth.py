@@ -17,6 +17,7 @@ import hmac
 import secrets
 import threading
 import time
+import unicodedata
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Literal
@@ -48,9 +49,21 @@ class User:
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
+def _script(c: str) -> str:
+    return unicodedata.name(c, "UNKNOWN").split(" ")[0]
+
+
 def check_name(name: str) -> str:
+    """The name as stored: NFKC-normalised (a full-width "ａｄｍｉｎ" is "admin"), 1-64 letters of one script, digits,
+    '.', '_', '-' or '@'. A name mixing scripts is refused: "аdmin" with a Cyrillic "а" reads as "admin" in every
+    audit line and list. (A name wholly in another script that happens to look Latin is not caught.)"""
+    name = unicodedata.normalize("NFKC", name)
     if not (1 <= len(name) <= 64) or not all(c.isalnum() or c in "._-@" for c in name):
         raise AuthError("a user name is 1-64 letters, digits, '.', '_', '-' or '@'")
+    scripts = {_script(c) for c in name if c.isalpha()}
+    if len(scripts) > 1:
+        raise AuthError(f"a user name uses the letters of one script ({', '.join(sorted(scripts)).lower()} "
+                        "mixed): look-alike names are refused")
     return name
 
 
@@ -63,10 +76,11 @@ def check_password(password: str) -> str:
 def add_user(engine: Engine, name: str, password: str, role: str) -> None:
     if role not in ROLES:
         raise AuthError(f"role must be one of {', '.join(ROLES)}")
-    check_name(name)
+    name = check_name(name)
     with engine.begin() as conn:
-        if conn.execute(select(s.users.c.name).where(s.users.c.name == name)).first():
-            raise AuthError(f"user {name!r} exists; change its password or role instead")
+        taken = [n for (n,) in conn.execute(select(s.users.c.name)) if n.casefold() == name.casefold()]
+        if taken:
+            raise AuthError(f"user {taken[0]!r} exists; change its password or role instead")
         conn.execute(s.users.insert().values(name=name, password_hash=_hasher.hash(check_password(password)),
                                              role=role, created=time.time(), disabled=False))
 

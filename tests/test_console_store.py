@@ -191,3 +191,13 @@ def test_reports_bucket_by_hour_shift_and_day_and_compare_weeks(engine: Engine) 
     assert d["frames"] == [50, 10] and d["last_week"][5] == 1.0 and d["this_week"][1] == 0.8
     lat = reports.latency(engine, now=now)
     assert lat[0]["frames"] == 50 and lat[0]["p95"] == "<= 4 ms" and lat[0]["mean_ms"] == 4.0
+
+
+def test_look_alike_user_names_are_refused(engine: Engine) -> None:
+    auth.add_user(engine, "admin", "long enough pw", "admin")
+    for name, why in (("\u0430dmin", "one script"), ("Admin", "exists"), ("\uff41\uff44\uff4d\uff49\uff4e", "exists"),
+                      ("ad\u200bmin", "letters, digits")):
+        with pytest.raises(auth.AuthError, match=why):
+            auth.add_user(engine, name, "long enough pw", "viewer")
+    auth.add_user(engine, "J\u00fcrgen", "long enough pw", "viewer")  # one script, accents and all
+    assert {u["name"] for u in queries.users(engine)} == {"admin", "J\u00fcrgen"}
