@@ -342,20 +342,30 @@ def create_app(svc: Services) -> FastAPI:
                     events=queries.audit(engine))
 
     @app.get("/reports", response_class=HTMLResponse)
-    async def reports_page(request: Request, by: str = "hour", unit: str = "") -> HTMLResponse:
+    async def reports_page(request: Request, by: str = "hour", unit: str = "", model: str = "") -> HTMLResponse:
         user = user_of(request)
-        by = by if by in ("hour", "shift", "day") else "hour"
+        by = by if by in reports.PART_SPANS else "hour"
+        parts = await asyncio.to_thread(lambda: parts_report(by, unit, per_model=model == "1"))
         rates = await asyncio.to_thread(lambda: reports.defect_rate(
-            engine, by=by, device_id=unit or None, shift_starts=tuple(cfg.web.shift_starts)))
+            engine, by=by if by != "week" else "day", device_id=unit or None,
+            shift_starts=tuple(cfg.web.shift_starts)))
         drift = await asyncio.to_thread(lambda: reports.drift(engine, device_id=unit or None))
         lat = await asyncio.to_thread(reports.latency, engine)
         return page(request, "reports.html", user, by=by, unit=unit, rates=rates, drift=drift, latency=lat,
-                    rates_json=json.dumps(rates), drift_json=json.dumps(drift))
+                    rates_json=json.dumps(rates), drift_json=json.dumps(drift), parts=parts, per_model=model == "1",
+                    spans=list(reports.PART_SPANS))
+
+    def parts_report(by: str, unit: str, *, per_model: bool) -> list[dict[str, Any]]:
+        return reports.parts(engine, by=by if by in reports.PART_SPANS else "hour", device_id=unit or None,
+                             shift_starts=tuple(cfg.web.shift_starts), tz=reports.zone(cfg.web.time_zone),
+                             per_model=per_model)
 
     @app.get("/reports/{name}.csv")
-    async def report_csv(request: Request, name: str, by: str = "hour", unit: str = "") -> Response:
+    async def report_csv(request: Request, name: str, by: str = "hour", unit: str = "", model: str = "") -> Response:
         user_of(request)
-        if name == "defect_rate":
+        if name == "parts":
+            rows = await asyncio.to_thread(lambda: parts_report(by, unit, per_model=model == "1"))
+        elif name == "defect_rate":
             rows = reports.defect_rate(engine, by=by if by in ("hour", "shift", "day") else "hour",
                                        device_id=unit or None, shift_starts=tuple(cfg.web.shift_starts))
         elif name == "p_defect":

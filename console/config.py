@@ -55,9 +55,23 @@ class WebConfig(Section):
     session_max_age_s: int = Field(default=8 * 3600, ge=60)  # a session ends this long after login
     tls_cert_file: Path | None = None  # serve HTTPS directly (else put a reverse proxy in front: docs/console.md)
     tls_key_file: Path | None = None
-    login_attempts_per_minute: int = Field(default=5, ge=1)  # per user name and per client address
+    login_attempts_per_minute: int = Field(default=5, ge=1)  # per (user name, address); four times that per address
     max_upload_mb: float = Field(default=20.0, gt=0)
-    shift_starts: list[str] = ["06:00", "14:00", "22:00"]  # local time; the reports' shifts
+    shift_starts: list[str] = ["06:00", "14:00", "22:00"]  # the plant's time; the reports' shifts
+    time_zone: str = ""  # the plant's (an IANA name, "Europe/Berlin"); "": the console machine's own
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if v:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{v!r} is not a time zone this machine knows (an IANA name, as Europe/Berlin)"
+                                 ) from None
+        return v
 
     @field_validator("shift_starts")
     @classmethod

@@ -40,9 +40,9 @@ from contract.topics import TopicError
 log = logging.getLogger(__name__)
 
 # What the historian keeps of each unit (every topic but commands).
-SUBSCRIBED = ("available", "status", "result", "alert", "metrics", "snapshot/+", "gradcam", "gradcam/+",
+SUBSCRIBED = ("available", "status", "result", "part", "alert", "metrics", "snapshot/+", "gradcam", "gradcam/+",
               "cmd/+/reply")
-TYPED: dict[str, type[payloads.Message]] = {"result": payloads.Result, "alert": payloads.Alert,
+TYPED: dict[str, type[payloads.Message]] = {"result": payloads.Result, "part": payloads.Part, "alert": payloads.Alert,
                                             "status": payloads.Status, "metrics": payloads.Metrics,
                                             "gradcam": payloads.GradcamEvent, "reply": payloads.Reply}
 

@@ -51,6 +51,22 @@ class SimUnit:
             timings_ms={"preprocess": 0.3, "inference": 3.0, "postprocess": 0.1})), qos=qos)
         return frame_id
 
+    def part(self, verdict: str, *, p_defect: float | None = None, ts: float | None = None,
+             sha256: str = SHA) -> payloads.Part:
+        """A part's verdict, as a unit in a part mode says it (its deciding frame's result is not sent)."""
+        seq = next(self._seq)
+        p = {"ok": 0.1, "ng": 0.9, "unsure": 0.5}.get(verdict) if p_defect is None else p_defect
+        judged = verdict != "missed" and p is not None
+        message = payloads.Part(
+            device_id=self.device_id, ts=topics.iso(ts or time.time()), part_id=f"{self.device_id}-{self.boot}-p"
+            f"{seq:09d}", seq=seq, trigger="presence", verdict=verdict, aggregate="max", frames=[],
+            frame_id=f"{self.device_id}-{self.boot}-{seq:09d}" if judged else None,
+            p_defect=p if judged else None, defective=(p > 0.5) if judged and p is not None else None,
+            model=payloads.ModelRef(name=self.model, quantization="int8", sha256=sha256),
+            timings_ms={"trigger_to_verdict": 12.0}, error=None if judged else "no frame in time")
+        self._pub(topics.PART, payloads.dumps(message))
+        return message
+
     def metrics(self, fps: float) -> None:
         self._pub(topics.METRICS, payloads.dumps(payloads.Metrics(
             device_id=self.device_id, interval_s=1.0, fps=fps, frames=int(fps), dropped_frames=0, frame_errors=0,

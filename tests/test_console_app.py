@@ -366,3 +366,34 @@ def test_every_route_answers_hostile_parameters_without_a_server_error(
             assert r.status_code < 500, (method, route.path, value[:40], r.status_code, r.text[:300])
             checked += 1
     assert checked > 300
+
+
+def test_the_fleet_and_the_reports_count_parts(app: tuple[TestClient, list[tuple[str, bytes]]],
+                                              tmp_path: Path) -> None:
+    """A line where 4 of 16 parts are NG reads 25 % NG of 16 parts (it read a share of frames), live on the fleet
+    page, and by hour, shift, day and week in the reports, with CSV."""
+    import csv
+    import io
+    import time
+
+    from contract import topics
+
+    client, _ = app
+    engine = db.engine_for(config.parse({"state": {"dir": str(tmp_path)}}).database_url())  # the app's store
+    now = time.time()
+    items = []
+    for i, v in enumerate(["ok"] * 12 + ["ng"] * 4, 1):
+        m = payloads.Part(device_id="u1", ts=topics.iso(now - 60 + i), part_id=f"u1-1-p{i:09d}", seq=i,
+                          trigger="presence", verdict=v, aggregate="max", frames=[],
+                          p_defect=0.9 if v == "ng" else 0.1, frame_id=f"u1-1-{i:09d}",
+                          model=payloads.ModelRef(name="m", quantization="int8", sha256="5" * 64), timings_ms={})
+        items.append(writer.Item("part", "u1", now, message=m, raw=payloads.dumps(m)))
+    writer.write(engine, items)
+    login(client, "view")
+    fleet = client.get("/").text
+    assert "25.0% NG" in fleet and "of 16 parts" in fleet and "FPY 75.0%" in fleet
+    for by in ("hour", "shift", "day", "week"):
+        page = client.get("/reports", params={"by": by, "model": "1"}).text
+        assert f"Parts by {by}" in page and "<td>16</td><td>12</td><td>4</td>" in page, by
+    rows = list(csv.DictReader(io.StringIO(client.get("/reports/parts.csv", params={"by": "shift"}).text)))
+    assert [(r["unit"], r["parts"], r["ng"], r["fpy"]) for r in rows] == [("u1", "16", "4", "0.75")]

@@ -15,6 +15,7 @@ from console import config
 from console.ingest import Historian
 from console.store import db, queries, writer
 from console.store import schema as s
+from contract import payloads
 from harness.broker import Broker
 from harness.units import SimUnit
 from harness.wait import until
@@ -134,3 +135,19 @@ def test_results_published_while_the_console_is_away_are_kept_with_the_shipped_b
     stored = {name: _stored_after_an_absence(tmp_path / name, extra)
               for name, extra in (("without", ""), ("shipped", _shipped_queueing()))}
     assert stored == {"without": 0, "shipped": 10}, stored
+
+
+def test_parts_are_ingested_once_and_counted_in_parts(tmp_path: Path, broker: Broker) -> None:
+    """Before, the console did not subscribe to part messages: a line where 4 of 16 parts were NG read "20 %
+    of 120 frames". A part redelivered (QoS 1 is at least once) is stored once."""
+    h, engine = start(tmp_path, broker)
+    pub = publisher(broker.port)
+    unit = SimUnit(pub, "line3-a")
+    sent = [unit.part(v) for v in ["ok"] * 12 + ["ng"] * 4]
+    pub.publish("defect-edge/line3-a/part", payloads.dumps(sent[-1]), qos=1).wait_for_publish(10)  # again
+    assert until(lambda: writer.counters(engine).get("received", 0) >= 17, 20)
+    assert until(lambda: (queries.fleet(engine)[0]["parts_hour"] or {}).get("parts") == 16, 10)
+    c = queries.fleet(engine)[0]["parts_hour"]
+    assert c["ng"] == 4 and c["ng_rate"] == 0.25
+    h.stop()
+    pub.loop_stop()

@@ -24,7 +24,7 @@ SHA = "5" * 64
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     e = db.engine_for(f"sqlite:///{tmp_path / 'console.db'}")
-    assert db.migrate(e) == "0003"
+    assert db.migrate(e) == "0004"
     return e
 
 
@@ -40,7 +40,7 @@ def result_item(device: str, n: int, p: float, ts: float) -> writer.Item:
 def test_the_migrations_build_the_schema_the_queries_use(engine: Engine) -> None:
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), s.metadata) == []
-    assert db.migrate(engine) == "0003", "a second start migrates nothing"
+    assert db.migrate(engine) == "0004", "a second start migrates nothing"
 
 
 def test_a_redelivered_batch_changes_nothing_and_aggregates_count_once(engine: Engine) -> None:
@@ -201,3 +201,41 @@ def test_look_alike_user_names_are_refused(engine: Engine) -> None:
             auth.add_user(engine, name, "long enough pw", "viewer")
     auth.add_user(engine, "J\u00fcrgen", "long enough pw", "viewer")  # one script, accents and all
     assert {u["name"] for u in queries.users(engine)} == {"admin", "J\u00fcrgen"}
+
+
+def part_item(device: str, n: int, verdict: str, ts: float, sha: str = SHA) -> writer.Item:
+    p = {"ok": 0.1, "ng": 0.9, "unsure": 0.5, "missed": None}[verdict]
+    m = payloads.Part(device_id=device, ts=topics.iso(ts), part_id=f"{device}-1-p{n:09d}", seq=n, trigger="gpio",
+                      verdict=verdict, aggregate="max", frames=[], p_defect=p,
+                      frame_id=None if p is None else f"{device}-1-{n:09d}",
+                      model=payloads.ModelRef(name="m", quantization="int8", sha256=sha), timings_ms={})
+    return writer.Item("part", device, ts, message=m, raw=payloads.dumps(m))
+
+
+def test_parts_are_stored_once_and_counted_by_period_unit_and_model(engine: Engine) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from console.store import reports
+
+    now = datetime(2026, 11, 27, 15, 30).timestamp()
+    verdicts = ["ok"] * 10 + ["ng"] * 4 + ["unsure", "missed"]
+    items = [part_item("u1", i, v, now - 1800 + i) for i, v in enumerate(verdicts, 1)]
+    items += [part_item("u1", 100 + i, "ok", now - 1800 + i, sha="6" * 64) for i in range(4)]  # a newer model
+    assert writer.write(engine, items)["parts"] == 20
+    assert writer.write(engine, items[:5]).get("parts", 0) == 0, "redelivered: stored and counted once"
+    fleet = queries.fleet(engine, now=now)
+    c = fleet[0]["parts_hour"]
+    assert (c["parts"], c["ok"], c["ng"], c["unsure"], c["missed"]) == (20, 14, 4, 1, 1)
+    assert c["fpy"] == 14 / 20 and c["ng_rate"] == 4 / 20
+    for by in ("hour", "shift", "day", "week"):
+        rows = reports.parts(engine, by=by, now=now)
+        assert len(rows) == 1 and rows[0]["parts"] == 20 and rows[0]["fpy"] == 0.7, (by, rows)
+    models = reports.parts(engine, by="day", now=now, per_model=True)
+    assert sorted((r["version"], r["parts"], r["ng"]) for r in models) == [("555555555555", 16, 4),
+                                                                           ("666666666666", 4, 0)]
+    shift = reports.parts(engine, by="shift", now=now, shift_starts=("06:00", "14:00", "22:00"),
+                          tz=ZoneInfo("Asia/Kolkata"))  # the plant's clock, not the console's
+    local = datetime.fromtimestamp(now - 1800, ZoneInfo("Asia/Kolkata"))
+    start = "14:00" if 14 <= local.hour < 22 else "06:00" if 6 <= local.hour < 14 else "22:00"
+    assert shift[0]["period"].endswith(start), (shift, local)

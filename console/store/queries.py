@@ -30,6 +30,10 @@ def fleet(engine: Engine, now: float | None = None) -> list[dict[str, Any]]:
             select(s.minutes.c.device_id, func.sum(s.minutes.c.frames).label("frames"),
                    func.sum(s.minutes.c.defective).label("defective"))
             .where(s.minutes.c.minute >= hour).group_by(s.minutes.c.device_id))}
+        parts = {r.device_id: dict(r._mapping) for r in conn.execute(
+            select(s.part_minutes.c.device_id, *(func.sum(s.part_minutes.c[c]).label(c)
+                                                for c in ("parts", *s.VERDICTS)))
+            .where(s.part_minutes.c.minute >= hour).group_by(s.part_minutes.c.device_id))}
     rows = []
     for u in units:
         status, metrics = _json(u["status"]), _json(u["metrics"])
@@ -42,9 +46,20 @@ def fleet(engine: Engine, now: float | None = None) -> list[dict[str, Any]]:
             "fps": metrics.get("fps"), "p95_ms": ((metrics.get("latency_ms") or {}).get("inference") or {}).get("p95"),
             "outbox": (metrics.get("outbox") or {}).get("depth"),
             "frames_hour": frames, "defect_rate_hour": defective / frames if frames else None,
+            "parts_hour": part_counts(parts.get(u["device_id"])),
             "last_alert_at": u["last_alert_at"], "last_alert_kind": u["last_alert_kind"],
         })
     return rows
+
+
+def part_counts(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Parts and their verdicts, with the shares a quality lead reads: NG and first-pass yield (OK of all parts:
+    an unsure or missed part has not passed)."""
+    if not row or not row.get("parts"):
+        return None
+    n = int(row["parts"])
+    counts = {v: int(row.get(v) or 0) for v in s.VERDICTS}
+    return {"parts": n, **counts, "ng_rate": counts["ng"] / n, "fpy": counts["ok"] / n}
 
 
 def unit(engine: Engine, device_id: str) -> dict[str, Any] | None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, select
 
@@ -56,6 +57,53 @@ def defect_rate(engine: Engine, *, by: str, now: float | None = None, device_id:
         agg[1] += r["defective"]
     return [{"period": p.strftime("%Y-%m-%d %H:%M"), "unit": u, "frames": f, "defective": d,
              "rate": round(d / f, 4) if f else None} for (p, u), (f, d) in sorted(totals.items())]
+
+
+PART_SPANS = {"hour": 2 * 86400, "shift": 14 * 86400, "day": 60 * 86400, "week": 26 * 7 * 86400}
+
+
+def zone(name: str) -> tzinfo | None:
+    """The plant's time zone (``web.time_zone``); None: the console machine's own."""
+    return ZoneInfo(name) if name else None
+
+
+def _period(t: datetime, by: str, starts: list[int]) -> datetime:
+    if by == "hour":
+        return t.replace(minute=0, second=0, microsecond=0)
+    if by == "shift":
+        return _shift_start(t, starts)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday()) if by == "week" else day
+
+
+def parts(engine: Engine, *, by: str, now: float | None = None, device_id: str | None = None,
+          shift_starts: tuple[str, ...] = ("06:00", "14:00", "22:00"), tz: tzinfo | None = None,
+          per_model: bool = False) -> list[dict[str, Any]]:
+    """Parts judged, newest period first: per period (``by``: hour over 48 h, shift over 14 days, day over 60,
+    week over 26 weeks, in the plant's time zone ``tz``), unit, and with ``per_model`` model version: parts, each
+    verdict, the NG share and first-pass yield (OK of all parts)."""
+    now = time.time() if now is None else now
+    starts = sorted(int(x[:2]) * 60 + int(x[3:]) for x in shift_starts)
+    q = select(s.part_minutes).where(s.part_minutes.c.minute >= int((now - PART_SPANS[by]) // 60))
+    if device_id:
+        q = q.where(s.part_minutes.c.device_id == device_id)
+    totals: dict[tuple[datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * (1 + len(s.VERDICTS)))
+    with engine.connect() as conn:
+        for r in conn.execute(q).mappings():
+            period = _period(datetime.fromtimestamp(r["minute"] * 60, tz), by, starts)
+            key = (period, r["device_id"], r["model"] if per_model else "", r["model_sha256"][:12] if per_model
+                   else "")
+            agg = totals[key]
+            for i, c in enumerate(("parts", *s.VERDICTS)):
+                agg[i] += r[c]
+    out = []
+    for (period, unit, model, sha), (n, *counts) in sorted(totals.items(), key=lambda kv: kv[0], reverse=True):
+        by_verdict = dict(zip(s.VERDICTS, counts, strict=True))
+        out.append({"period": period.strftime("%Y-%m-%d %H:%M"), "unit": unit,
+                    **({"model": model, "version": sha} if per_model else {}), "parts": n, **by_verdict,
+                    "ng_rate": round(by_verdict["ng"] / n, 4) if n else None,
+                    "fpy": round(by_verdict["ok"] / n, 4) if n else None})
+    return out
 
 
 def drift(engine: Engine, *, now: float | None = None, device_id: str | None = None) -> dict[str, Any]:

@@ -71,6 +71,33 @@ minutes = Table(
     *(Column(f"l{i}", Integer, nullable=False) for i in range(len(LATENCY_BOUNDS_MS) + 1)),
 )
 
+VERDICTS = ("ok", "ng", "unsure", "missed")  # a part's, as the unit decides it (docs/line.md)
+
+parts = Table(  # one per part a unit judged: what the line acted on, the console's unit of account
+    "parts", metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("part_id", String(128), primary_key=True),
+    Column("seq", ID, nullable=False),
+    Column("ts", Float, nullable=False, index=True),  # the deciding frame's capture (the trigger's, if missed)
+    Column("trigger", String(16), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("p_defect", Float, nullable=True),
+    Column("frame_id", String(128), nullable=True),  # the deciding frame: its snapshot, crop and heatmap
+    Column("model", String(100), nullable=False),
+    Column("model_sha256", String(64), nullable=False),
+    Column("payload", Text, nullable=False),  # as the unit sent it: crop, framing, familiarity, timings
+)
+
+part_minutes = Table(  # parts per minute per unit and model, kept as long as the frame aggregates
+    "part_minutes", metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),
+    Column("model_sha256", String(64), primary_key=True),
+    Column("model", String(100), nullable=False),
+    Column("parts", Integer, nullable=False),
+    *(Column(v, Integer, nullable=False) for v in VERDICTS),
+)
+
 alerts = Table(
     "alerts", metadata,
     Column("dedup_key", String(200), primary_key=True),

@@ -27,8 +27,8 @@ class Item:
     what: str
     device_id: str
     received: float
-    message: payloads.Message | None = None  # result, alert (typed)
-    raw: bytes = b""  # status, metrics, gradcam event, reply: stored as sent
+    message: payloads.Message | None = None  # result, alert, part (typed)
+    raw: bytes = b""  # as sent: stored so for status, metrics, gradcam event, reply and part
     key: str | None = None  # frame id of an image, command of a reply
     online: bool | None = None  # available
     sha256: str = ""  # image
@@ -74,6 +74,8 @@ def _write(conn: Connection, items: list[Item]) -> dict[str, int]:
     _touch_units(conn, items)
     if by_what["result"]:
         new["results"] = _results(conn, by_what["result"])
+    if by_what["part"]:
+        new["parts"] = _parts(conn, by_what["part"])
     for it in by_what["alert"]:
         a = it.message
         assert isinstance(a, payloads.Alert)
@@ -159,6 +161,33 @@ def _results(conn: Connection, items: list[Item]) -> int:
         conn.execute(stmt, [{"device_id": d, "minute": m, "model_sha256": sha, **a}
                             for (d, m, sha), a in agg.items()])
     return len(inserted)
+
+
+def _parts(conn: Connection, items: list[Item]) -> int:
+    """Store the parts not stored yet (a unit delivers each at least once: keyed by its part id) and count the new
+    ones into ``part_minutes``."""
+    agg: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for it in items:
+        p = it.message
+        assert isinstance(p, payloads.Part)
+        ts = topics.epoch(p.ts)
+        done = conn.execute(_insert(conn, s.parts).values(
+            device_id=it.device_id, part_id=p.part_id, seq=p.seq, ts=ts, trigger=p.trigger, verdict=p.verdict,
+            p_defect=p.p_defect, frame_id=p.frame_id, model=p.model.name, model_sha256=p.model.sha256,
+            payload=it.raw.decode()).on_conflict_do_nothing())
+        if not done.rowcount:
+            continue  # a redelivery: already counted
+        a = agg.setdefault((it.device_id, int(ts // 60), p.model.sha256),
+                           {"model": p.model.name, "parts": 0, **dict.fromkeys(s.VERDICTS, 0)})
+        a["parts"] += 1
+        a[p.verdict] += 1
+    if agg:
+        stmt = _insert(conn, s.part_minutes)
+        stmt = stmt.on_conflict_do_update(index_elements=["device_id", "minute", "model_sha256"], set_={
+            c: s.part_minutes.c[c] + stmt.excluded[c] for c in ("parts", *s.VERDICTS)})
+        conn.execute(stmt, [{"device_id": d, "minute": m, "model_sha256": sha, **a}
+                            for (d, m, sha), a in agg.items()])
+    return sum(a["parts"] for a in agg.values())
 
 
 _RESULT_COLUMNS = ("device_id", "frame_id", "ts", "label", "p_defect", "confidence", "low_confidence", "model",
