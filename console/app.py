@@ -178,6 +178,15 @@ def create_app(svc: Services) -> FastAPI:
         rows = await asyncio.to_thread(queries.fleet, engine)
         return page(request, "fleet.html", user, units=rows)
 
+    @app.get("/units/{device_id}/defective", response_class=HTMLResponse)
+    async def unit_defective(request: Request, device_id: str) -> HTMLResponse:
+        """The fleet's live cell for one unit, rendered as the page renders it."""
+        user = user_of(request)
+        rows = await asyncio.to_thread(queries.fleet, engine, None, device_id)
+        if not rows:
+            raise HTTPException(404, "no such unit")
+        return page(request, "_defective.html", user, u=rows[0])
+
     @app.get("/units/{device_id}", response_class=HTMLResponse)
     async def unit_page(request: Request, device_id: str) -> HTMLResponse:
         user = user_of(request)

@@ -27,7 +27,7 @@ from contract.topics import TopicError
 
 log = logging.getLogger(__name__)
 
-LIVE = ("available", "status", "result", "alert", "metrics", "cmd/+/reply")
+LIVE = ("available", "status", "result", "part", "alert", "metrics", "cmd/+/reply")
 
 
 def summary(what: str, device_id: str, payload: bytes) -> dict[str, Any] | None:
@@ -39,6 +39,10 @@ def summary(what: str, device_id: str, payload: bytes) -> dict[str, Any] | None:
         return {"type": what, "device": device_id, "frame_id": r.frame_id, "label": r.label,
                 "p_defect": r.p_defect, "confidence": r.confidence, "low_confidence": r.low_confidence,
                 "ts": topics.epoch(r.ts), "model": r.model.name}
+    if what == topics.PART:
+        p = payloads.read(payloads.Part, payload, device_id=device_id)
+        return {"type": what, "device": device_id, "part_id": p.part_id, "verdict": p.verdict,
+                "p_defect": p.p_defect, "ts": topics.epoch(p.ts)}
     if what == topics.METRICS:
         m = payloads.read(payloads.Metrics, payload, device_id=device_id)
         return {"type": what, "device": device_id, "fps": m.fps,

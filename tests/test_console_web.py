@@ -95,6 +95,10 @@ def test_fleet_shows_units_live_and_an_alert_with_its_evidence(browser: Any, con
     page.locator('tr[data-unit="line3-a"] [data-field="fps"]', has_text="10.0").wait_for(timeout=10_000)
     unit.metrics(24.5)
     page.locator('tr[data-unit="line3-a"] [data-field="fps"]', has_text="24.5").wait_for(timeout=10_000)
+    for verdict in ["ok"] * 3 + ["ng"]:  # the line's parts: counted live, as the store counts them
+        unit.part(verdict)
+    page.locator('tr[data-unit="line3-a"] [data-defective]', has_text="25.0% NG of 4 parts").wait_for(
+        timeout=10_000)
     unit.online(False)
     page.locator('tr[data-unit="line3-a"] [data-field="online"]', has_text="offline").wait_for(timeout=10_000)
 

@@ -40,8 +40,11 @@ function fleet(table, source) {
     tr = el("tr"); tr.dataset.unit = device;
     const a = el("a", "", device); a.href = "/units/" + encodeURIComponent(device);
     const first = el("td"); first.appendChild(a); tr.appendChild(first);
-    for (const f of ["online", "model", "camera", "fps", "p95_ms", "rate", "outbox", "alert"]) {
-      const td = el("td"); if (f !== "rate") td.dataset.field = f; tr.appendChild(td);
+    for (const f of ["online", "model", "camera", "fps", "p95_ms", "defective", "outbox", "alert"]) {
+      const td = el("td");
+      if (f === "defective") td.dataset.defective = "/units/" + encodeURIComponent(device) + "/defective";
+      else td.dataset.field = f;
+      tr.appendChild(td);
     }
     body.appendChild(tr);
     const count = document.getElementById("fleet-count");
@@ -54,9 +57,27 @@ function fleet(table, source) {
     td.textContent = text;
     if (cls !== undefined) td.className = cls;
   };
+  // The last hour's parts (or frames) of a unit: asked again of the server after it judged a part, or sent its
+  // metrics (a unit judging frames: every metrics interval; the fleet page does not take every result), at most
+  // every 2 s per unit, so the counts are the store's own and never drift from a page left open all shift.
+  const due = new Map();
+  function recount(tr) {
+    const td = tr.querySelector("[data-defective]");
+    if (!td || due.has(td)) return;
+    due.set(td, setTimeout(() => {
+      fetch(td.dataset.defective, {credentials: "same-origin"})
+        .then(r => r.ok ? r.text() : Promise.reject(r.status))
+        .then(html => { td.innerHTML = html; })  // rendered and escaped by the server's template
+        .catch(() => {})
+        .finally(() => due.delete(td));
+    }, 2000));
+  }
   source.onmessage = (m) => {
     const e = JSON.parse(m.data), tr = row(e.device);
-    if (e.type === "metrics") {
+    if (e.type === "part") {
+      recount(tr);
+    } else if (e.type === "metrics") {
+      recount(tr);
       set(tr, "fps", fmt(e.fps, 1)); set(tr, "p95_ms", e.p95_ms === null ? "" : fmt(e.p95_ms, 1) + " ms");
       set(tr, "outbox", e.outbox === null ? "" : String(e.outbox));
     } else if (e.type === "available") {

@@ -19,13 +19,14 @@ def _json(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def fleet(engine: Engine, now: float | None = None) -> list[dict[str, Any]]:
-    """Every unit at a glance: availability, model, camera, fps and p95 (last metrics), defect rate in the last hour,
-    outbox depth, last alert."""
+def fleet(engine: Engine, now: float | None = None, device_id: str | None = None) -> list[dict[str, Any]]:
+    """Every unit (or one) at a glance: availability, model, camera, fps and p95 (last metrics), the last hour's parts
+    and defect rate, outbox depth, last alert."""
     now = time.time() if now is None else now
     hour = int((now - 3600) // 60)
     with engine.connect() as conn:
-        units = conn.execute(select(s.units).order_by(s.units.c.device_id)).mappings().all()
+        units = conn.execute(select(s.units).where(s.units.c.device_id == device_id) if device_id
+                             else select(s.units).order_by(s.units.c.device_id)).mappings().all()
         rates = {r.device_id: (int(r.frames), int(r.defective)) for r in conn.execute(
             select(s.minutes.c.device_id, func.sum(s.minutes.c.frames).label("frames"),
                    func.sum(s.minutes.c.defective).label("defective"))
