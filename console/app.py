@@ -355,6 +355,7 @@ def create_app(svc: Services) -> FastAPI:
         user = user_of(request)
         by = by if by in reports.PART_SPANS else "hour"
         parts = await asyncio.to_thread(lambda: parts_report(by, unit, per_model=model == "1"))
+        quality = await asyncio.to_thread(lambda: reports.quality(engine, device_id=unit or None))
         rates = await asyncio.to_thread(lambda: reports.defect_rate(
             engine, by=by if by != "week" else "day", device_id=unit or None,
             shift_starts=tuple(cfg.web.shift_starts)))
@@ -362,6 +363,7 @@ def create_app(svc: Services) -> FastAPI:
         lat = await asyncio.to_thread(reports.latency, engine)
         return page(request, "reports.html", user, by=by, unit=unit, rates=rates, drift=drift, latency=lat,
                     rates_json=json.dumps(rates), drift_json=json.dumps(drift), parts=parts, per_model=model == "1",
+                    quality=quality,
                     spans=list(reports.PART_SPANS))
 
     def parts_report(by: str, unit: str, *, per_model: bool) -> list[dict[str, Any]]:
@@ -374,6 +376,9 @@ def create_app(svc: Services) -> FastAPI:
         user_of(request)
         if name == "parts":
             rows = await asyncio.to_thread(lambda: parts_report(by, unit, per_model=model == "1"))
+        elif name == "quality":
+            rows = [{k: (f"{v[0]:.4f}-{v[1]:.4f}" if isinstance(v, tuple) else v) for k, v in r.items()}
+                    for r in await asyncio.to_thread(lambda: reports.quality(engine, device_id=unit or None))]
         elif name == "defect_rate":
             rows = reports.defect_rate(engine, by=by if by in ("hour", "shift", "day") else "hour",
                                        device_id=unit or None, shift_starts=tuple(cfg.web.shift_starts))

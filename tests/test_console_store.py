@@ -239,3 +239,24 @@ def test_parts_are_stored_once_and_counted_by_period_unit_and_model(engine: Engi
     local = datetime.fromtimestamp(now - 1800, ZoneInfo("Asia/Kolkata"))
     start = "14:00" if 14 <= local.hour < 22 else "06:00" if 6 <= local.hour < 14 else "22:00"
     assert shift[0]["period"].endswith(start), (shift, local)
+
+
+def test_reviewed_parts_become_false_reject_and_escape_rates_with_their_intervals(engine: Engine) -> None:
+    from console.store import reports
+
+    now = time.time()
+    items = [part_item("u1", i, "ng", now - 100 + i) for i in range(1, 11)]
+    items += [part_item("u1", i, "ok", now - 100 + i) for i in range(11, 41)]
+    writer.write(engine, items)
+    truths = {i: ("good" if i <= 2 else "defective") for i in range(1, 11)}  # 2 of 10 NG parts were good
+    truths.update(dict.fromkeys(range(11, 41), "good"))  # 30 sampled OK parts, none defective
+    with engine.begin() as conn:
+        conn.execute(s.reviews.insert(), [{"device_id": "u1", "frame_id": f"u1-1-{i:09d}", "verdict": "x",
+                                           "truth": t, "note": "", "user": "lead", "ts": now}
+                                          for i, t in truths.items()])
+    [q] = reports.quality(engine)
+    assert (q["ng_reviewed"], q["false_rejects"], q["ok_reviewed"], q["escapes"]) == (10, 2, 30, 0)
+    assert q["false_reject_rate"] == 0.2 and q["escape_rate"] == 0.0
+    lo, hi = q["false_reject_ci"]
+    assert 0.05 < lo < 0.06 and 0.50 < hi < 0.52
+    assert q["escape_ci"][0] == 0.0 and 0.11 < q["escape_ci"][1] < 0.12, "none in 30 still allows 11 %"
