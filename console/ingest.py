@@ -40,8 +40,8 @@ from contract.topics import TopicError
 log = logging.getLogger(__name__)
 
 # What the historian keeps of each unit (every topic but commands).
-SUBSCRIBED = ("available", "status", "result", "part", "alert", "metrics", "snapshot/+", "gradcam", "gradcam/+",
-              "cmd/+/reply")
+SUBSCRIBED = ("available", "status", "result", "part", "alert", "metrics", "snapshot/+", "frame/+", "gradcam",
+              "gradcam/+", "cmd/+/reply")
 TYPED: dict[str, type[payloads.Message]] = {"result": payloads.Result, "part": payloads.Part, "alert": payloads.Alert,
                                             "status": payloads.Status, "metrics": payloads.Metrics,
                                             "gradcam": payloads.GradcamEvent, "reply": payloads.Reply}
@@ -135,7 +135,7 @@ class Historian:
         where = topics.parse(self.cfg.mqtt.edge_prefix, topic)
         now = time.time()
         lim = self.cfg.limits
-        if where.what in (topics.SNAPSHOT, "gradcam_image"):
+        if where.what in (topics.SNAPSHOT, topics.FRAME, "gradcam_image"):
             if len(payload) > lim.max_image_bytes:
                 raise PayloadError("oversize", f"{where.what} of {len(payload)} bytes > {lim.max_image_bytes}")
             if not payload.startswith(images.JPEG_MAGIC):

@@ -44,15 +44,17 @@ def _by_state(q: Any, state: str) -> Any:
 
 def _items_query(*, device_id: str | None, kind: str | None, model: str | None, since: float | None,
                  state: str, frame_id: str | None = None) -> Any:
-    snap, heat = s.frame_images.alias("snap"), s.frame_images.alias("heat")
+    snap, heat, whole = (s.frame_images.alias(n) for n in ("snap", "heat", "whole"))
     a, r = s.alerts, s.reviews
     q = (select(a.c.device_id, a.c.frame_id, a.c.kind, a.c.ts, a.c.p_defect, a.c.payload, a.c.dedup_key,
-                snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"), r.c.verdict, r.c.truth,
-                r.c.user.label("reviewer"), r.c.ts.label("reviewed_at"), r.c.note)
+                snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"), whole.c.sha256.label("frame"),
+                r.c.verdict, r.c.truth, r.c.user.label("reviewer"), r.c.ts.label("reviewed_at"), r.c.note)
          .join(snap, and_(snap.c.device_id == a.c.device_id, snap.c.frame_id == a.c.frame_id,
                           snap.c.kind == "snapshot"))
          .outerjoin(heat, and_(heat.c.device_id == a.c.device_id, heat.c.frame_id == a.c.frame_id,
                                heat.c.kind == "gradcam"))
+         .outerjoin(whole, and_(whole.c.device_id == a.c.device_id, whole.c.frame_id == a.c.frame_id,
+                                whole.c.kind == "frame"))
          .outerjoin(r, and_(r.c.device_id == a.c.device_id, r.c.frame_id == a.c.frame_id))
          .where(a.c.kind.in_(ALERT_KINDS)))
     if device_id:
@@ -71,16 +73,19 @@ def _items_query(*, device_id: str | None, kind: str | None, model: str | None, 
 def _samples_query(*, device_id: str | None, model: str | None, since: float | None, state: str,
                    frame_id: str | None = None) -> Any:
     """Snapshots a unit sent without an alert (a sampled confident call), with the call from its stored result."""
-    snap, heat = s.frame_images.alias("snap"), s.frame_images.alias("heat")
+    snap, heat, whole = (s.frame_images.alias(n) for n in ("snap", "heat", "whole"))
     a, r, res = s.alerts, s.reviews, s.results
     ts = func.coalesce(res.c.ts, snap.c.received)
     q = (select(snap.c.device_id, snap.c.frame_id, ts.label("ts"), res.c.p_defect, res.c.label.label("predicted"),
-                res.c.model, snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"), r.c.verdict, r.c.truth,
-                r.c.user.label("reviewer"), r.c.ts.label("reviewed_at"), r.c.note)
+                res.c.model, snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"),
+                whole.c.sha256.label("frame"), r.c.verdict, r.c.truth, r.c.user.label("reviewer"),
+                r.c.ts.label("reviewed_at"), r.c.note)
          .outerjoin(a, and_(a.c.device_id == snap.c.device_id, a.c.frame_id == snap.c.frame_id))
          .outerjoin(res, and_(res.c.device_id == snap.c.device_id, res.c.frame_id == snap.c.frame_id))
          .outerjoin(heat, and_(heat.c.device_id == snap.c.device_id, heat.c.frame_id == snap.c.frame_id,
                                heat.c.kind == "gradcam"))
+         .outerjoin(whole, and_(whole.c.device_id == snap.c.device_id, whole.c.frame_id == snap.c.frame_id,
+                                whole.c.kind == "frame"))
          .outerjoin(r, and_(r.c.device_id == snap.c.device_id, r.c.frame_id == snap.c.frame_id))
          .where(snap.c.kind == "snapshot").where(a.c.dedup_key.is_(None)))
     if device_id:
@@ -149,7 +154,7 @@ def record(engine: Engine, *, device_id: str, frame_id: str, verdict: str, note:
                                                          s.reviews.c.frame_id == frame_id)).values(**values))
         if not done.rowcount:
             conn.execute(s.reviews.insert().values(device_id=device_id, frame_id=frame_id, **values))
-        shas = [x for x in (item["snapshot"], item["heatmap"]) if x]
+        shas = [x for x in (item["snapshot"], item["heatmap"], item.get("frame")) if x]
         conn.execute(update(s.images).where(s.images.c.sha256.in_(shas)).values(reviewed=True))
     return {**item, **values}
 

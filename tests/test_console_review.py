@@ -245,3 +245,30 @@ def test_a_heatmap_for_a_frame_the_unit_no_longer_buffers(tmp_path: Path) -> Non
     assert 'id="heatmap"' in state, state
     rows, _ = review.queue(engine, device_id="u1", frame_id="u1-1-000000007", state="all")
     assert rows[0]["heatmap"] and images.path_of(cfg.images_dir, rows[0]["heatmap"]).read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_a_part_is_reviewed_with_its_crop_and_the_whole_frame(tmp_path: Path) -> None:
+    """A part's alert names its deciding frame; the unit sends what the model saw (the crop) as the snapshot and the
+    whole frame with the crop boxed on frame/<frame_id>: the reviewer sees both, and both are kept once reviewed."""
+    from console.ingest import Historian
+
+    cfg = config.parse({"state": {"dir": str(tmp_path / "state")}})
+    engine = db.engine_for(cfg.database_url())
+    db.migrate(engine)
+    auth.add_user(engine, "op", PW, "operator")
+    h = Historian(cfg, engine)
+    frame = "u1-1-000000007"
+    a = payloads.Alert(device_id="u1", kind="defect", frame_id=frame, dedup_key="u1:defect:u1-1-p000000007",
+                       label="defective", p_defect=0.9, model="m", part_id="u1-1-p000000007")
+    items = [h.accept("defect-edge/u1/alert", payloads.dumps(a)),
+             h.accept(f"defect-edge/u1/snapshot/{frame}", jpeg(1)),
+             h.accept(f"defect-edge/u1/frame/{frame}", jpeg(2))]
+    writer.write(engine, items)
+    client = TestClient(create_app(Services(cfg, engine, LiveHub(), lambda t, p: None)))
+    token = login(client, "op")
+    page = client.get("/review").text
+    assert 'id="snapshot"' in page and 'id="whole-frame"' in page and "the crop boxed" in page
+    client.post("/review", data={"csrf": token, "device_id": "u1", "frame_id": frame, "verdict": "right"})
+    with engine.connect() as conn:
+        kept = conn.execute(select(s.images.c.sha256).where(s.images.c.reviewed.is_(True))).all()
+    assert len(kept) == 2, "the crop and the whole frame are kept as reviewed"

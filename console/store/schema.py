@@ -121,7 +121,7 @@ frame_images = Table(
     "frame_images", metadata,
     Column("device_id", String(64), primary_key=True),
     Column("frame_id", String(128), primary_key=True),
-    Column("kind", String(16), primary_key=True),  # snapshot | gradcam
+    Column("kind", String(16), primary_key=True),  # snapshot (what the model saw) | frame (the whole, boxed) | gradcam
     Column("sha256", String(64), nullable=False, index=True),
     Column("received", Float, nullable=False),
 )

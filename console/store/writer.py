@@ -86,11 +86,10 @@ def _write(conn: Connection, items: list[Item]) -> dict[str, int]:
         new["alerts"] += done.rowcount or 0
         conn.execute(update(s.units).where(s.units.c.device_id == it.device_id).where(
             func.coalesce(s.units.c.last_alert_at, 0) <= ts).values(last_alert_at=ts, last_alert_kind=a.kind))
-    for what in (topics.SNAPSHOT, "gradcam_image"):
+    for what, kind in ((topics.SNAPSHOT, "snapshot"), (topics.FRAME, "frame"), ("gradcam_image", "gradcam")):
         for it in by_what[what]:
             conn.execute(_insert(conn, s.images).values(sha256=it.sha256, bytes=it.size, created=it.received,
                                                         reviewed=False).on_conflict_do_nothing())
-            kind = "snapshot" if what == topics.SNAPSHOT else "gradcam"
             conn.execute(_insert(conn, s.frame_images).values(
                 device_id=it.device_id, frame_id=it.key, kind=kind, sha256=it.sha256,
                 received=it.received).on_conflict_do_nothing())
