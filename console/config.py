@@ -79,6 +79,8 @@ class WebConfig(Section):
         for x in v:
             if len(x) != 5 or x[2] != ":" or not (x[:2] + x[3:]).isdigit() or int(x[:2]) > 23 or int(x[3:]) > 59:
                 raise ValueError(f"{x!r} is not a time of day as HH:MM")
+            if int(x[3:]) % 15:
+                raise ValueError(f"{x!r}: shifts start on the hour or a quarter past, half past or a quarter to")
         if not v:
             raise ValueError("give at least one shift start")
         return v
@@ -86,7 +88,8 @@ class WebConfig(Section):
 
 class RetentionConfig(Section):
     results_days: float = Field(default=7.0, gt=0)  # raw results; per-minute aggregates are kept far longer
-    aggregates_days: float = Field(default=730.0, gt=0)
+    aggregates_days: float = Field(default=730.0, gt=0)  # per-minute frame counts, quarter-hour part counts
+    parts_days: float = Field(default=90.0, gt=0)  # each part's verdict and its message
     alerts_days: float = Field(default=365.0, gt=0)
     images_days: float = Field(default=90.0, gt=0)  # snapshots and heatmaps, also bounded by images_max_mb
     images_max_mb: float = Field(default=2048.0, gt=0)  # reviewed images go last

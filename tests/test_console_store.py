@@ -11,7 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from itsdangerous import URLSafeTimedSerializer
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from console import auth, config, images
 from console.store import db, queries, retention, writer
@@ -260,3 +260,15 @@ def test_reviewed_parts_become_false_reject_and_escape_rates_with_their_interval
     lo, hi = q["false_reject_ci"]
     assert 0.05 < lo < 0.06 and 0.50 < hi < 0.52
     assert q["escape_ci"][0] == 0.0 and 0.11 < q["escape_ci"][1] < 0.12, "none in 30 still allows 11 %"
+
+
+def test_parts_and_their_counts_are_forgotten_on_their_own_clocks(engine: Engine, tmp_path: Path) -> None:
+    cfg = config.parse({"state": {"dir": str(tmp_path)}, "retention": {"parts_days": 30, "aggregates_days": 365}})
+    now = time.time()
+    writer.write(engine, [part_item("u1", 1, "ok", now - 40 * 86400), part_item("u1", 2, "ng", now - 2 * 86400),
+                          part_item("u1", 3, "ok", now - 60)])
+    gone = retention.prune(engine, cfg, now)
+    assert (gone["parts"], gone["part_quarters"], gone["part_minutes"]) == (1, 0, 2)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.sum(s.part_quarters.c.parts))).scalar_one() == 3, "reports reach back"
+    assert queries.fleet(engine, now=now)[0]["parts_hour"]["parts"] == 1

@@ -82,21 +82,25 @@ def parts(engine: Engine, *, by: str, now: float | None = None, device_id: str |
           per_model: bool = False) -> list[dict[str, Any]]:
     """Parts judged, newest period first: per period (``by``: hour over 48 h, shift over 14 days, day over 60,
     week over 26 weeks, in the plant's time zone ``tz``), unit, and with ``per_model`` model version: parts, each
-    verdict, the NG share and first-pass yield (OK of all parts)."""
+    verdict, the NG share and first-pass yield (OK of all parts). Read from the quarter-hour counts."""
     now = time.time() if now is None else now
     starts = sorted(int(x[:2]) * 60 + int(x[3:]) for x in shift_starts)
-    q = select(s.part_minutes).where(s.part_minutes.c.minute >= int((now - PART_SPANS[by]) // 60))
+    pq = s.part_quarters.c
+    counted = ("parts", *s.VERDICTS)
+    q = select(pq.device_id, pq.model, pq.model_sha256, pq.quarter, *(pq[c] for c in counted)).where(
+        pq.quarter >= int((now - PART_SPANS[by]) // 900))
     if device_id:
-        q = q.where(s.part_minutes.c.device_id == device_id)
-    totals: dict[tuple[datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * (1 + len(s.VERDICTS)))
+        q = q.where(pq.device_id == device_id)
+    totals: dict[tuple[datetime, str, str, str], list[int]] = defaultdict(lambda: [0] * len(counted))
+    periods: dict[int, datetime] = {}  # a quarter's period, worked out once for every unit and model
     with engine.connect() as conn:
-        for r in conn.execute(q).mappings():
-            period = _period(datetime.fromtimestamp(r["minute"] * 60, tz), by, starts)
-            key = (period, r["device_id"], r["model"] if per_model else "", r["model_sha256"][:12] if per_model
-                   else "")
-            agg = totals[key]
-            for i, c in enumerate(("parts", *s.VERDICTS)):
-                agg[i] += r[c]
+        for device, model, sha, quarter, *counts in conn.execute(q):
+            period = periods.get(quarter)
+            if period is None:
+                period = periods[quarter] = _period(datetime.fromtimestamp(quarter * 900, tz), by, starts)
+            agg = totals[(period, device, model if per_model else "", sha[:12] if per_model else "")]
+            for i, c in enumerate(counts):
+                agg[i] += c
     out = []
     for (period, unit, model, sha), (n, *counts) in sorted(totals.items(), key=lambda kv: kv[0], reverse=True):
         by_verdict = dict(zip(s.VERDICTS, counts, strict=True))

@@ -1,5 +1,6 @@
-"""What the console forgets, and when: raw results after ``retention.results_days``, per-minute aggregates after
-``aggregates_days``, alerts after ``alerts_days``, and images by age and by a byte budget, unreviewed ones first (a
+"""What the console forgets, and when: raw results after ``retention.results_days``, parts after ``parts_days``,
+aggregates after ``aggregates_days`` (the per-minute part counts, which only the last hour's live counts read, after
+a day), alerts after ``alerts_days``, and images by age and by a byte budget, unreviewed ones first (a
 reviewed frame is a labelled example for retraining; it goes last)."""
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def prune(engine: Engine, cfg: ConsoleConfig, now: float) -> dict[str, int]:
                                        ).rowcount or 0
         gone["minutes"] = conn.execute(delete(s.minutes).where(
             s.minutes.c.minute < int((now - r.aggregates_days * 86400) // 60))).rowcount or 0
+        gone["parts"] = conn.execute(delete(s.parts).where(s.parts.c.ts < now - r.parts_days * 86400)).rowcount or 0
+        gone["part_quarters"] = conn.execute(delete(s.part_quarters).where(
+            s.part_quarters.c.quarter < int((now - r.aggregates_days * 86400) // 900))).rowcount or 0
+        gone["part_minutes"] = conn.execute(delete(s.part_minutes).where(
+            s.part_minutes.c.minute < int((now - 86400) // 60))).rowcount or 0
         gone["alerts"] = conn.execute(delete(s.alerts).where(s.alerts.c.ts < now - r.alerts_days * 86400)
                                       ).rowcount or 0
     gone["images"] = _prune_images(engine, cfg, now)

@@ -164,8 +164,8 @@ def _results(conn: Connection, items: list[Item]) -> int:
 
 def _parts(conn: Connection, items: list[Item]) -> int:
     """Store the parts not stored yet (a unit delivers each at least once: keyed by its part id) and count the new
-    ones into ``part_minutes``."""
-    agg: dict[tuple[str, int, str], dict[str, Any]] = {}
+    ones into ``part_minutes`` and ``part_quarters``."""
+    new: list[tuple[str, float, payloads.Part]] = []
     for it in items:
         p = it.message
         assert isinstance(p, payloads.Part)
@@ -174,19 +174,22 @@ def _parts(conn: Connection, items: list[Item]) -> int:
             device_id=it.device_id, part_id=p.part_id, seq=p.seq, ts=ts, trigger=p.trigger, verdict=p.verdict,
             p_defect=p.p_defect, frame_id=p.frame_id, model=p.model.name, model_sha256=p.model.sha256,
             payload=it.raw.decode()).on_conflict_do_nothing())
-        if not done.rowcount:
-            continue  # a redelivery: already counted
-        a = agg.setdefault((it.device_id, int(ts // 60), p.model.sha256),
-                           {"model": p.model.name, "parts": 0, **dict.fromkeys(s.VERDICTS, 0)})
-        a["parts"] += 1
-        a[p.verdict] += 1
-    if agg:
-        stmt = _insert(conn, s.part_minutes)
-        stmt = stmt.on_conflict_do_update(index_elements=["device_id", "minute", "model_sha256"], set_={
-            c: s.part_minutes.c[c] + stmt.excluded[c] for c in ("parts", *s.VERDICTS)})
-        conn.execute(stmt, [{"device_id": d, "minute": m, "model_sha256": sha, **a}
-                            for (d, m, sha), a in agg.items()])
-    return sum(a["parts"] for a in agg.values())
+        if done.rowcount:  # else a redelivery: already counted
+            new.append((it.device_id, ts, p))
+    for table, period, seconds in ((s.part_minutes, "minute", 60), (s.part_quarters, "quarter", 900)):
+        agg: dict[tuple[str, int, str], dict[str, Any]] = {}
+        for device_id, ts, p in new:
+            a = agg.setdefault((device_id, int(ts // seconds), p.model.sha256),
+                               {"model": p.model.name, "parts": 0, **dict.fromkeys(s.VERDICTS, 0)})
+            a["parts"] += 1
+            a[p.verdict] += 1
+        if agg:
+            stmt = _insert(conn, table)
+            stmt = stmt.on_conflict_do_update(index_elements=["device_id", period, "model_sha256"], set_={
+                c: table.c[c] + stmt.excluded[c] for c in ("parts", *s.VERDICTS)})
+            conn.execute(stmt, [{"device_id": d, period: m, "model_sha256": sha, **a}
+                                for (d, m, sha), a in agg.items()])
+    return len(new)
 
 
 _RESULT_COLUMNS = ("device_id", "frame_id", "ts", "label", "p_defect", "confidence", "low_confidence", "model",

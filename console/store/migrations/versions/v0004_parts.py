@@ -1,4 +1,4 @@
-"""parts: the line's verdicts, one per part, and their per-minute counts per unit and model
+"""parts: the line's verdicts, one per part, and their counts per unit and model by minute and by quarter hour
 
 Revision ID: 0004
 Revises: 0003
@@ -31,16 +31,17 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("parts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_parts_ts"), ["ts"], unique=False)
-    op.create_table(
-        "part_minutes",
-        sa.Column("device_id", sa.String(length=64), nullable=False),
-        sa.Column("minute", sa.BigInteger(), nullable=False),
-        sa.Column("model_sha256", sa.String(length=64), nullable=False),
-        sa.Column("model", sa.String(length=100), nullable=False),
-        sa.Column("parts", sa.Integer(), nullable=False),
-        sa.Column("ok", sa.Integer(), nullable=False),
-        sa.Column("ng", sa.Integer(), nullable=False),
-        sa.Column("unsure", sa.Integer(), nullable=False),
-        sa.Column("missed", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("device_id", "minute", "model_sha256"),
-    )
+    for table, period in (("part_minutes", "minute"), ("part_quarters", "quarter")):
+        op.create_table(
+            table,
+            sa.Column("device_id", sa.String(length=64), nullable=False),
+            sa.Column(period, sa.BigInteger(), nullable=False),
+            sa.Column("model_sha256", sa.String(length=64), nullable=False),
+            sa.Column("model", sa.String(length=100), nullable=False),
+            sa.Column("parts", sa.Integer(), nullable=False),
+            sa.Column("ok", sa.Integer(), nullable=False),
+            sa.Column("ng", sa.Integer(), nullable=False),
+            sa.Column("unsure", sa.Integer(), nullable=False),
+            sa.Column("missed", sa.Integer(), nullable=False),
+            sa.PrimaryKeyConstraint("device_id", period, "model_sha256"),
+        )
