@@ -161,11 +161,14 @@ def record(engine: Engine, *, device_id: str, frame_id: str, verdict: str, note:
 
 def export(engine: Engine, images_root: Path, out: Path, *, holdout: float = 0.2) -> dict[str, int]:
     """Reviewed frames with a truth into ``out/train`` and ``out/eval`` (the newest ``holdout`` share), each with
-    ``good/`` and ``defect/``, and ``out/manifest.csv``. Returns how many frames went where."""
+    ``good/`` and ``defect/``, and ``out/manifest.csv`` (with the part a frame decided, and its verdict, when it was
+    a part's deciding frame). Returns how many frames went where."""
+    r_, p_ = s.reviews, s.parts
     with engine.connect() as conn:
-        rows = [dict(x) for x in conn.execute(select(s.reviews).where(s.reviews.c.truth.is_not(None))
-                                              .where(s.reviews.c.sha256.is_not(None)).order_by(s.reviews.c.ts)
-                                              ).mappings()]
+        rows = [dict(x) for x in conn.execute(
+            select(r_, p_.c.part_id, p_.c.verdict.label("part_verdict"))
+            .outerjoin(p_, and_(p_.c.device_id == r_.c.device_id, p_.c.frame_id == r_.c.frame_id))
+            .where(r_.c.truth.is_not(None)).where(r_.c.sha256.is_not(None)).order_by(r_.c.ts)).mappings()]
     rows = [r for r in rows if images.path_of(images_root, r["sha256"]).is_file()]
     cut = len(rows) - round(len(rows) * holdout)
     counts = {"train_good": 0, "train_defect": 0, "eval_good": 0, "eval_defect": 0}
@@ -173,7 +176,7 @@ def export(engine: Engine, images_root: Path, out: Path, *, holdout: float = 0.2
     with (out / "manifest.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["split", "file", "frame_id", "unit", "model", "model_sha256", "p_defect", "predicted", "truth",
-                    "verdict", "reviewer", "reviewed_at"])
+                    "verdict", "reviewer", "reviewed_at", "part_id", "part_verdict"])
         for i, r in enumerate(rows):
             split = "train" if i < cut else "eval"
             cls = "defect" if r["truth"] == "defective" else "good"
@@ -184,5 +187,6 @@ def export(engine: Engine, images_root: Path, out: Path, *, holdout: float = 0.2
             counts[f"{split}_{cls}"] += 1
             w.writerow([split, f"{split}/{cls}/{name}", r["frame_id"], r["device_id"], r["model"] or "",
                         r["model_sha256"] or "", r["p_defect"], r["predicted"], r["truth"], r["verdict"], r["user"],
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["ts"]))])
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["ts"])), r["part_id"] or "",
+                        r["part_verdict"] or ""])
     return counts

@@ -157,7 +157,7 @@ def test_export_writes_the_layout_the_converter_reads(world: tuple[TestClient, E
     assert len(train.paths) == 7 and len(held.paths) == 3, "the newest 30 % held out"
     manifest = (out / "manifest.csv").read_text().splitlines()
     assert manifest[0] == ("split,file,frame_id,unit,model,model_sha256,p_defect,predicted,truth,verdict,reviewer,"
-                           "reviewed_at") and len(manifest) == 11
+                           "reviewed_at,part_id,part_verdict") and len(manifest) == 11
     token = login(client, "op")
     assert token
     r = client.get("/review/export.zip")
@@ -272,3 +272,10 @@ def test_a_part_is_reviewed_with_its_crop_and_the_whole_frame(tmp_path: Path) ->
     with engine.connect() as conn:
         kept = conn.execute(select(s.images.c.sha256).where(s.images.c.reviewed.is_(True))).all()
     assert len(kept) == 2, "the crop and the whole frame are kept as reviewed"
+    part = payloads.Part(device_id="u1", ts=a.ts, part_id="u1-1-p000000007", seq=7, trigger="gpio", verdict="ng",
+                         aggregate="max", frames=[], frame_id=frame, p_defect=0.9,
+                         model=payloads.ModelRef(name="m", quantization="int8", sha256="5" * 64), timings_ms={})
+    writer.write(engine, [h.accept("defect-edge/u1/part", payloads.dumps(part))])
+    review.export(engine, cfg.images_dir, tmp_path / "out", holdout=0.0)
+    row = (tmp_path / "out" / "manifest.csv").read_text().splitlines()[1]
+    assert row.endswith(",u1-1-p000000007,ng"), "the export names the part the frame decided"
