@@ -356,3 +356,29 @@ def test_a_live_stream_ends_when_its_user_is_disabled_and_when_the_console_stops
         assert "Traceback" not in console.log(), console.log()[-2000:]
     finally:
         console.kill()
+
+
+def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, console: ConsoleProc,
+                                                              broker: Broker) -> None:
+    """Before, at 390 px the header overlapped and tables overflowed the page. Every page fits the phone's width
+    (a wide table scrolls inside itself); screenshots of each at phone and desktop width."""
+    pub = sim(broker)
+    unit = SimUnit(pub.client, "line7")
+    unit.online()
+    unit.status()
+    unit.metrics(12.0)
+    for i, verdict in enumerate(["ok"] * 9 + ["ng", "ok", "unsure", "ng", "ok", "missed", "ok"]):
+        part = unit.part(verdict)
+        if verdict in ("ng", "unsure") and part.frame_id:
+            unit.alert(part.frame_id, p_defect=part.p_defect or 0.9, part_id=part.part_id)
+    page = login(browser, console, "admin")
+    page.locator('tr[data-unit="line7"] [data-defective]', has_text="of 16 parts").wait_for(timeout=15_000)
+    for width, height, name in ((390, 844, "phone"), (1280, 860, "desktop")):
+        page.set_viewport_size({"width": width, "height": height})
+        for path, shot_name in (("/", "fleet"), ("/units/line7", "unit"), ("/reports?by=shift", "reports"),
+                                ("/review", "review"), ("/alerts", "alerts")):
+            page.goto(f"{console.url}{path}")
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{path} at {width} px is {overflow} px too wide"
+            shot(page, f"{shot_name}-{name}")
+    pub.close()

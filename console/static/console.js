@@ -40,7 +40,7 @@ function fleet(table, source) {
     tr = el("tr"); tr.dataset.unit = device;
     const a = el("a", "", device); a.href = "/units/" + encodeURIComponent(device);
     const first = el("td"); first.appendChild(a); tr.appendChild(first);
-    for (const f of ["online", "model", "camera", "fps", "p95_ms", "defective", "outbox", "alert"]) {
+    for (const f of ["online", "defective", "model", "camera", "fps", "p95_ms", "outbox", "alert"]) {
       const td = el("td");
       if (f === "defective") td.dataset.defective = "/units/" + encodeURIComponent(device) + "/defective";
       else td.dataset.field = f;
