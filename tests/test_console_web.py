@@ -367,7 +367,7 @@ def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, cons
     unit.online()
     unit.status()
     unit.metrics(12.0)
-    for i, verdict in enumerate(["ok"] * 9 + ["ng", "ok", "unsure", "ng", "ok", "missed", "ok"]):
+    for verdict in ["ok"] * 9 + ["ng", "ok", "unsure", "ng", "ok", "missed", "ok"]:
         part = unit.part(verdict)
         if verdict in ("ng", "unsure") and part.frame_id:
             unit.alert(part.frame_id, p_defect=part.p_defect or 0.9, part_id=part.part_id)
