@@ -80,7 +80,7 @@ def create_app(svc: Services) -> FastAPI:
     app = FastAPI(title="Line console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(roles=auth.ROLES, ago=_ago, fmt_time=_fmt_time, pct=_pct,
-                                 heatmap_methods=HEATMAP_METHODS)
+                                 heatmap_methods=HEATMAP_METHODS, reply_text=_reply_text)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     engine, cfg = svc.engine, svc.cfg
 
@@ -345,10 +345,18 @@ def create_app(svc: Services) -> FastAPI:
         return page(request, "account.html", user_of(request), error="", done=False)
 
     @app.get("/audit", response_class=HTMLResponse)
-    async def audit_page(request: Request) -> HTMLResponse:
+    async def audit_page(request: Request, who: str = "", unit: str = "", action: str = "",
+                         page_no: int = Query(1, ge=1, le=MAX_PAGE)) -> HTMLResponse:
+        """Commands and logins and changes, newest first, 100 of each a page, filtered by who, unit or action (a
+        command's name, or an audit action such as login_failed)."""
         user = user_of(request, "engineer")
-        return page(request, "audit.html", user, commands=queries.commands(engine, limit=200),
-                    events=queries.audit(engine))
+        limit, offset = 100, (page_no - 1) * 100
+        commands = await asyncio.to_thread(lambda: queries.commands(
+            engine, device_id=unit or None, user=who or None, command=action or None, limit=limit, offset=offset))
+        events = [] if unit else await asyncio.to_thread(lambda: queries.audit(
+            engine, limit=limit, offset=offset, user=who or None, action=action or None))
+        return page(request, "audit.html", user, commands=commands, events=events, who=who, unit=unit,
+                    action=action, page_no=page_no, more=len(commands) == limit or len(events) == limit)
 
     @app.get("/reports", response_class=HTMLResponse)
     async def reports_page(request: Request, by: str = "hour", unit: str = "", model: str = "") -> HTMLResponse:
@@ -607,6 +615,19 @@ def _csv(rows: list[dict[str, Any]]) -> str:
         w.writerows({k: f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v for k, v in r.items()}
                     for r in rows)
     return out.getvalue()
+
+
+def _reply_text(c: dict[str, Any]) -> tuple[str, str]:
+    """A command's reply as a person reads it: (css class, text). Feedback for a frame the unit no longer buffers is
+    not a failure: the verdict is stored here; only the unit's copy of the frame is missing (it was shown as a red
+    "refused")."""
+    reply = c.get("reply") or {}
+    if c.get("reply_ok"):
+        return "ok", f"ok: {reply.get('result', '')}"
+    error = str(reply.get("error", ""))
+    if c.get("command") == "feedback" and "no longer buffered" in error:
+        return "note", "verdict stored here; the unit no longer had the frame to keep with it"
+    return "error", f"refused: {error}"
 
 
 def _printable(text: str) -> str:

@@ -397,3 +397,28 @@ def test_the_fleet_and_the_reports_count_parts(app: tuple[TestClient, list[tuple
         assert f"Parts by {by}" in page and "<td>16</td><td>12</td><td>4</td>" in page, by
     rows = list(csv.DictReader(io.StringIO(client.get("/reports/parts.csv", params={"by": "shift"}).text)))
     assert [(r["unit"], r["parts"], r["ng"], r["fpy"]) for r in rows] == [("u1", "16", "4", "0.75")]
+
+
+def test_the_audit_pages_filters_and_says_a_late_feedback_neutrally(app: tuple[TestClient, list[tuple[str, bytes]]],
+                                                                    tmp_path: Path) -> None:
+    import json
+
+    from console.store import schema as s
+
+    client, _ = app
+    engine = db.engine_for(config.parse({"state": {"dir": str(tmp_path)}}).database_url())
+    late = json.dumps({"ok": False, "error": "frame 'u1-1-000000009' is unknown or no longer buffered (the unit "
+                                             "keeps its last 256 frames)"})
+    with engine.begin() as conn:
+        conn.execute(s.commands.insert(), [
+            {"request_id": f"console-{i}", "ts": 1000.0 + i, "user": "op" if i % 2 else "lead",
+             "device_id": "u1", "command": "feedback", "args": "{}", "reply_ok": False, "reply": late,
+             "replied_at": 1001.0 + i} for i in range(150)])
+    login(client, "eng")
+    page = client.get("/audit").text
+    assert "verdict stored here; the unit no longer had the frame" in page and "refused: frame" not in page
+    assert page.count("<td>feedback") == 100 and "older</a>" in page, "100 a page"
+    second = client.get("/audit", params={"page_no": 2}).text
+    assert second.count("<td>feedback") == 50 and "newer</a>" in second
+    only = client.get("/audit", params={"who": "op", "action": "feedback"}).text
+    assert only.count("<td>feedback") == 75 and "<td>lead</td>" not in only

@@ -124,10 +124,13 @@ def image_known(engine: Engine, sha256: str) -> bool:
         return conn.execute(select(s.images.c.sha256).where(s.images.c.sha256 == sha256)).first() is not None
 
 
-def commands(engine: Engine, *, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    q = select(s.commands).order_by(desc(s.commands.c.ts)).limit(limit)
-    if device_id:
-        q = q.where(s.commands.c.device_id == device_id)
+def commands(engine: Engine, *, device_id: str | None = None, limit: int = 100, offset: int = 0,
+             user: str | None = None, command: str | None = None) -> list[dict[str, Any]]:
+    q = select(s.commands).order_by(desc(s.commands.c.ts)).limit(limit).offset(offset)
+    for column, value in ((s.commands.c.device_id, device_id), (s.commands.c.user, user),
+                          (s.commands.c.command, command)):
+        if value:
+            q = q.where(column == value)
     with engine.connect() as conn:
         return [{**r, "reply": _json(r["reply"])} for r in conn.execute(q).mappings()]
 
@@ -144,9 +147,14 @@ def users(engine: Engine) -> list[dict[str, Any]]:
                                                      s.users.c.disabled).order_by(s.users.c.name)).mappings()]
 
 
-def audit(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
+def audit(engine: Engine, limit: int = 200, offset: int = 0, user: str | None = None,
+          action: str | None = None) -> list[dict[str, Any]]:
+    q = select(s.audit).order_by(desc(s.audit.c.id)).limit(limit).offset(offset)
+    for column, value in ((s.audit.c.user, user), (s.audit.c.action, action)):
+        if value:
+            q = q.where(column == value)
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(s.audit).order_by(desc(s.audit.c.id)).limit(limit)).mappings()]
+        return [dict(r) for r in conn.execute(q).mappings()]
 
 
 NOT_SIGNED_IN = "(not signed in)"  # the audit's "who" of a login attempt: what was typed goes in the detail, quoted
