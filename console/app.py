@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import logging
+import math
 import secrets
 import shutil
 import tempfile
@@ -43,6 +44,7 @@ from contract.payloads import HEATMAP_METHODS
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
+ALERTS_SEEN_COOKIE = "alerts_seen"  # the newest alert the browser's user has seen on the alerts page
 MAX_PAGE = 100_000  # a page number beyond it is refused (a 30-digit one overflowed the database's integer: a 500)
 LIVE_TICK_S = 0.5  # a live stream notices a shutdown this soon
 LIVE_RECHECK_S = 2.0  # and checks its session this often
@@ -223,8 +225,12 @@ def create_app(svc: Services) -> FastAPI:
     # -- alerts and images -------------------------------------------------------------------------------------
     @app.get("/alerts", response_class=HTMLResponse)
     async def alerts_page(request: Request, unit: str = "", kind: str = "", day: str = "",
-                          page_no: int = Query(1, ge=1, le=MAX_PAGE)) -> HTMLResponse:
+                          page_no: int = Query(1, ge=1, le=MAX_PAGE), rows_only: bool = False) -> HTMLResponse:
+        """Alerts, newest first, with a marker on those newer than the user's last look at the first page (kept in a
+        cookie); ``rows_only``: just the table's rows, which the page asks for again when the live feed brings an
+        alert."""
         user = user_of(request)
+        seen = _float_or_none(request.cookies.get(ALERTS_SEEN_COOKIE))
         since = until = None
         if day:
             try:
@@ -236,8 +242,15 @@ def create_app(svc: Services) -> FastAPI:
         rows, total = await asyncio.to_thread(lambda: queries.alerts(
             engine, device_id=unit or None, kind=kind or None, since=since, until=until, limit=limit,
             offset=(max(page_no, 1) - 1) * limit))
-        return page(request, "alerts.html", user, alerts=rows, total=total, unit=unit, kind=kind, day=day,
-                    page_no=max(page_no, 1), pages=max(1, -(-total // limit)), kinds=topics.ALERT_KINDS)
+        units = await asyncio.to_thread(queries.unit_ids, engine)
+        response = page(request, "_alert_rows.html" if rows_only else "alerts.html", user, alerts=rows, total=total,
+                        unit=unit, kind=kind, day=day, page_no=page_no, pages=max(1, -(-total // limit)),
+                        kinds=topics.ALERT_KINDS, units=units, seen=seen, reviewable=review.ALERT_KINDS)
+        if page_no == 1 and not rows_only and rows:
+            response.set_cookie(ALERTS_SEEN_COOKIE, str(max(seen or 0.0, max(r["ts"] for r in rows))),
+                                max_age=400 * 86400, httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https")
+        return response
 
     @app.get("/alerts/{dedup_key}", response_class=HTMLResponse)
     async def alert_page(request: Request, dedup_key: str) -> HTMLResponse:
@@ -410,8 +423,10 @@ def create_app(svc: Services) -> FastAPI:
             except ValueError:
                 day = ""
         state = params.get("state", "waiting")
+        frame = params.get("frame", "")
         return {"unit": params.get("unit", ""), "kind": params.get("kind", ""), "model": params.get("model", ""),
-                "day": day, "since": since, "state": state if state in ("waiting", "reviewed", "all") else "waiting"}
+                "day": day, "since": since, "state": state if state in ("waiting", "reviewed", "all") else "waiting",
+                "frame": frame if topics.FRAME_ID.match(frame) else ""}
 
     @app.get("/review", response_class=HTMLResponse)
     async def review_page(request: Request) -> HTMLResponse:
@@ -419,7 +434,7 @@ def create_app(svc: Services) -> FastAPI:
         f = review_filters(request.query_params)
         items, total = await asyncio.to_thread(lambda: review.queue(
             engine, device_id=f["unit"] or None, kind=f["kind"] or None, model=f["model"] or None,
-            since=f["since"], state=f["state"], limit=13))
+            since=f["since"], state="all" if f["frame"] else f["state"], limit=13, frame_id=f["frame"] or None))
         _, waiting = await asyncio.to_thread(lambda: review.queue(engine, state="waiting", limit=0))
         query = urlencode({k: v for k, v in f.items() if k != "since" and v})
         return page(request, "review.html", user, items=items, total=total, waiting=waiting, f=f, query=query,
@@ -615,6 +630,14 @@ def _csv(rows: list[dict[str, Any]]) -> str:
         w.writerows({k: f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v for k, v in r.items()}
                     for r in rows)
     return out.getvalue()
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _reply_text(c: dict[str, Any]) -> tuple[str, str]:

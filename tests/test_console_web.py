@@ -382,3 +382,26 @@ def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, cons
             assert overflow <= 0, f"{path} at {width} px is {overflow} px too wide"
             shot(page, f"{shot_name}-{name}")
     pub.close()
+
+
+def test_alerts_pick_a_unit_mark_what_is_new_update_live_and_link_to_their_review(
+        browser: Any, console: ConsoleProc, broker: Broker) -> None:
+    pub = sim(broker)
+    units = [SimUnit(pub.client, name) for name in ("line1", "line2")]
+    for u in units:
+        u.online()
+        u.alert(u.result(0.9, qos=1))
+    page = login(browser, console, "op")
+    page.goto(f"{console.url}/alerts")
+    assert until(lambda: fresh(page).count("new</strong>") == 0 and "line2" in page.content(), 15), \
+        "the first look at the page: everything is as new as the look itself"
+    assert page.locator("select[name=unit] option").all_inner_texts() == ["all", "line1", "line2"]
+    page.goto(f"{console.url}/alerts")  # a second look: nothing new since
+    assert page.locator("strong.new-mark").count() == 0
+    frame = units[0].result(0.95, qos=1)
+    units[0].alert(frame)
+    page.locator("tr.new", has_text="line1").wait_for(timeout=10_000)  # arrives without a reload, marked new
+    page.locator("tr.new a", has_text="review").click()
+    page.wait_for_url(re.compile(r"/review\?"))
+    assert page.locator(f'[data-frame="{frame}"]').count() >= 1, "the link opens that alert's review item"
+    pub.close()

@@ -124,8 +124,26 @@ document.addEventListener("DOMContentLoaded", () => {
   const live = document.querySelector("[data-live]");
   if (!live) return;
   const source = new EventSource(live.dataset.live);
-  if (live.tagName === "TABLE") fleet(live, source); else unitPage(live, source);
+  if (live.dataset.rows) alertRows(live, source);
+  else if (live.tagName === "TABLE") fleet(live, source);
+  else unitPage(live, source);
 });
+
+// Alerts: a new one has the page ask the server for its rows again (rendered and escaped by the same template), at
+// most once a second.
+function alertRows(table, source) {
+  let due = null;
+  source.onmessage = () => {
+    if (due) return;
+    due = setTimeout(() => {
+      fetch(table.dataset.rows, {credentials: "same-origin"})
+        .then(r => r.ok ? r.text() : Promise.reject(r.status))
+        .then(html => { table.tBodies[0].innerHTML = html; })
+        .catch(() => {})
+        .finally(() => { due = null; });
+    }, 1000);
+  };
+}
 
 // Reports: the defect rate over time (one line per unit) and the p_defect histograms of two weeks (bars).
 function reports() {

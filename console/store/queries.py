@@ -63,6 +63,11 @@ def part_counts(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"parts": n, **counts, "ng_rate": counts["ng"] / n, "fpy": counts["ok"] / n}
 
 
+def unit_ids(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [d for (d,) in conn.execute(select(s.units.c.device_id).order_by(s.units.c.device_id))]
+
+
 def unit(engine: Engine, device_id: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(select(s.units).where(s.units.c.device_id == device_id)).mappings().first()
