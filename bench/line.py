@@ -55,10 +55,13 @@ BASE = f"defect-edge/{DEVICE}"
 TRIGGER_PIN, REJECT_PIN, OK_PIN = 17, 27, 23
 
 
-def invoke_ms(clf: Any, runs: int = 300) -> tuple[float, float]:
-    """(median, p99) of bare ``invoke()`` on the unit's own interpreter."""
+def invoke_ms(clf: Any, runs: int = 300, gap_s: float = 0.0) -> tuple[float, float]:
+    """(median, p99) of bare ``invoke()`` on the unit's own interpreter; ``gap_s`` idle before each, as between two
+    parts (on this shared VM an invoke after 100 ms idle took 4.4 ms against 1.9 back to back: the caches and the
+    CPU had gone cold)."""
     times = []
     for _ in range(runs):
+        time.sleep(gap_s)
         t = time.perf_counter()
         clf.interpreter.invoke()
         times.append((time.perf_counter() - t) * 1e3)
@@ -238,6 +241,7 @@ def main() -> int:
                     print(f"{name}: {a.parts} parts at {a.rate:g}/s ...", flush=True)
                     figures[name] = paced(a.parts, a.rate, one)
                 figures["invoke"] = list(invoke_ms(daemon.classifier))
+                figures["invoke_cold"] = list(invoke_ms(daemon.classifier, runs=100, gap_s=1.0 / a.rate))
             except BaseException as e:
                 errors.append(e)
             finally:
@@ -260,16 +264,22 @@ def main() -> int:
         if errors:
             raise errors[0]
     inv50, inv99 = figures.pop("invoke")
-    out: dict[str, Any] = {"invoke_ms": round(inv50, 3), "invoke_p99_ms": round(inv99, 3), "parts": a.parts,
-                           "rate": a.rate, "threads": a.threads}
-    print(f"\nbare invoke(): median {inv50:.2f} ms, p99 {inv99:.2f} ms")
-    print(f"{'interface':<10} {'median ms':>10} {'p99 ms':>8} {'p99 - invoke':>13} {'target <= 15':>13}")
+    cold50, cold99 = figures.pop("invoke_cold")
+    out: dict[str, Any] = {"invoke_ms": round(inv50, 3), "invoke_p99_ms": round(inv99, 3),
+                           "invoke_cold_ms": round(cold50, 3), "invoke_cold_p99_ms": round(cold99, 3),
+                           "parts": a.parts, "rate": a.rate, "threads": a.threads}
+    print(f"\nbare invoke(): median {inv50:.2f} ms, p99 {inv99:.2f} ms back to back; median {cold50:.2f} ms, "
+          f"p99 {cold99:.2f} ms after {1e3 / a.rate:.0f} ms idle, as a trigger finds it")
+    print(f"{'interface':<10} {'median ms':>10} {'p99 ms':>8} {'p99 - invoke':>13} {'target <= 15':>13} "
+          f"{'- cold invoke':>14} {'<= 15':>6}")
     for name, times in figures.items():
         p50, p99 = percentile(times, 50), percentile(times, 99)
         out[f"trigger_to_verdict_p50_ms_{name}"] = round(p50, 3)
         out[f"trigger_to_verdict_p99_ms_{name}"] = round(p99, 3)
         verdict = "met" if p99 <= inv50 + 15 else "MISSED"
-        print(f"{name:<10} {p50:>10.2f} {p99:>8.2f} {p99 - inv50:>13.2f} {verdict:>13}")
+        cold = "met" if p99 <= cold50 + 15 else "MISSED"
+        print(f"{name:<10} {p50:>10.2f} {p99:>8.2f} {p99 - inv50:>13.2f} {verdict:>13} {p99 - cold50:>14.2f} "
+              f"{cold:>6}")
     print(f"inside the unit, trigger to verdict (the part messages' own timing): median {inside[0]:.2f} ms, "
           f"p99 {inside[1]:.2f} ms; trigger to its first frame: median {first_frame} ms; {missed} parts missed")
     out["inside_trigger_to_first_frame_p50_ms"] = first_frame
