@@ -430,12 +430,15 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.get("/review", response_class=HTMLResponse)
     async def review_page(request: Request) -> HTMLResponse:
-        user = user_of(request)
-        f = review_filters(request.query_params)
+        return await review_view(request, user_of(request), review_filters(request.query_params))
+
+    async def review_view(request: Request, user: User, f: dict[str, Any]) -> HTMLResponse:
         items, total = await asyncio.to_thread(lambda: review.queue(
             engine, device_id=f["unit"] or None, kind=f["kind"] or None, model=f["model"] or None,
             since=f["since"], state="all" if f["frame"] else f["state"], limit=13, frame_id=f["frame"] or None))
-        _, waiting = await asyncio.to_thread(lambda: review.queue(engine, state="waiting", limit=0))
+        unfiltered = f["state"] == "waiting" and not any(f[k] for k in ("unit", "kind", "model", "day", "frame"))
+        waiting = total if unfiltered else (await asyncio.to_thread(
+            lambda: review.queue(engine, state="waiting", limit=0)))[1]
         query = urlencode({k: v for k, v in f.items() if k != "since" and v})
         return page(request, "review.html", user, items=items, total=total, waiting=waiting, f=f, query=query,
                     kinds=review.REVIEWED_KINDS)

@@ -197,6 +197,12 @@ document.addEventListener("DOMContentLoaded", () => {
   drop.addEventListener("drop", e => { input.files = e.dataTransfer.files; });
 });
 
+// Review: an image shows at its own size on a click (a crack a few pixels wide), and back on another.
+document.addEventListener("click", (e) => {
+  const img = e.target.closest && e.target.closest(".evidence img");
+  if (img) img.classList.toggle("zoomed");
+});
+
 // Review: one key per verdict; "n" writes a note, and Enter or Escape there ends it, to choose the verdict with its
 // key. A note never chooses a verdict: Enter in it used to submit the form's first button, "right".
 document.addEventListener("keydown", (e) => {
