@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any
 
@@ -160,6 +161,20 @@ def audit(engine: Engine, limit: int = 200, offset: int = 0, user: str | None = 
             q = q.where(column == value)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def record_command(engine: Engine, user: str, device_id: str, name: str, args: dict[str, Any], *,
+                   review_of: str | None = None) -> str:
+    """A command a person sends, before it is published: who, to which unit, what; and, for a review's feedback, the
+    review it tells the unit of. Returns its request id, which the unit's reply carries back to this row."""
+    request_id = f"console-{secrets.token_hex(8)}"
+    with engine.begin() as conn:
+        conn.execute(s.commands.insert().values(request_id=request_id, ts=time.time(), user=user, device_id=device_id,
+                                                command=name, args=json.dumps(args)))
+        if review_of:
+            conn.execute(s.reviews.update().where(s.reviews.c.device_id == device_id)
+                         .where(s.reviews.c.frame_id == review_of).values(feedback_request_id=request_id))
+    return request_id
 
 
 NOT_SIGNED_IN = "(not signed in)"  # the audit's "who" of a login attempt: what was typed goes in the detail, quoted
