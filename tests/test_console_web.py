@@ -130,6 +130,17 @@ def test_fleet_shows_units_live_and_an_alert_with_its_evidence(browser: Any, con
     page.locator("#calls li").first.wait_for()
     n = page.locator("#calls li").count()
     assert until(lambda: page.locator("#calls li").count() > n, 15), "new calls appear without a reload"
+    page.reload()
+    charted = page.evaluate("""() => ({p: document.getElementById('chart-p').chart.data,
+                                      fps: document.getElementById('chart-fps').chart.data[0].length,
+                                      span: document.getElementById('chart-fps').chart.scales.x.max -
+                                            document.getElementById('chart-fps').chart.scales.x.min,
+                                      series: document.getElementById('chart-p').chart.series.map(s => s.label)})""")
+    assert charted["fps"] >= 1, "the throughput chart has the store's last minutes when the page opens"
+    assert 3500 < charted["span"] < 3700, "over the last hour"
+    assert charted["series"][1:] == ["p_defect", "threshold"] and set(charted["p"][2]) == {0.0}, \
+        "p_defect over time, with the unit's threshold (0.0 here) as a line"
+    assert min(charted["p"][0]) > 1.7e9, "a time axis: the calls' own times"
     shot(page, "unit")
     assert page.dialogs == [], "no script from a unit ran"
     pub.close()
@@ -181,6 +192,9 @@ def test_roles_csrf_and_commands_through_the_broker(browser: Any, console: Conso
         return ">line3-b<" in eng.content()
 
     assert until(reported, 15), "the results reach the reports"
+    rate = eng.evaluate("() => { const c = document.getElementById('chart-rate').chart; "
+                        "return {x: c.data[0], series: c.series.map(s => s.label), time: c.scales.x.time}; }")
+    assert rate["series"][1:] == ["line3-b"] and rate["time"] and len(rate["x"]) >= 1, rate
     shot(eng, "reports")
     csv_text = eng.request.get(f"{console.url}/reports/defect_rate.csv?by=day").text()
     header, row = csv_text.splitlines()[:2]

@@ -11,24 +11,19 @@ function el(tag, cls, text) {
 
 function fmt(x, digits) { return (x === null || x === undefined) ? "" : Number(x).toFixed(digits); }
 
-// A small line chart on a canvas: points are [t, y]; y from lo to hi.
-function draw(canvas, points, lo, hi) {
-  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
-  ctx.clearRect(0, 0, w, h);
-  ctx.strokeStyle = "#ccc"; ctx.lineWidth = 1;
-  ctx.strokeRect(0.5, 0.5, w - 1, h - 1);
-  if (points.length < 2) return;
-  const t0 = points[0][0], t1 = points[points.length - 1][0] || t0 + 1;
-  if (hi === null) hi = Math.max(1, ...points.map(p => p[1])) * 1.1;
-  ctx.strokeStyle = "#1f5fa8"; ctx.lineWidth = 1.5; ctx.beginPath();
-  points.forEach((p, i) => {
-    const x = 4 + (w - 8) * (p[0] - t0) / Math.max(1e-9, t1 - t0);
-    const y = h - 4 - (h - 8) * (p[1] - lo) / Math.max(1e-9, hi - lo);
-    i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
-  });
-  ctx.stroke();
-  ctx.fillStyle = "#555"; ctx.font = "11px sans-serif";
-  ctx.fillText(fmt(hi, hi < 2 ? 1 : 0), 4, 12); ctx.fillText(fmt(lo, 0), 4, h - 4);
+// Charts: uPlot (vendored in static/, MIT; a small time-series library made for many points on modest machines).
+// Time axes are the browser's local time. ``series``: [{label, stroke, dash}], ``data``: [xs, ys...] as uPlot takes.
+const COLOURS = ["#1f5fa8", "#b3261e", "#1e7b34", "#9a6700", "#6a3d9a", "#00838f"];
+
+function timeChart(box, series, data, yRange, yLabel, xRange) {
+  return box.chart = new uPlot({  // kept on its box: what is drawn can be asked of the page
+    width: Math.max(280, box.clientWidth || 520), height: 180,
+    // a range: a [lo, hi] pair, or a function of the data's (x: seconds since the epoch)
+    scales: {x: xRange ? {time: true, range: xRange} : {time: true}, y: yRange ? {range: yRange} : {}},
+    axes: [{}, {label: yLabel, size: 56}],
+    series: [{}, ...series.map((s, i) => ({label: s.label, stroke: s.stroke || COLOURS[i % COLOURS.length],
+                                           width: 1.5, dash: s.dash, points: {show: s.points !== false}}))],
+  }, data, box);
 }
 
 function fleet(table, source) {
@@ -92,9 +87,17 @@ function fleet(table, source) {
 
 function unitPage(box, source) {
   const calls = document.getElementById("calls");
-  const chartP = document.getElementById("chart-p"), chartF = document.getElementById("chart-fps");
-  const pts = JSON.parse(chartP.dataset.points || "[]"), fps = [];
-  draw(chartP, pts, 0, 1);
+  const boxP = document.getElementById("chart-p"), boxF = document.getElementById("chart-fps");
+  const pts = JSON.parse(boxP.dataset.points || "[]");
+  const fps = JSON.parse(boxF.dataset.points || "[]");  // the last hour, minute by minute, from the store
+  const threshold = boxP.dataset.threshold === "" ? null : Number(boxP.dataset.threshold);
+  const pData = () => [pts.map(p => p[0]), pts.map(p => p[1]), pts.map(() => threshold)];
+  const chartP = timeChart(boxP, [{label: "p_defect", points: true}, {label: "threshold", stroke: "#b3261e",
+                                                                      dash: [6, 4], points: false}],
+                           pData(), [0, 1], "p_defect");
+  const lastHour = () => [Date.now() / 1000 - 3600, Date.now() / 1000];  // (uPlot pads a lone point by years)
+  const chartF = timeChart(boxF, [{label: "fps"}], [fps.map(p => p[0]), fps.map(p => p[1])],
+                           (_u, _lo, hi) => [0, Math.max(1, (hi || 0) * 1.1)], "fps", lastHour);
   source.onmessage = (m) => {
     const e = JSON.parse(m.data);
     if (e.type === "result") {
@@ -106,10 +109,10 @@ function unitPage(box, source) {
       calls.insertBefore(li, calls.firstChild);
       while (calls.children.length > 30) calls.lastChild.remove();
       pts.push([e.ts, e.p_defect]); if (pts.length > 300) pts.shift();
-      draw(chartP, pts, 0, 1);
+      chartP.setData(pData());
     } else if (e.type === "metrics") {
-      fps.push([Date.now() / 1000, e.fps]); if (fps.length > 120) fps.shift();
-      draw(chartF, fps, 0, null);
+      fps.push([Date.now() / 1000, e.fps]); if (fps.length > 180) fps.shift();
+      chartF.setData([fps.map(p => p[0]), fps.map(p => p[1])]);
       const f = document.querySelector('[data-unit-field="fps"]'); if (f) f.textContent = fmt(e.fps, 1);
     } else if (e.type === "available") {
       const o = document.querySelector('[data-unit-field="online"]');
@@ -148,30 +151,14 @@ function alertRows(table, source) {
 // Reports: the defect rate over time (one line per unit) and the p_defect histograms of two weeks (bars).
 function reports() {
   const rate = document.getElementById("chart-rate"), drift = document.getElementById("chart-drift");
-  if (rate) {
-    const rows = JSON.parse(rate.dataset.rates || "[]"), units = {};
-    rows.forEach(r => { (units[r.unit] = units[r.unit] || []).push([Date.parse(r.period.replace(" ", "T")) / 1000, r.rate || 0]); });
-    const ctx = rate.getContext("2d"), colours = ["#1f5fa8", "#b3261e", "#1e7b34", "#9a6700", "#6a3d9a", "#00838f"];
-    ctx.clearRect(0, 0, rate.width, rate.height);
-    const all = Object.values(units).flat();
-    if (all.length) {
-      const t0 = Math.min(...all.map(p => p[0])), t1 = Math.max(...all.map(p => p[0])) || t0 + 1;
-      const hi = Math.max(0.05, ...all.map(p => p[1]));
-      Object.entries(units).forEach(([u, pts], k) => {
-        ctx.strokeStyle = colours[k % colours.length]; ctx.lineWidth = 1.5; ctx.beginPath();
-        pts.forEach((p, i) => {
-          const x = 40 + (rate.width - 50) * (p[0] - t0) / Math.max(1, t1 - t0), y = rate.height - 14 - (rate.height - 24) * p[1] / hi;
-          i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
-        });
-        ctx.stroke(); ctx.fillStyle = ctx.strokeStyle; ctx.font = "11px sans-serif";
-        pts.forEach(p => {  // a dot per period: one period alone is still seen
-          const x = 40 + (rate.width - 50) * (p[0] - t0) / Math.max(1, t1 - t0), y = rate.height - 14 - (rate.height - 24) * p[1] / hi;
-          ctx.beginPath(); ctx.arc(x, y, 2.5, 0, 2 * Math.PI); ctx.fill();
-        });
-        ctx.fillText(u, rate.width - 120, 14 + 13 * k);
-      });
-      ctx.fillStyle = "#555"; ctx.fillText((hi * 100).toFixed(0) + " %", 2, 12); ctx.fillText("0 %", 2, rate.height - 14);
-    }
+  if (rate) {  // the defect rate per unit over time: one line per unit, a point per period, labelled times
+    const rows = JSON.parse(rate.dataset.rates || "[]"), units = [...new Set(rows.map(r => r.unit))];
+    const xs = [...new Set(rows.map(r => Date.parse(r.period.replace(" ", "T")) / 1000))].sort((a, b) => a - b);
+    const at = new Map(rows.map(r => [r.unit + "|" + Date.parse(r.period.replace(" ", "T")) / 1000, r.rate]));
+    const data = [xs, ...units.map(u => xs.map(x => { const v = at.get(u + "|" + x); return v === undefined ? null : v; }))];
+    const span = Number(rate.dataset.span) || 86400;  // the report's own span, ending now
+    timeChart(rate, units.map(u => ({label: u})), data, (_u, _lo, hi) => [0, Math.max(0.05, hi || 0)], "defect rate",
+              () => [Date.now() / 1000 - span, Date.now() / 1000]);
   }
   if (drift) {
     const d = JSON.parse(drift.dataset.drift), ctx = drift.getContext("2d"), n = d.bins.length;

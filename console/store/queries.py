@@ -77,6 +77,24 @@ def unit(engine: Engine, device_id: str) -> dict[str, Any] | None:
     return {**row, "status": _json(row["status"]), "metrics": _json(row["metrics"])}
 
 
+def throughput(engine: Engine, device_id: str, minutes: int = 60, now: float | None = None) -> list[list[float]]:
+    """A unit's frames per second, minute by minute over the last ``minutes``, from the per-minute aggregates: the
+    throughput chart's history when the page opens (it was empty until the next metrics). A minute is divided by
+    the seconds of it the unit was heard in: the one under way, the one it started in."""
+    now = time.time() if now is None else now
+    m = s.minutes.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(m.minute, func.sum(m.frames)).where(
+            m.device_id == device_id, m.minute >= int((now - minutes * 60) // 60)).group_by(m.minute)
+            .order_by(m.minute)).all()
+        first = conn.execute(select(s.units.c.first_seen).where(s.units.c.device_id == device_id)).scalar()
+    out = []
+    for minute, frames in rows:  # a minute counts from when the unit was first heard, and up to now
+        start, end = max(minute * 60, first or 0.0), min(minute * 60 + 60, now)
+        out.append([float(minute * 60), round(int(frames) / max(1.0, end - start), 3)])
+    return out
+
+
 def latest_results(engine: Engine, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """A unit's newest results; a frame id's sequence orders the calls a unit makes in the same millisecond."""
     with engine.connect() as conn:

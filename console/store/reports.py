@@ -40,12 +40,15 @@ def _shift_start(t: datetime, starts: list[int]) -> datetime:
     return day - timedelta(days=1) + timedelta(minutes=starts[-1])
 
 
+RATE_SPANS = {"hour": 2 * 86400, "shift": 7 * 86400, "day": 30 * 86400}
+
+
 def defect_rate(engine: Engine, *, by: str, now: float | None = None, device_id: str | None = None,
                 shift_starts: tuple[str, ...] = ("06:00", "14:00", "22:00")) -> list[dict[str, Any]]:
     """Rows of (period start, unit, frames, defective, rate), oldest first. ``by``: hour (48 h), shift (7 days),
     day (30 days)."""
     now = time.time() if now is None else now
-    span = {"hour": 2 * 86400, "shift": 7 * 86400, "day": 30 * 86400}[by]
+    span = RATE_SPANS[by]
     starts = sorted(int(x[:2]) * 60 + int(x[3:]) for x in shift_starts)
     totals: dict[tuple[datetime, str], list[int]] = defaultdict(lambda: [0, 0])
     for r in _minutes(engine, now - span, device_id):

@@ -43,8 +43,11 @@ async def unit_page(request: Request, user: Viewer, device_id: str) -> HTMLRespo
     results = await asyncio.to_thread(queries.latest_results, engine, device_id, 30)
     recent, _ = await asyncio.to_thread(lambda: queries.alerts(engine, device_id=device_id, limit=8))
     cmds = await asyncio.to_thread(queries.commands, engine, device_id=device_id, limit=10)
+    throughput = await asyncio.to_thread(queries.throughput, engine, device_id)
     return web.page(request, "unit.html", user, unit=u, results=results, alerts=recent, commands=cmds,
-                    results_json=json.dumps([[r["ts"], r["p_defect"]] for r in reversed(results)]))
+                    results_json=json.dumps([[r["ts"], r["p_defect"]] for r in reversed(results)]),
+                    throughput_json=json.dumps(throughput),
+                    threshold=((u["status"] or {}).get("model") or {}).get("threshold"))
 
 
 @router.post("/units/{device_id}/commands/{name}", response_class=HTMLResponse)

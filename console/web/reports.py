@@ -43,7 +43,8 @@ async def reports_page(request: Request, user: Viewer, by: str = "hour", unit: s
     lat = await asyncio.to_thread(reports.latency, engine)
     return web.page(request, "reports.html", user, by=by, unit=unit, rates=rates, drift=drift, latency=lat,
                     rates_json=json.dumps(rates), drift_json=json.dumps(drift), parts=parts, per_model=model == "1",
-                    quality=quality, spans=list(reports.PART_SPANS))
+                    quality=quality, spans=list(reports.PART_SPANS),
+                    rate_span_s=reports.RATE_SPANS[by if by != "week" else "day"])
 
 
 @router.get("/reports/{name}.csv", dependencies=[Depends(need("viewer"))])
