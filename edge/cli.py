@@ -201,6 +201,16 @@ def _cmd_verify_model(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_models_add(a: argparse.Namespace) -> int:
+    """Exit 0 when the model is installed and proven here, 2 (one line, nothing installed) when it is not."""
+    from edge.modelstore import add
+
+    report = add(a.source, a.models_dir, num_threads=a.threads)
+    print(report.line())
+    print(f"installed {a.source.with_suffix('').name} into {a.models_dir}")
+    return 0
+
+
 def _cmd_export_feedback(a: argparse.Namespace) -> int:
     from edge import config
     from edge.history import History, export_feedback
@@ -269,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=None, help="inference threads, as the unit runs it")
     v.add_argument("--delegate", default=None, help="e.g. libedgetpu.so.1, as the unit runs it")
     v.set_defaults(func=_cmd_verify_model)
+    ma = sub.add_parser("models", help="the unit's models folder").add_subparsers(dest="models_command",
+                                                                                required=True)
+    add = ma.add_parser("add", help="install DIR/NAME (every file the manifest names), proven on this unit first")
+    add.add_argument("source", type=Path, help="DIR/NAME: the converted model, as defect-convert wrote it")
+    add.add_argument("--models-dir", type=Path, default=default_models_dir())
+    add.add_argument("--threads", type=int, default=None, help="inference threads for the proof")
+    add.set_defaults(func=_cmd_models_add)
     e = sub.add_parser("export-feedback", help="write operator-corrected frames as good/ and defect/ for retraining")
     e.add_argument("out", type=Path)
     e.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))

@@ -6,11 +6,12 @@ from contract.settings import ConfigError
 from edge.classifier import ModelMismatchError
 from edge.manifest import ManifestError
 from edge.models import UnknownModelError
+from edge.modelstore import InstallError
 from edge.runtime import RuntimeUnavailableError
 from edge.signature import SignatureError
 from edge.sources.base import SourceError
 from edge.verify import VerificationError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError, SignatureError,
-    SourceError, VerificationError)
+    ConfigError, InstallError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError,
+    SignatureError, SourceError, VerificationError)

@@ -150,7 +150,8 @@ fi
 say "done: $root"
 cat <<EOF
 Next, on a unit:
-  cp -r $PREFIX/models/NAME.* /var/lib/defect-edge/models/   # every file of your converted model (mkdir -p first)
+  $PREFIX/.venv/bin/defect-edge models add DIR/NAME --models-dir /var/lib/defect-edge/models
+                                                # every file of the converted model, proven on this unit first
   edit $SYSCONFDIR/defect-edge/edge.toml; put the broker password in $SYSCONFDIR/defect-edge/mqtt_password
   $PREFIX/.venv/bin/defect-edge check-config --config $SYSCONFDIR/defect-edge/edge.toml
   systemctl enable --now defect-edge            # or defect-edge@NAME for $SYSCONFDIR/defect-edge/NAME.toml

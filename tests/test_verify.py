@@ -87,3 +87,30 @@ def test_a_changed_or_missing_verification_set_is_named(models_dir: Path, tmp_pa
     (unit / "tiny_f32.json").write_text(old.to_json())
     assert edge_main(["verify-model", "tiny_f32", "--models-dir", str(unit)]) == 0
     assert "not verified: the manifest has no verification set" in capsys.readouterr().out
+
+
+def test_models_add_installs_every_file_the_manifest_names_after_proving_it(
+        models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``install.sh``'s hint once copied NAME.{tflite,json,h5} and left out NAME.verify.json and NAME.verify/, so a
+    unit that followed it refused the model. One command installs it whole, proven here first, or nothing."""
+    from edge.models import list_models
+
+    unit = tmp_path / "unit-models"
+    assert edge_main(["models", "add", str(models_dir / "tiny"), "--models-dir", str(unit)]) == 0
+    assert "OK" in capsys.readouterr().out
+    m = mf.load(unit / "tiny.json")
+    assert list_models(unit) == ["tiny"] and (unit / "tiny.verify.json").is_file()
+    assert m.signature is None or (unit / m.signature.file.path).is_file()
+    assert any((unit / "tiny.verify").iterdir()), "the verification images came too"
+    assert not [p for p in unit.iterdir() if p.name.startswith(".adding-")], "no staging left behind"
+
+    broken = tmp_path / "broken"
+    shutil.copytree(models_dir, broken)
+    (broken / "tiny_f32.verify.json").unlink()
+    assert edge_main(["models", "add", str(broken / "tiny_f32"), "--models-dir", str(unit)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "tiny_f32.verify.json is missing" in err, err
+    (broken / "tiny_f32.tflite").write_bytes(b"\0" * 64)
+    assert edge_main(["models", "add", str(broken / "tiny_f32.json"), "--models-dir", str(unit)]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert list_models(unit) == ["tiny"], "a refused model installs nothing"
