@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{engine.dialect.name} at schema {revision}, web {cfg.web.host}:{cfg.web.port}")
         return 0
     if a.command == "export":
-        from console import review
+        from console.store import review
 
         counts = review.export(engine, cfg.images_dir, a.out, holdout=a.holdout)
         print(f"wrote {sum(counts.values())} reviewed frames to {a.out}: train {counts['train_good']} good, "

@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from console import auth, config, images, review
+from console import auth, config, images
 from console.app import Services, create_app
 from console.cli import main as console_main
 from console.live import LiveHub
-from console.store import db, writer
+from console.store import db, review, writer
 from console.store import schema as s
 from contract import payloads
 from converter.dataset import open_folder

@@ -7,8 +7,8 @@ import asyncio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 
-from console import images, review
-from console.store import queries
+from console import images
+from console.store import queries, review
 from console.web.deps import (
     MAX_PAGE,
     Viewer,

@@ -1,5 +1,5 @@
 """Review: people say whether the units' calls were right, one key per verdict, and the reviewed frames become a
-data set (``console.review`` holds the queue and the export)."""
+data set (``console.store.review`` holds the queue and the export)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from console import images, review
-from console.store import queries, writer
+from console import images
+from console.store import queries, review, writer
 from console.web.deps import Operator, PostedOperator, Viewer, day_span, heatmap_method, web_of
 from contract import topics
 
