@@ -205,7 +205,7 @@ def _cmd_models_add(a: argparse.Namespace) -> int:
     """Exit 0 when the model is installed and proven here, 2 (one line, nothing installed) when it is not."""
     from edge.modelstore import add
 
-    report = add(a.source, a.models_dir, num_threads=a.threads)
+    report = add(a.source, a.models_dir, num_threads=a.threads, min_agreement=a.min_agreement)
     print(report.line())
     print(f"installed {a.source.with_suffix('').name} into {a.models_dir}")
     return 0
@@ -285,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("source", type=Path, help="DIR/NAME: the converted model, as defect-convert wrote it")
     add.add_argument("--models-dir", type=Path, default=default_models_dir())
     add.add_argument("--threads", type=int, default=None, help="inference threads for the proof")
+    add.add_argument("--min-agreement", type=float, default=0.99,
+                     help="refuse a model whose recorded agreement with Keras is lower (as model.min_agreement)")
     add.set_defaults(func=_cmd_models_add)
     e = sub.add_parser("export-feedback", help="write operator-corrected frames as good/ and defect/ for retraining")
     e.add_argument("out", type=Path)

@@ -96,6 +96,8 @@ class ModelConfig(Section):
     delegate: str | None = None  # e.g. libedgetpu.so.1 for a Coral Edge TPU
     threshold: float | None = Field(default=None, ge=0, le=1)  # default: the manifest's
     low_confidence_band: Band | None = None
+    # a model whose converter-recorded agreement with Keras is below this is refused (0: load any)
+    min_agreement: float = Field(default=0.99, ge=0, le=1)
 
 
 class InferenceConfig(Section):

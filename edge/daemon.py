@@ -55,7 +55,7 @@ from edge.preprocess import FrameError, Roi
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
 from edge.systemd import Notifier
-from edge.verify import VerificationError, verify
+from edge.verify import VerificationError, recorded_parity_problem, verify
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,9 @@ class Daemon:
         m = self.cfg.model
         clf = Classifier(manifest_path(m.models_dir, name), num_threads=m.threads, delegate=m.delegate,
                          roi=self.cfg.camera.region(), frame_order=self.camera.frame_order)
+        problem = recorded_parity_problem(clf.manifest, m.min_agreement)
+        if problem:
+            raise VerificationError(problem)
         report = verify(clf)  # parity on this unit's own runtime: a model that fails it is not loaded
         log.info("%s", report.line())
         if not report.ok:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge import manifest as mf
 from edge.classifier import Classifier
-from edge.verify import VerificationError, VerifyReport, load_set, verify
+from edge.verify import VerificationError, VerifyReport, load_set, recorded_parity_problem, verify
 
 
 class InstallError(ValueError):
@@ -63,15 +63,19 @@ def files_of(manifest_path: Path, m: mf.Manifest) -> list[Path]:
     return out
 
 
-def add(source: Path, models_dir: Path, *, num_threads: int | None = None) -> VerifyReport:
+def add(source: Path, models_dir: Path, *, num_threads: int | None = None, min_agreement: float = 0.99
+        ) -> VerifyReport:
     """Install the model ``source`` names into ``models_dir`` (see the module's docstring); returns its parity
-    report on this unit. Raises :class:`InstallError` or :class:`VerificationError`, leaving ``models_dir`` as it
-    was."""
+    report on this unit. Raises :class:`InstallError` or :class:`VerificationError` (a parity record below
+    ``min_agreement`` too: the unit would refuse to run it), leaving ``models_dir`` as it was."""
     manifest_path = source_manifest(source)
     try:
         m = mf.load(manifest_path)
     except mf.ManifestError as e:
         raise InstallError(str(e)) from None
+    problem = recorded_parity_problem(m, min_agreement)
+    if problem:
+        raise VerificationError(problem)
     files = files_of(manifest_path, m)
     models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".adding-{m.name}-", dir=models_dir))

@@ -55,6 +55,17 @@ class VerifyReport:
         return text
 
 
+def recorded_parity_problem(m: mf.Manifest, floor: float) -> str | None:
+    """Why a model's own parity record is not good enough to run, or None. A conversion forced through with a low
+    ``--min-agreement`` (int8 calibrated on five black images agreed with Keras on 0.35 of its evaluation set) still
+    reproduces its own verification set, whose tolerance it set itself: the record is what tells."""
+    agreement = m.parity.get("agreement")
+    if not isinstance(agreement, int | float) or agreement >= floor:
+        return None
+    return (f"{m.name}: its conversion agreed with Keras on {agreement:.1%} of {m.parity.get('eval', 'its evaluation')}"
+            f", below model.min_agreement {floor:.1%}; reconvert it, or lower the floor to run it anyway")
+
+
 def load_set(manifest_path: Path, m: mf.Manifest) -> dict[str, Any]:
     """The verification set's JSON, checked against the sha256 the manifest records."""
     assert m.verification is not None

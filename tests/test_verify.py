@@ -96,7 +96,14 @@ def test_models_add_installs_every_file_the_manifest_names_after_proving_it(
     from edge.models import list_models
 
     unit = tmp_path / "unit-models"
-    assert edge_main(["models", "add", str(models_dir / "tiny"), "--models-dir", str(unit)]) == 0
+    agreement = mf.load(models_dir / "tiny.json").parity["agreement"]  # forced through with --min-agreement 0
+    above = agreement + 0.01
+    assert edge_main(["models", "add", str(models_dir / "tiny"), "--models-dir", str(unit),
+                      "--min-agreement", str(above)]) == 2
+    err = capsys.readouterr().err
+    assert f"agreed with Keras on {agreement:.1%}" in err and f"below model.min_agreement {above:.1%}" in err, err
+    assert edge_main(["models", "add", str(models_dir / "tiny"), "--models-dir", str(unit),
+                      "--min-agreement", str(agreement)]) == 0
     assert "OK" in capsys.readouterr().out
     m = mf.load(unit / "tiny.json")
     assert list_models(unit) == ["tiny"] and (unit / "tiny.verify.json").is_file()
