@@ -67,9 +67,17 @@ def small_grey(image: np.ndarray, width: int) -> np.ndarray:
     are applied as if RGB; for finding a part against its background the channel order does not matter."""
     h, w = image.shape[:2]
     size = (width, max(8, round(width * h / w)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    grey = small if small.ndim == 2 else cv2.cvtColor(small[:, :, :3], cv2.COLOR_RGB2GRAY)
-    return cv2.GaussianBlur(grey, (5, 5), 0).astype(np.float32)
+    # Grey first: the averaging then works on a third of the data (the two commute to a grey level).
+    grey = image if image.ndim == 2 else cv2.cvtColor(image[:, :, :3], cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(small, (5, 5), 0).astype(np.float32)
+
+
+def locate_width(width: int, most: int = LOCATE_WIDTH) -> int:
+    """The width of the locator's grey copy of an image ``width`` pixels wide: its own, or a whole number of
+    pixels a step, at most ``most`` wide. A whole step is OpenCV's fast averaging (0.1 ms for a 480 px frame,
+    against 0.4 at an uneven 1.5 px a step), and the trigger waits on it."""
+    return width // -(-width // most)
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
@@ -104,13 +112,15 @@ class Located:
 
 
 def locate(image: np.ndarray, *, pixel_threshold: int = 30, reference: np.ndarray | None = None,
-           width: int = LOCATE_WIDTH) -> Located | None:
+           width: int | None = None) -> Located | None:
     """The part in ``image`` (H x W x 3 or H x W uint8): the largest blob of pixels that differ by more than
     ``pixel_threshold`` grey levels from the background, or None when nothing does.
 
     The background is ``reference`` when given (the learnt empty belt, already a grey copy ``width`` wide) and
-    otherwise the median of the image's border: a photo of one part has background all round it.
+    otherwise the median of the image's border: a photo of one part has background all round it. The grey copy is
+    ``width`` wide (at most the image's own) when given, else :func:`locate_width`'s.
     """
+    width = locate_width(image.shape[1]) if width is None else width
     grey = small_grey(image, width if reference is not None else min(width, image.shape[1]))
     background = float(np.median(_border(grey)))
     base = reference if reference is not None else np.float32(background)
