@@ -161,6 +161,12 @@ def _cmd_check_config(a: argparse.Namespace) -> int:
           f"({clf.manifest.quantization}) on {clf.runtime.name}, camera {src.description}")
     for warning in cfg.warnings():
         print(f"warning: {warning}")
+    if cfg.parts.presence:
+        from edge.parts import PartSettings
+
+        presence = PartSettings.from_config(cfg.parts, cfg.camera.region(), cfg.state.dir).presence
+        if presence is not None and (problem := presence.margin_problem()):
+            print(f"warning: presence (from the parts the unit has seen): {problem}")
     if a.no_camera:
         return 0
     t0 = time.perf_counter()

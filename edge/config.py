@@ -168,7 +168,7 @@ class PartsConfig(Section):
     pixel_threshold: int = Field(default=30, ge=1, le=255)  # presence: grey levels from the empty belt
     min_area: float = Field(default=0.02, gt=0, lt=1)  # presence: share of the ROI a part covers at least
     centre_tolerance: float = Field(default=0.15, gt=0, le=0.5)  # presence: centre offset as a share of the ROI
-    learn_frames: int = Field(default=30, ge=1, le=10000)  # presence: frames whose median is the empty belt
+    learn_frames: int = Field(default=30, ge=1, le=10000)  # presence: frames the empty belt is learnt from (by vote)
     # What the model sees (docs/framing.md): "part", the located part cropped square with the training images'
     # margin; "roi", the whole ROI (or frame), for a window already framed like the training photos.
     crop: Literal["part", "roi"] = "part"

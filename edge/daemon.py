@@ -106,7 +106,7 @@ class Daemon:
         self.pipeline = Pipeline(self.camera, self.load_classifier(cfg.model.name), device_id=cfg.device.id,
                                  mode=cfg.inference.mode, target_fps=cfg.inference.target_fps,
                                  queue_size=cfg.inference.queue_size, drop_when_behind=self.camera.source.live,
-                                 parts=PartSettings.from_config(cfg.parts, cfg.camera.region(), state / "belt.npz"),
+                                 parts=PartSettings.from_config(cfg.parts, cfg.camera.region(), state),
                                  part_ids=part_ids)
         self.line_state = LineState()
         self.line_state.pending = lambda: self.pipeline.triggers.pending

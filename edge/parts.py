@@ -74,6 +74,12 @@ BeltState = Literal["learning", "checking", "loaded", "learnt"]
 MODE_SAMPLES = 60  # frames at most in the per-pixel vote of a learning (it costs samples squared)
 CHECK_FRAMES = 10  # frames a belt kept from the last run is checked on before it is trusted
 LEARN_AT_MOST = 8  # learning goes on, doubling, until a frame looks empty, over this many times learn_frames
+# A part spanning more than this share of the ROI along the belt leaves it under a tenth on each side: it is wholly
+# inside for a few frames at best, and a faster belt or a part placed a little off lets it cross unjudged.
+TIGHT_SPAN = 0.8
+BELT_FILE = "belt.npz"  # in the state directory
+PASSES_KEPT = 50  # the last passes the margin is judged on, kept with the belt
+CROSSED_AT_MOST = 2  # of them, passes never wholly inside the ROI before it is said (glare, a hand: a few)
 
 
 def learn_belt(greys: list[np.ndarray], level: float) -> np.ndarray:
@@ -103,6 +109,22 @@ class Sighting:
     found: Located | None = None  # in position: the part's box in the frame's pixels, at full resolution
 
 
+@dataclass
+class _Pass:
+    """Something passing through the ROI: where its centre was first and last (shares of the ROI), and its
+    largest width and height in position (shares; 0 while never in position)."""
+
+    first: tuple[float, float]
+    last: tuple[float, float] = (0.0, 0.0)
+    span: tuple[float, float] = (0.0, 0.0)
+
+    def along(self) -> float:
+        """Its span along the way it moved: across the belt a tight ROI costs nothing, along it the frames in
+        which the part is wholly inside."""
+        moved_x = abs(self.last[0] - self.first[0]) >= abs(self.last[1] - self.first[1])
+        return self.span[0] if moved_x else self.span[1]
+
+
 class Presence:
     """Is a part in the inspection position? No model: a difference against the empty belt.
 
@@ -129,6 +151,12 @@ class Presence:
         self._still: tuple[tuple[int, int, int, int], int] | None = None  # a blob's box, and frames it stayed
         self.asked: str | None = None  # another thread's request to learn again, taken by the next observe()
         self._learn_until = settings.learn_frames
+        # Each pass of something through the ROI: the span along the belt of a part seen wholly inside it, or 0
+        # for one never inside it (larger than the ROI, or off its centre): the ROI's margin, measured.
+        self.passes: deque[float] = deque(maxlen=PASSES_KEPT)
+        self.crossed = 0  # passes never in position since the start
+        self._pass: _Pass | None = None
+        self._said_margin = False
         self._load()
 
     def _load(self) -> None:
@@ -137,6 +165,7 @@ class Presence:
         try:
             with np.load(self.store) as saved:
                 belt, roi = saved["belt"].astype(np.float32), tuple(int(v) for v in saved["roi"])
+                passes = [float(v) for v in saved["passes"]] if "passes" in saved else []
         except (OSError, ValueError, KeyError) as e:
             log.warning("presence: the belt kept in %s cannot be read (%s): learning it", self.store, e)
             return
@@ -144,6 +173,7 @@ class Presence:
             self.reason = "the ROI or the presence width changed since the belt was kept"
             return
         self.belt, self.state, self.reason = belt, "checking", "kept from the last run"
+        self.passes.extend(passes)
 
     def _roi_key(self) -> tuple[int, ...]:
         r = self.roi
@@ -154,7 +184,8 @@ class Presence:
             return
         tmp = self.store.with_name(self.store.name + ".tmp.npz")
         try:
-            np.savez(tmp, belt=self.belt, roi=np.array(self._roi_key()))
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, belt=self.belt, roi=np.array(self._roi_key()), passes=np.array(self.passes, np.float32))
             tmp.replace(self.store)
         except OSError as e:
             log.warning("presence: the learnt belt cannot be kept in %s (%s): a restart learns it again", self.store, e)
@@ -172,7 +203,51 @@ class Presence:
     def status(self) -> dict[str, Any]:
         return {"belt": self.state, "why": self.reason, "relearnt": self.relearnt,
                 "learnt_at": None if self.learnt_at is None else round(self.learnt_at, 3),
+                "part_span": round(float(np.median(spans)), 3) if (spans := self._spans()) else None,
+                "crossed": self.crossed, "margin": self.margin_problem(),
                 **({"learning": f"{len(self._learning)}/{self._learn_until}"} if self.state == "learning" else {})}
+
+    def margin_problem(self) -> str | None:
+        """What is wrong with the ROI's size for the parts seen passing through it, or None: said by
+        ``check-config`` (from the belt kept in the state directory), once in the log, and in :meth:`status`."""
+        where = "the ROI" if self.roi is None else f"the ROI ({self.roi.width} x {self.roi.height} px)"
+        spans = self._spans()
+        crossed = len(self.passes) - len(spans)
+        said = []
+        if crossed > CROSSED_AT_MOST:
+            said.append(f"{crossed} of the last {len(self.passes)} things to cross {where} were never wholly inside "
+                        "it and near its centre: parts larger than the ROI, or off its centre, pass unjudged")
+        span = float(np.median(spans)) if len(spans) >= 5 else 0.0
+        if span > TIGHT_SPAN:
+            said.append(f"the parts seen span {span:.0%} of {where} along the belt, leaving {(1 - span) / 2:.0%} "
+                        "on each side: a part is wholly inside it for a few frames at best")
+        return "; ".join(said) + f"; widen it so that parts span at most {TIGHT_SPAN:.0%} of it" if said else None
+
+    def _spans(self) -> list[float]:
+        return [p for p in self.passes if p > 0]
+
+    def _passing(self, blob: Blob | None, in_position: bool, h: int, w: int) -> None:
+        """Follow a pass through the ROI; at its end, keep its span along the way it moved (0 when it was never
+        in position), and say a tight ROI once."""
+        if blob is not None and blob.share >= self.s.min_area:
+            centre = (blob.cx / w, blob.cy / h)
+            if self._pass is None:
+                self._pass = _Pass(centre)
+            self._pass.last = centre
+            if in_position:
+                self._pass.span = (max(self._pass.span[0], blob.width / w), max(self._pass.span[1], blob.height / h))
+            return
+        if self._pass is None:
+            return
+        self.passes.append(self._pass.along())
+        self.crossed += self.passes[-1] == 0
+        self._pass = None
+        if len(self.passes) % 10 == 0:
+            self._save()
+        problem = self.margin_problem()
+        if problem and not self._said_margin:
+            log.warning("presence: %s", problem)
+        self._said_margin = problem is not None
 
     def _region(self, image: np.ndarray) -> np.ndarray:
         if self.roi is None:
@@ -265,6 +340,8 @@ class Presence:
         blob = largest_blob(changed)
         if not self._fits(changed, blob):
             return None
+        placed = blob is not None and self._in_position(blob, h, w)
+        self._passing(blob, placed, h, w)
         if blob is None:
             cv2.accumulateWeighted(grey, self.belt, self.s.refresh)  # an empty belt: follow the light slowly
             return Sighting(0.0, 1.0, False)
@@ -272,7 +349,7 @@ class Presence:
             cv2.accumulateWeighted(grey, self.belt, self.s.refresh, mask=1 - changed)
             return Sighting(blob.share, 1.0, False)
         offset = max(abs(blob.cx - w / 2) / w, abs(blob.cy - h / 2) / h)
-        if not self._in_position(blob, h, w):
+        if not placed:
             return Sighting(blob.share, float(offset), False)
         return Sighting(blob.share, float(offset), True, self._box(region, blob))
 
@@ -319,8 +396,10 @@ class PartSettings:
     pixel_threshold: int = 30  # the locator's, in trigger mode (presence has its own)
 
     @classmethod
-    def from_config(cls, p: PartsConfig, roi: Roi | None, belt_store: Path | None = None) -> PartSettings:
-        presence = Presence(PresenceSettings.from_config(p), roi=roi, store=belt_store) if p.presence else None
+    def from_config(cls, p: PartsConfig, roi: Roi | None, state_dir: Path | None = None) -> PartSettings:
+        """``state_dir``: where presence keeps the belt it learnt (and the passes it saw) across restarts."""
+        store = state_dir / BELT_FILE if state_dir is not None else None
+        presence = Presence(PresenceSettings.from_config(p), roi=roi, store=store) if p.presence else None
         return cls(aggregate=p.aggregate, frames_per_trigger=p.frames_per_trigger,
                    max_frame_delay_s=p.max_frame_delay_ms / 1e3, max_pending=p.max_pending,
                    debounce_s=(p.max_frame_delay_ms if p.debounce_ms is None else p.debounce_ms) / 1e3,

@@ -7,6 +7,7 @@ restart learnt ghosts that never healed. No model: presence alone.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from edge import parts
 from edge.parts import Presence, PresenceSettings
+from edge.preprocess import Roi
 from harness.belt import ROI, BeltPart, belt_photos, read_video, write_belt
 from harness.data import casting_split
 
@@ -98,3 +100,40 @@ def test_a_ghost_that_never_moves_is_relearnt() -> None:
     _watch(presence, [belt] * 5)
     seen = presence.observe(part)
     assert seen is not None and seen.in_position, "relearnt on the empty belt, a part is a part again"
+
+
+def test_a_roi_with_no_margin_for_the_parts_seen_is_said_by_check_config(
+        slow_belt: tuple[list[BeltPart], list[np.ndarray]], tmp_path: Path, models_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The parts are 300 px photos moving 12 px a frame along the frame's width: an ROI 340 px wide leaves each a
+    few frames wholly inside it, and one 320 px wide lets some pass without one. The unit measures both on the parts
+    it sees, keeps them with the belt, and ``check-config`` says them from there; the framing issue's ROI (400 px)
+    is fine."""
+    from edge.cli import main
+    from edge.config import PartsConfig
+
+    _, frames = slow_belt
+    tight = Roi(x=150, y=10, width=340, height=340)
+
+    def watched(roi: Roi, state: Path) -> Presence:
+        presence = parts.PartSettings.from_config(PartsConfig(presence=True), roi, state).presence
+        assert presence is not None
+        _watch(presence, frames)
+        return presence
+
+    said = watched(tight, tmp_path / "tight").margin_problem()
+    assert said is not None and re.search(r"^the parts seen span 9\d% of the ROI \(340 x 340 px\) along", said), said
+    assert watched(ROI, tmp_path / "wide").margin_problem() is None
+    # 20 px wider than a part at 12 px a frame: some parts are never wholly inside it, and pass unjudged
+    narrow = watched(Roi(x=160, y=10, width=320, height=340), tmp_path / "narrow")
+    assert narrow.crossed > 2 and f"{narrow.crossed} of the last 16 things to cross" in str(narrow.margin_problem())
+
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'[device]\nid = "u"\n[camera]\nsource = "0"\n[camera.roi]\nx = 150\ny = 10\nwidth = 340\n'
+                   f'height = 340\n[model]\nname = "tiny"\nmodels_dir = "{models_dir}"\n[parts]\npresence = true\n'
+                   f'[state]\ndir = "{tmp_path / "tight"}"\n')
+    assert main(["check-config", "--config", str(cfg), "--no-camera"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"warning: presence \(from the parts the unit has seen\): the parts seen span 9\d%", out), out
+    with capsys.disabled():
+        print(f"\nROI 340 px: {said}\nROI 320 px: {narrow.margin_problem()}")
