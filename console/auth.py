@@ -25,9 +25,9 @@ from typing import Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Engine
 
-from console.store import schema as s
+from console.store import users
 
 Role = Literal["viewer", "operator", "engineer", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "engineer", "admin")
@@ -78,32 +78,19 @@ def add_user(engine: Engine, name: str, password: str, role: str) -> None:
         raise AuthError(f"role must be one of {', '.join(ROLES)}")
     name = check_name(name)
     with engine.begin() as conn:
-        taken = [n for (n,) in conn.execute(select(s.users.c.name)) if n.casefold() == name.casefold()]
+        taken = [n for n in users.names(conn) if n.casefold() == name.casefold()]
         if taken:
             raise AuthError(f"user {taken[0]!r} exists; change its password or role instead")
-        conn.execute(s.users.insert().values(name=name, password_hash=_hasher.hash(check_password(password)),
-                                             role=role, created=time.time(), disabled=False))
-
-
-def _end_sessions(conn: Connection, name: str) -> None:
-    conn.execute(delete(s.sessions).where(s.sessions.c.user == name))
+        users.insert(conn, name, _hasher.hash(check_password(password)), role)
 
 
 def set_password(engine: Engine, name: str, password: str, *, keep_session: str | None = None) -> None:
     """A new password; every session of the user ends with the old one (but ``keep_session``, the cookie of the
     user changing their own)."""
     with engine.begin() as conn:
-        done = conn.execute(update(s.users).where(s.users.c.name == name).values(
-            password_hash=_hasher.hash(check_password(password))))
-        if not done.rowcount:
+        if not users.set_hash(conn, name, _hasher.hash(check_password(password))):
             raise AuthError(f"no user {name!r}")
-        conn.execute(delete(s.sessions).where(s.sessions.c.user == name,
-                                              s.sessions.c.id != (_session_id(keep_session) or "")))
-
-
-def admins_left(conn: Connection, without: str) -> int:
-    return len(conn.execute(select(s.users.c.name).where(s.users.c.role == "admin", s.users.c.disabled.is_(False),
-                                                         s.users.c.name != without)).all())
+        users.end_sessions(conn, name, but=_session_id(keep_session))
 
 
 def set_role(engine: Engine, name: str, role: str, *, disabled: bool = False) -> None:
@@ -112,20 +99,21 @@ def set_role(engine: Engine, name: str, role: str, *, disabled: bool = False) ->
     if role not in ROLES:
         raise AuthError(f"role must be one of {', '.join(ROLES)}")
     with engine.begin() as conn:
-        row = conn.execute(select(s.users.c.role, s.users.c.disabled).where(s.users.c.name == name)).first()
+        row = users.role_row(conn, name)
         if row is None:
             raise AuthError(f"no user {name!r}")
-        if row.role == "admin" and not row.disabled and (role != "admin" or disabled) and not admins_left(conn, name):
+        demoted = role != "admin" or disabled
+        if row.role == "admin" and not row.disabled and demoted and not users.admins_left(conn, name):
             raise AuthError(f"{name!r} is the only admin: make another user admin first")
-        conn.execute(update(s.users).where(s.users.c.name == name).values(role=role, disabled=disabled))
+        users.set_role(conn, name, role, disabled)
         if disabled:
-            _end_sessions(conn, name)
+            users.end_sessions(conn, name)
 
 
 def end_sessions(engine: Engine, name: str) -> None:
     """Sign ``name`` out everywhere."""
     with engine.begin() as conn:
-        _end_sessions(conn, name)
+        users.end_sessions(conn, name)
 
 
 # A hash of a random password: verifying against it takes as long as a real check, so a wrong user name and a
@@ -134,9 +122,7 @@ _DUMMY = _hasher.hash(secrets.token_hex(16))
 
 
 def authenticate(engine: Engine, name: str, password: str) -> Role | None:
-    with engine.connect() as conn:
-        row = conn.execute(select(s.users.c.password_hash, s.users.c.role, s.users.c.disabled)
-                           .where(s.users.c.name == name)).first()
+    row = users.credentials(engine, name)
     try:
         _hasher.verify(row.password_hash if row else _DUMMY, password)
     except (VerificationError, InvalidHashError):
@@ -151,15 +137,20 @@ def authenticate(engine: Engine, name: str, password: str) -> Role | None:
 
 def role_of(engine: Engine, name: str) -> Role | None:
     with engine.connect() as conn:
-        row = conn.execute(select(s.users.c.role, s.users.c.disabled).where(s.users.c.name == name)).first()
+        row = users.role_row(conn, name)
     if row is None or row.disabled:
         return None
     role: Role = row.role
     return role
 
 
+def _sid(token: str) -> str:
+    """What the store keeps of a session's token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def _session_id(token: str | None) -> str | None:
-    return hashlib.sha256(token.encode()).hexdigest() if token else None
+    return _sid(token) if token else None
 
 
 class Sessions:
@@ -175,11 +166,8 @@ class Sessions:
 
     def issue(self, name: str) -> str:
         token = secrets.token_urlsafe(32)
-        now = time.time()
-        with self.engine.begin() as conn:
-            conn.execute(delete(s.sessions).where(s.sessions.c.created < now - self.max_age_s))  # expired ones
-            conn.execute(s.sessions.insert().values(id=_session_id(token), user=name,
-                                                    csrf=secrets.token_urlsafe(24), created=now))
+        users.open_session(self.engine, _sid(token), name, secrets.token_urlsafe(24),
+                           expired_before=time.time() - self.max_age_s)
         return self._s.dumps({"t": token})
 
     def _token(self, cookie: str | None) -> str | None:
@@ -195,18 +183,13 @@ class Sessions:
     def read(self, cookie: str | None) -> tuple[str, str] | None:
         """(user name, CSRF token) of a live session, else None."""
         sid = _session_id(self._token(cookie))
-        if sid is None:
-            return None
-        with self.engine.connect() as conn:
-            row = conn.execute(select(s.sessions.c.user, s.sessions.c.csrf).where(s.sessions.c.id == sid)).first()
-        return None if row is None else (row.user, row.csrf)
+        return None if sid is None else users.session(self.engine, sid)
 
     def end(self, cookie: str | None) -> None:
         """Log out: this session ends."""
         sid = _session_id(self._token(cookie))
         if sid is not None:
-            with self.engine.begin() as conn:
-                conn.execute(delete(s.sessions).where(s.sessions.c.id == sid))
+            users.close_session(self.engine, sid)
 
     def token(self, cookie: str | None) -> str | None:
         """The session token a cookie holds, if it is validly signed (for a password change that keeps it)."""

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, func, select, update
 from console import auth, config, images
 from console.store import db, queries, retention, writer
 from console.store import schema as s
+from console.store import users as user_store
 from contract import payloads, topics
 
 SHA = "5" * 64
@@ -200,7 +201,7 @@ def test_look_alike_user_names_are_refused(engine: Engine) -> None:
         with pytest.raises(auth.AuthError, match=why):
             auth.add_user(engine, name, "long enough pw", "viewer")
     auth.add_user(engine, "J\u00fcrgen", "long enough pw", "viewer")  # one script, accents and all
-    assert {u["name"] for u in queries.users(engine)} == {"admin", "J\u00fcrgen"}
+    assert {u["name"] for u in user_store.listing(engine)} == {"admin", "J\u00fcrgen"}
 
 
 def part_item(device: str, n: int, verdict: str, ts: float, sha: str = SHA) -> writer.Item:

@@ -165,12 +165,6 @@ def command(engine: Engine, request_id: str) -> dict[str, Any] | None:
     return {**r, "reply": _json(r["reply"])} if r else None
 
 
-def users(engine: Engine) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(s.users.c.name, s.users.c.role, s.users.c.created,
-                                                     s.users.c.disabled).order_by(s.users.c.name)).mappings()]
-
-
 def audit(engine: Engine, limit: int = 200, offset: int = 0, user: str | None = None,
           action: str | None = None) -> list[dict[str, Any]]:
     q = select(s.audit).order_by(desc(s.audit.c.id)).limit(limit).offset(offset)

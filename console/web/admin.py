@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from console import auth
 from console.store import queries
+from console.store import users as user_store
 from console.web.deps import MAX_PAGE, Admin, Engineer, PostedAdmin, web_of
 
 router = APIRouter()
@@ -19,7 +20,7 @@ AUDIT_PAGE = 100
 @router.get("/users", response_class=HTMLResponse)
 async def users_page(request: Request, user: Admin) -> HTMLResponse:
     web = web_of(request)
-    return web.page(request, "users.html", user, users=queries.users(web.engine), error="")
+    return web.page(request, "users.html", user, users=user_store.listing(web.engine), error="")
 
 
 @router.post("/users", response_class=HTMLResponse)
@@ -37,7 +38,7 @@ async def users_change(request: Request, posted: PostedAdmin) -> Response:
         else:
             raise auth.AuthError("unknown action")
     except auth.AuthError as e:
-        return web.page(request, "users.html", user, users=queries.users(web.engine), error=str(e), status=400)
+        return web.page(request, "users.html", user, users=user_store.listing(web.engine), error=str(e), status=400)
     queries.record(web.engine, user.name, f"user_{action}", f"{name} {form.get('role', '')}".strip())
     return RedirectResponse("/users", status_code=303)
 
