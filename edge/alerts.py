@@ -34,9 +34,10 @@ class _Arm:
 
 
 class Sampler:
-    """Which calls without an alert also send their snapshot: an even ``share`` of them (every 1/share-th call,
-    not a random draw, so a test and a plant see the same), at most ``per_minute`` a minute. The console's review
-    queue needs confident calls too, or a silent miss is never seen by a person."""
+    """Which calls without an alert (frames; OK parts when the unit judges parts) also send their snapshot: an even
+    ``share`` of them (every 1/share-th call, not a random draw, so a test and a plant see the same), at most
+    ``per_minute`` a minute. The console's review queue needs confident calls too, or a silent miss is never seen
+    by a person."""
 
     def __init__(self, share: float, per_minute: int):
         self.share, self.per_minute = share, per_minute

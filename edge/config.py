@@ -113,7 +113,7 @@ class AlertsConfig(Section):
     repeat_after_s: float = Field(default=300.0, ge=0)  # the same part still bad after this long alerts again
     snapshot: bool = True
     snapshot_jpeg_quality: int = Field(default=85, ge=10, le=100)
-    sample_share: float = Field(default=0.0, ge=0, le=1)  # share of calls without an alert sent with a snapshot too
+    sample_share: float = Field(default=0.0, ge=0, le=1)  # calls without an alert (OK parts) sent with a snapshot
     sample_per_minute: int = Field(default=6, ge=0)  # at most this many sampled snapshots a minute
     on_unfamiliar: bool = True  # unfamiliar_input alerts (models with a signature)
     unfamiliar_streak: int = Field(default=3, ge=1, le=1000)  # inputs in a row unlike the training ones: one alert

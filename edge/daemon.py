@@ -295,7 +295,7 @@ class Daemon:
         alerts = [] if self.pipeline.judges_parts else [*self.alerts.on_result(frame_id, p),
                                                          *self._unfamiliar(p.ood, frame_id, frame_id)]
         self._alerted(alerts, ts, buffered)
-        if not alerts and self.sampler.take():  # a confident call, for the console's review queue
+        if not alerts and not self.pipeline.judges_parts and self.sampler.take():  # for the console's review
             self._snapshot(buffered, buffered.image, "sample")
         self.history.add_result(frame_id, buffered.captured_at, p.label, p.p_defect, p.confidence,
                                 p.low_confidence, p.model, timings_ms)
@@ -371,6 +371,10 @@ class Daemon:
             self.history.event("alert", kind=a.kind, frame_id=a.frame_id)
         if frame is not None:
             self._evidence(alerts, frame)
+            if v.verdict == "ok" and not alerts and self.sampler.take():
+                # A share of the OK parts, by their deciding frame: what the console's escape rate is measured on
+                # (a share of frames would sample a part's other frames, and NG parts' too).
+                self._snapshot(frame, frame.image, "sample")
             if seen is not None:
                 self._watch_framing(seen, v.part.part_id, frame, message.ts)
 

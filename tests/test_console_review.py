@@ -133,6 +133,31 @@ def test_sampled_calls_join_the_queue_with_their_call(world: tuple[TestClient, E
     assert rows[0]["truth"] == "defective" and rows[0]["kind"] == "sample"
 
 
+def test_a_sampled_ok_part_is_reviewed_as_a_part_and_counts_in_the_escape_rate(
+        world: tuple[TestClient, Engine, list[tuple[str, bytes]], config.ConsoleConfig]) -> None:
+    """A unit judging parts samples OK parts by their deciding frame, and may send no per-frame result: the item
+    takes its call from the part, and its review is one of the escape rate's."""
+    from console.store import reports
+
+    client, engine, _, cfg = world
+    frame = "u1-1-000000123"
+    part = payloads.Part(device_id="u1", ts="2026-11-28T02:00:00.000Z", part_id="u1-1-000000007", seq=7,
+                         trigger="presence", verdict="ok", aggregate="max",
+                         frames=[payloads.PartFrame(frame_id=frame, p_defect=0.07)], frame_id=frame, label="good",
+                         defective=False, p_defect=0.07, confidence=0.93, threshold=0.5, low_confidence=False,
+                         model=payloads.ModelRef(name="casting", quantization="int8", sha256="8" * 64),
+                         timings_ms={})
+    sha = images.store(cfg.images_dir, jpeg(123))
+    writer.write(engine, [writer.Item("part", "u1", 1.0, message=part),
+                          writer.Item("snapshot", "u1", 1.0, key=frame, sha256=sha, size=10)])
+    token = login(client, "op")
+    page = client.get("/review?kind=sample&model=casting").text
+    assert f'data-frame="{frame}"' in page and "called it <strong class=\"good\">good" in page, page
+    client.post("/review", data={"csrf": token, "device_id": "u1", "frame_id": frame, "verdict": "wrong_defective"})
+    [row] = [q for q in reports.quality(engine) if q["model"] == "casting"]
+    assert (row["ok_reviewed"], row["escapes"], row["ng_reviewed"]) == (1, 1, 0), row
+
+
 def test_a_viewer_sees_the_queue_but_cannot_review(world: tuple[TestClient, Engine, list[tuple[str, bytes]],
                                                                  config.ConsoleConfig]) -> None:
     client, _, sent, _ = world

@@ -26,7 +26,7 @@ from edge.pipeline import Pipeline, Result
 from edge.sources import Camera, source_from_spec
 from harness import REPO
 from harness.frames import MemoryFrames
-from harness.wait import until
+from harness.wait import drive, until
 
 MODEL = REPO / "models" / "mobilenetv2.json"
 
@@ -408,6 +408,54 @@ def test_the_unit_reports_parts_on_mqtt_and_modbus(tmp_path: Path, broker: Any) 
     status = json.loads(c.on("/status")[-1])
     assert status["parts"] == {"debounce_ms": 500.0, "duplicates": {}}, status
     assert status["decision"]["threshold"] == {"value": 0.0, "from": "config"}
+    c.close()
+
+
+def test_a_share_of_ok_parts_is_sampled_by_its_deciding_frame(tmp_path: Path, broker: Any) -> None:
+    """The console measures the escape rate on sampled OK parts: every second OK part sends the snapshot of the
+    frame that decided it, and no other frame of any part is sampled (a per-frame sample took parts' other frames)."""
+    import json
+
+    import cv2
+
+    from contract import payloads
+    from edge import config
+    from edge.daemon import Daemon
+    from harness.broker import Collector
+    from harness.daemon import BASE
+
+    (tmp_path / "parts").mkdir()
+    for i, p in enumerate(synth.iter_parts(2, 4, size=224)):
+        cv2.imwrite(str(tmp_path / "parts" / f"{i}.png"), cv2.cvtColor(p.image, cv2.COLOR_RGB2BGR))
+    cfg = config.parse({
+        "device": {"id": "unit1"}, "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "camera": {"source": str(tmp_path / "parts"), "fps": 30, "loop": True},
+        "model": {"name": "mobilenetv2", "models_dir": str(REPO / "models"), "threshold": 1.0},
+        "inference": {"mode": "on_demand"},
+        "parts": {"frames_per_trigger": 2, "max_frame_delay_ms": 500, "debounce_ms": 0},
+        "alerts": {"on_low_confidence": False, "sample_share": 0.5, "sample_per_minute": 10},
+        "gradcam": {"enabled": False}, "state": {"dir": str(tmp_path / "state")},
+    }, check_files=False)
+    c = Collector(broker.port, f"{BASE}/#")
+    daemon = Daemon(cfg)
+
+    def steps() -> None:
+        assert until(lambda: daemon.camera.state == "streaming", 20), "a trigger before it would be missed"
+        for n in range(1, 5):
+            c.publish(f"{BASE}/cmd/trigger", "{}")
+            assert c.wait(lambda m, n=n: sum(t.endswith("/part") for t, _, _ in m) == n, 20)
+        assert c.wait(lambda m: sum("/snapshot/" in t for t, _, _ in m) >= 2, 20)
+
+    errors = drive(daemon.request_stop, steps)
+    assert daemon.run() == 0
+    if errors:
+        raise errors[0]
+    parts = [payloads.read(payloads.Part, p, device_id="unit1") for p in c.on("/part")]
+    assert [p.verdict for p in parts] == ["ok"] * 4, [(p.verdict, p.error) for p in parts]
+    sampled = [t.rsplit("/", 1)[1] for t, _, _ in c.messages if "/snapshot/" in t]
+    assert sampled == [parts[1].frame_id, parts[3].frame_id], (sampled, [p.frame_id for p in parts])
+    assert not c.on("/alert") and all(len(p.frames) == 2 for p in parts)
+    assert json.loads(c.on("/status")[-1])["model"]["threshold"] == 1.0
     c.close()
 
 

@@ -6,8 +6,6 @@ services as processes, as systemd does (``test_daemon.py``, ``test_relay.py``)."
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +19,10 @@ from harness import REPO
 from harness.broker import Broker, Collector
 from harness.daemon import BASE, part_folder
 from harness.smtp import Smtp
+from harness.wait import drive
 from relay import config as relay_config
 from relay.cli import main as relay_main
 from relay.service import Relay
-
-
-def drive(stop: Callable[[], None], steps: Callable[[], None]) -> list[BaseException]:
-    """Run ``steps`` in a thread while the service runs in the main thread (it installs signal handlers), then stop
-    the service whatever happened; the errors are returned for the test to raise."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            steps()
-        except BaseException as e:  # re-raised in the test's thread
-            errors.append(e)
-        finally:
-            stop()
-
-    threading.Thread(target=run, daemon=True).start()
-    return errors
 
 
 def test_the_unit_classifies_alerts_answers_and_reports(tmp_path: Path, broker: Broker) -> None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, desc, func, select, update
+from sqlalchemy import Engine, and_, case, desc, func, select, update
 
 from console import images
 from console.store import schema as s
@@ -72,16 +72,21 @@ def _items_query(*, device_id: str | None, kind: str | None, model: str | None, 
 
 def _samples_query(*, device_id: str | None, model: str | None, since: float | None, state: str,
                    frame_id: str | None = None) -> Any:
-    """Snapshots a unit sent without an alert (a sampled confident call), with the call from its stored result."""
+    """Snapshots a unit sent without an alert (a sampled confident call), with the call from its stored result, or
+    from the part it decided (a unit judging parts samples OK parts, and may send no per-frame results)."""
     snap, heat, whole = (s.frame_images.alias(n) for n in ("snap", "heat", "whole"))
-    a, r, res = s.alerts, s.reviews, s.results
-    ts = func.coalesce(res.c.ts, snap.c.received)
-    q = (select(snap.c.device_id, snap.c.frame_id, ts.label("ts"), res.c.p_defect, res.c.label.label("predicted"),
-                res.c.model, snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"),
+    a, r, res, pt = s.alerts, s.reviews, s.results, s.parts
+    ts = func.coalesce(res.c.ts, pt.c.ts, snap.c.received)
+    part_label = case((pt.c.verdict == "ok", "good"), (pt.c.verdict == "ng", "defective"))
+    by_model = func.coalesce(res.c.model, pt.c.model)
+    q = (select(snap.c.device_id, snap.c.frame_id, ts.label("ts"), func.coalesce(res.c.p_defect, pt.c.p_defect)
+                .label("p_defect"), func.coalesce(res.c.label, part_label).label("predicted"), by_model.label("model"),
+                snap.c.sha256.label("snapshot"), heat.c.sha256.label("heatmap"),
                 whole.c.sha256.label("frame"), r.c.verdict, r.c.truth, r.c.user.label("reviewer"),
                 r.c.ts.label("reviewed_at"), r.c.note)
          .outerjoin(a, and_(a.c.device_id == snap.c.device_id, a.c.frame_id == snap.c.frame_id))
          .outerjoin(res, and_(res.c.device_id == snap.c.device_id, res.c.frame_id == snap.c.frame_id))
+         .outerjoin(pt, and_(pt.c.device_id == snap.c.device_id, pt.c.frame_id == snap.c.frame_id))
          .outerjoin(heat, and_(heat.c.device_id == snap.c.device_id, heat.c.frame_id == snap.c.frame_id,
                                heat.c.kind == "gradcam"))
          .outerjoin(whole, and_(whole.c.device_id == snap.c.device_id, whole.c.frame_id == snap.c.frame_id,
@@ -93,7 +98,7 @@ def _samples_query(*, device_id: str | None, model: str | None, since: float | N
     if frame_id:
         q = q.where(snap.c.frame_id == frame_id)
     if model:
-        q = q.where(res.c.model == model)
+        q = q.where(by_model == model)
     if since is not None:
         q = q.where(ts >= since).where(ts < since + 86400)
     return _by_state(q, state)
