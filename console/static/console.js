@@ -201,5 +201,10 @@ document.addEventListener("keydown", (e) => {
   }
   if (e.key === "n") { e.preventDefault(); document.getElementById("note").focus(); return; }
   const button = form.querySelector(`button[data-key="${CSS.escape(e.key)}"]`);
-  if (button) { e.preventDefault(); button.click(); }
+  if (!button) return;
+  e.preventDefault();
+  // A key pressed as soon as the next item shows can come before htmx has taken up its new form: the click then
+  // submitted it natively, a whole page load (every other key, in bench.console's run). htmx.process is idempotent.
+  if (window.htmx) htmx.process(form);
+  button.click();
 });

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -86,6 +87,7 @@ parts = Table(  # one per part a unit judged: what the line acted on, the consol
     Column("model", String(100), nullable=False),
     Column("model_sha256", String(64), nullable=False),
     Column("payload", Text, nullable=False),  # as the unit sent it: crop, framing, familiarity, timings
+    Index("parts_frame", "device_id", "frame_id"),  # a review, a sampled snapshot: the part its frame decided
 )
 
 def _part_counts(name: str, period: str) -> Table:
@@ -116,6 +118,7 @@ alerts = Table(
     Column("ts", Float, nullable=False, index=True),
     Column("p_defect", Float, nullable=True),
     Column("payload", Text, nullable=False),
+    Index("alerts_frame", "device_id", "frame_id"),  # the review queue: is a snapshot an alert's, or a sample?
 )
 
 images = Table(  # one file per content under <state>/images/<sha[:2]>/<sha>.jpg

@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from console import images
+from console.auth import User
 from console.store import queries, review, writer
 from console.web.deps import Operator, PostedOperator, Viewer, day_span, heatmap_method, web_of
 from contract import topics
@@ -39,8 +40,11 @@ def review_filters(params: Any) -> dict[str, Any]:
 
 @router.get("/review", response_class=HTMLResponse)
 async def review_page(request: Request, user: Viewer) -> HTMLResponse:
+    return await _queue_page(request, user, review_filters(request.query_params))
+
+
+async def _queue_page(request: Request, user: User, f: dict[str, Any]) -> HTMLResponse:
     web = web_of(request)
-    f = review_filters(request.query_params)
     items, total = await asyncio.to_thread(lambda: review.queue(
         web.engine, device_id=f["unit"] or None, kind=f["kind"] or None, model=f["model"] or None,
         since=f["since"], state="all" if f["frame"] else f["state"], limit=13, frame_id=f["frame"] or None))
@@ -73,7 +77,12 @@ async def review_post(request: Request, posted: PostedOperator) -> Response:
             web.send(user, device_id, "feedback", {"frame_id": frame_id, "label": item["truth"], "note": note},
                      review_of=frame_id)
     filters = {k: form.get(k, "") for k in FILTERS}
-    return RedirectResponse("/review?" + urlencode({k: v for k, v in filters.items() if v}), status_code=303)
+    url = "/review?" + urlencode({k: v for k, v in filters.items() if v})
+    if request.headers.get("HX-Request") == "true":  # the next item at once: a redirect cost a second round trip
+        page = await _queue_page(request, user, review_filters(filters))
+        page.headers["HX-Replace-Url"] = url
+        return page
+    return RedirectResponse(url, status_code=303)
 
 
 @router.post("/review/heatmap", response_class=HTMLResponse)
