@@ -376,6 +376,54 @@ def test_a_live_stream_ends_when_its_user_is_disabled_and_when_the_console_stops
         console.kill()
 
 
+def test_sessions_end_in_the_browser_on_disable_sign_out_everywhere_and_logout(browser: Any,
+                                                                            console: ConsoleProc) -> None:
+    """Revocation as people meet it: an admin disables a user on the Users page, and that user's open page (its live
+    stream) goes to the login within the stream's 2 s recheck, while a copy of the session's cookie on another
+    browser opens nothing, even after the user is enabled again. "Sign out everywhere" and a logout do the same."""
+
+    def other_browser(page: Any) -> Any:
+        """The session's cookie, copied to another browser: a second device, or a stolen cookie."""
+        ctx = browser.new_context()
+        ctx.add_cookies(page.context.cookies())
+        return ctx.new_page()
+
+    def refused(page: Any, path: str = "/") -> bool:
+        page.goto(f"{console.url}{path}")
+        return "/login" in page.url
+
+    view = login(browser, console, "view")  # the fleet page, its live stream open
+    copy = other_browser(view)
+    assert not refused(copy), "the copied cookie is the same session while it lasts"
+    admin = login(browser, console, "admin")
+    admin.goto(f"{console.url}/users")
+    row = admin.locator("tr", has=admin.locator('input[name=name][value="view"]')).first
+    row.locator("input[name=disabled]").check()
+    row.locator("button", has_text="Save").click()
+    view.wait_for_url("**/login?next=%2F", timeout=6_000)  # the open page left for the login, by itself
+    assert refused(copy)
+    admin.goto(f"{console.url}/users")
+    row = admin.locator("tr", has=admin.locator('input[name=name][value="view"]')).first
+    row.locator("input[name=disabled]").uncheck()
+    row.locator("button", has_text="Save").click()
+    assert refused(copy), "enabled again, the user's old sessions stay ended"
+    assert not refused(login(browser, console, "view")), "a new login works"
+
+    eng = login(browser, console, "eng")
+    eng_elsewhere = other_browser(eng)
+    eng_elsewhere.goto(f"{console.url}/alerts")  # another page with a live stream, on the other device
+    eng.goto(f"{console.url}/account")
+    eng.locator("button", has_text="Sign out everywhere").click()
+    eng_elsewhere.wait_for_url("**/login?next=%2Falerts", timeout=6_000)
+    assert refused(eng) and refused(eng_elsewhere)
+
+    op = login(browser, console, "op")
+    op_copy = other_browser(op)
+    op.locator("form.who button").click()  # log out
+    assert "/login" in op.url and refused(op_copy, "/review"), "a logout ends the session, not only this cookie"
+    assert not admin.dialogs and not view.dialogs
+
+
 def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, console: ConsoleProc,
                                                               broker: Broker) -> None:
     """Before, at 390 px the header overlapped and tables overflowed the page. Every page fits the phone's width

@@ -127,6 +127,12 @@ document.addEventListener("DOMContentLoaded", () => {
   const live = document.querySelector("[data-live]");
   if (!live) return;
   const source = new EventSource(live.dataset.live);
+  // The session ended (logout elsewhere, a new password, disabled, "sign out everywhere"): the page says so by
+  // going to the login, rather than stand still with figures that no longer move.
+  source.addEventListener("signed-out", () => {
+    source.close();
+    location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+  });
   if (live.dataset.rows) alertRows(live, source);
   else if (live.tagName === "TABLE") fleet(live, source);
   else unitPage(live, source);
