@@ -439,6 +439,9 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
         verify_json, verify_doc = verification.write(
             name, out_dir, frames(), verification.select(ref.p, threshold), model, keras_pre, chosen[3], chosen[0],
             threshold) if chosen else (None, {})
+        refused = verification.confident_problem(verify_doc, mf.Decision()) if verify_json else None
+        if refused:
+            print(f"defect-convert: warning: units will refuse {name}: {refused}", file=sys.stderr)
         signed, signature_report = (fit_signature(Classifier(chosen[3], num_threads=1),
                                                   _training_images(settings, size, FIT_IMAGES),
                                                   [f for _, f in frames()], out_dir, name)

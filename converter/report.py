@@ -110,10 +110,11 @@ def parity_markdown(r: dict[str, Any]) -> str:
     v = r.get("verification")
     if v:
         lines += [f"Verification set `{v['file']}`: {v['images']} images a unit re-runs on its own runtime "
-                  f"(`defect-edge verify-model`); tolerance |p - p_keras| <= {v['max_abs_dp']:.4f} across platforms: "
-                  f"{v['measured_here_max_abs_dp']:.6f} measured on this machine, plus {v['platform_allowance']:g} "
-                  "for another platform's kernels (the most seen between x86 and aarch64 for this quantization).",
-                  ""]
+                  f"(`defect-edge verify-model`): its p must stay within {v['platform_allowance']:g} of this "
+                  "machine's TFLite p (another platform's kernels: the most seen between x86 and aarch64 for this "
+                  "quantization), and its decisions on the confident calls (Keras' p at least "
+                  f"{v.get('far', 0.25):g} from the threshold) agree with Keras', 90 % or more of each side. "
+                  f"Keras against TFLite here: max |dp| {v['measured_here_max_abs_dp']:.6f}.", ""]
     for c in r["candidates"]:
         if c.get("reason"):
             lines.append(f"- {variant(c)}: {c['reason']}")

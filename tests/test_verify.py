@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ def test_a_converted_model_carries_its_verification_set(models_dir: Path, capsys
         data = json.loads((models_dir / m.verification.path).read_text())
         assert len(data["images"]) == 32 and data["quantization"] == m.quantization
         assert data["tolerance"]["max_abs_dp"] >= data["tolerance"]["measured_here_max_abs_dp"]
+        assert all(0 <= i["p_tflite"] <= 1 and i["far"] == (abs(i["p_keras"] - 0.5) >= 0.25) for i in data["images"])
         assert edge_main(["verify-model", name, "--models-dir", str(models_dir), "--threads", "1"]) == 0
         out = capsys.readouterr().out
-        assert out.startswith(f"{name} on ") and ": OK: 32 images, max |p - p_keras| " in out
+        assert out.startswith(f"{name} on ") and ": OK: 32 images, max |p - p_converter| " in out, out
 
 
 def test_the_set_is_half_near_the_threshold_half_spread_over_p() -> None:
@@ -65,9 +67,43 @@ def test_verify_model_refuses_a_perturbed_model(models_dir: Path, tiny_h5: Path,
     capsys.readouterr()
     assert edge_main(["verify-model", "tiny_f32", "--models-dir", str(unit)]) == 1
     line = capsys.readouterr().out
-    assert ": FAILED: 32 images, max |p - p_keras| " in line and "(tolerance 0.0010)" in line
-    figure = float(line.split("max |p - p_keras| ")[1].split()[0])
+    assert ": FAILED: 32 images, max |p - p_converter| " in line and "(allowance 0.0010)" in line, line
+    figure = float(line.split("max |p - p_converter| ")[1].split()[0])
     assert figure > 0.001
+
+
+def test_an_int8_model_calibrated_on_black_images_is_refused_on_the_unit(
+        models_dir: Path, tiny_h5: Path, synth_eval: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A conversion forced through: int8 calibrated on five black images says about the same p to everything. It
+    reproduces its own verification set (its converter's p), and its old tolerance (its own worst error plus the
+    allowance) passed it everywhere; its confident calls are what give it away, and its parity record."""
+    import cv2
+
+    from converter.cli import main as convert
+
+    black = tmp_path / "black"
+    for i, label in enumerate(("good", "defect", "good", "defect", "good")):
+        (black / label).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(black / label / f"{i}.png"), np.zeros((64, 64, 3), np.uint8))
+    out = tmp_path / "forced"
+    assert convert(["convert", str(tiny_h5), "--quantize", "int8", "--calibration", str(black), "--name", "dark",
+                    "--out-dir", str(out), "--eval", str(synth_eval), "--min-agreement", "0", "--force"]) == 0
+    data = json.loads((out / "dark.verify.json").read_text())
+    old_tolerance = data["tolerance"]["max_abs_dp"]
+    said = capsys.readouterr().err
+    assert "warning: units will refuse dark: of its confident calls" in said and "defective 0 of 1" in said, said
+    assert edge_main(["verify-model", "dark", "--models-dir", str(out)]) == 1
+    line = capsys.readouterr().out
+    kept, far = (int(x) for x in line.split("defective ")[1].split(" (")[0].split(",")[0].split(" of "))
+    assert ": FAILED: " in line and far >= 1 and kept / far < 0.9, line
+    assert re.search(r"good (\d+) of \1\b", line), "its good calls all stay: only a side counted alone tells"
+    drift = float(line.split("max |p - p_converter| ")[1].split()[0])
+    assert drift <= 0.1, "its own p it reproduces: drift alone would not tell"
+    worst = float(line.split("max |p - p_keras| ")[1].split(",")[0])
+    assert worst <= old_tolerance, f"the old check passed it: {worst} within {old_tolerance}"
+    assert edge_main(["models", "add", str(out / "dark"), "--models-dir", str(tmp_path / "unit")]) == 2
+    assert "below model.min_agreement" in capsys.readouterr().err
+    print(f"\nblack-calibrated int8: {line.strip()}\nold tolerance {old_tolerance:.3f}")
 
 
 def test_a_changed_or_missing_verification_set_is_named(models_dir: Path, tmp_path: Path,
