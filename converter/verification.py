@@ -7,7 +7,8 @@ feeds the model exactly what Keras was given.
 
 Each image also carries this machine's TFLite p (``p_tflite``), and the unit checks its own p against that, within
 an allowance per quantization for another platform's kernels: float models move by rounding only, quantized ones by
-whole output steps (up to 0.078 for int8 between x86 and aarch64, tests/test_aarch64.py, docs/unit.md). Checking
+whole output steps (int8 EfficientNetB0 by up to 0.168 between x86 and aarch64's other kernels under emulation,
+tests/test_aarch64.py, docs/unit.md). Checking
 against Keras' p instead, within this machine's own worst error plus the allowance, let a conversion forced through
 pass anywhere: int8 calibrated on black images, p about 0.5 on everything, had a tolerance of 0.70. And the images
 whose Keras p is ``FAR`` or more from the threshold (``far``) are the calls a model cannot be excused for changing:
@@ -31,7 +32,7 @@ from edge.preprocess import Preprocessor
 from edge.verify import FAR_AGREEMENT, confident_calls
 
 COUNT = 32
-ALLOWANCE = {"float32": 1e-3, "float16": 1e-3, "dynamic": 0.1, "int8": 0.1, "mixed": 0.1}
+ALLOWANCE = {"float32": 1e-3, "float16": 1e-3, "dynamic": 0.1, "int8": 0.2, "mixed": 0.2}
 FAR = 0.25  # |p_keras - threshold| of the calls that must not change
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contract.settings import ConfigError
+from contract.sqlite import SchemaError
 from edge.classifier import ModelMismatchError
 from edge.manifest import ManifestError
 from edge.models import UnknownModelError
@@ -14,4 +15,4 @@ from edge.verify import VerificationError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, InstallError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError,
-    SignatureError, SourceError, VerificationError)
+    SchemaError, SignatureError, SourceError, VerificationError)

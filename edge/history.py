@@ -17,26 +17,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contract.sqlite import connect
+from contract.sqlite import Step, connect, migrate
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
+# The history's schema, step by step (contract/sqlite.py); a step, once released, never changes.
+SCHEMA: tuple[Step, ...] = (
+    (  # 1: as before versions were kept
+        """CREATE TABLE IF NOT EXISTS results (
     frame_id TEXT PRIMARY KEY, ts REAL NOT NULL, label TEXT NOT NULL, p_defect REAL NOT NULL,
     confidence REAL NOT NULL, low_confidence INTEGER NOT NULL, model TEXT NOT NULL, timings TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS results_ts ON results (ts);
-CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
-                                   detail TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS heatmaps (
+)""",
+        "CREATE INDEX IF NOT EXISTS results_ts ON results (ts)",
+        """CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
+)""",
+        """CREATE TABLE IF NOT EXISTS heatmaps (
     frame_id TEXT NOT NULL, method TEXT NOT NULL, ts REAL NOT NULL, image BLOB NOT NULL,
     PRIMARY KEY (frame_id, method)
-);
-CREATE TABLE IF NOT EXISTS feedback (
+)""",
+        """CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, frame_id TEXT NOT NULL, predicted TEXT NOT NULL,
     p_defect REAL NOT NULL, true_label TEXT NOT NULL, correct INTEGER NOT NULL, note TEXT NOT NULL,
     model TEXT NOT NULL, image BLOB NOT NULL
-);
-"""
+)""",
+    ),
+)
 
 
 class History:
@@ -44,7 +48,7 @@ class History:
         self.retention_s = retention_days * 86400
         self.max_rows = max_rows
         self._db = connect(path)
-        self._db.executescript(_SCHEMA)
+        migrate(self._db, "history", SCHEMA, what=str(path))
         self._lock = threading.Lock()  # the database
         self._pending_lock = threading.Lock()  # the buffer the inference loop appends to
         self._pending: list[tuple[Any, ...]] = []

@@ -30,9 +30,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK: relay {cfg.id}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, SMTP {cfg.smtp.host}:"
               f"{cfg.smtp.port} ({cfg.smtp.security}), {len(cfg.routes)} route(s)")
         return 0
+    from contract.sqlite import SchemaError
     from relay.service import Relay
 
-    return Relay(cfg).run()
+    try:
+        relay = Relay(cfg)
+    except SchemaError as e:
+        print(f"defect-relay: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return relay.run()
 
 
 if __name__ == "__main__":

@@ -15,26 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.sqlite import connect
+from contract.sqlite import Step, connect, migrate
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
+# The relay's queue's schema, step by step (contract/sqlite.py); a step, once released, never changes.
+SCHEMA: tuple[Step, ...] = (
+    (  # 1: as before versions were kept
+        """CREATE TABLE IF NOT EXISTS alerts (
     dedup_key TEXT PRIMARY KEY, device_id TEXT NOT NULL, kind TEXT NOT NULL, frame_id TEXT, payload TEXT NOT NULL,
     received REAL NOT NULL, state TEXT NOT NULL DEFAULT 'new', outgoing_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, received);
-CREATE TABLE IF NOT EXISTS evidence (
+)""",
+        "CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, received)",
+        """CREATE TABLE IF NOT EXISTS evidence (
     frame_id TEXT NOT NULL, kind TEXT NOT NULL, data BLOB NOT NULL, received REAL NOT NULL,
     PRIMARY KEY (frame_id, kind)
-);
-CREATE TABLE IF NOT EXISTS outgoing (
+)""",
+        """CREATE TABLE IF NOT EXISTS outgoing (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, target TEXT NOT NULL, body BLOB NOT NULL,
     created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending', last_error TEXT NOT NULL DEFAULT '', sent REAL
-);
-CREATE INDEX IF NOT EXISTS outgoing_due ON outgoing (state, next_attempt);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+)""",
+        "CREATE INDEX IF NOT EXISTS outgoing_due ON outgoing (state, next_attempt)",
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Outgoing:
 class Store:
     def __init__(self, path: Path):
         self._db = connect(path)
-        self._db.executescript(_SCHEMA)
+        migrate(self._db, "relay", SCHEMA, what=str(path))
         self._lock = threading.RLock()
 
     def _q(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -21,14 +21,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract.sqlite import connect
+from contract.sqlite import Step, connect, migrate
 
 # Lower sheds first. Images are evidence for an alert but cost far more bytes than the alert itself.
 PRIORITY: dict[str, int] = {"sample": 0, "result": 1, "metrics": 2, "image": 3, "reply": 4, "event": 4, "part": 5,
                             "alert": 5}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+# The outbox's schema, step by step (contract/sqlite.py); a step, once released, never changes.
+SCHEMA: tuple[Step, ...] = (
+    (  # 1: the outbox, as before versions were kept
+        """CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
@@ -38,17 +40,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL,
     created REAL NOT NULL,
     size INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_shed ON outbox (priority, id);
-CREATE TABLE IF NOT EXISTS outbox_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS parts (
+)""",
+        "CREATE INDEX IF NOT EXISTS outbox_shed ON outbox (priority, id)",
+        "CREATE TABLE IF NOT EXISTS outbox_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ),
+    (  # 2: the parts promised to the line and not yet published (2026-12-04)
+        """CREATE TABLE IF NOT EXISTS parts (
     seq INTEGER PRIMARY KEY,
     part_id TEXT NOT NULL,
     source TEXT NOT NULL,
     opened REAL NOT NULL,
     decided TEXT
-);
-"""
+)""",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class Outbox:
     def __init__(self, path: Path, *, max_bytes: int):
         self.max_bytes = max_bytes
         self._db = connect(path)
-        self._db.executescript(_SCHEMA)
+        migrate(self._db, "outbox", SCHEMA, what=str(path))
         self._lock = threading.Lock()
         self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
 
