@@ -7,12 +7,18 @@ under each plausible pixel scaling, and each is scored with both polarities (p a
 other column is exactly 1 - p), against the folder's labels.
 
 What the user gave is used as given. What they did not is *detected* when the data says so clearly, else left at
-the default. The measure is ROC AUC, how well a reading separates the two classes whatever the threshold: a model can
-separate them well and still be miscalibrated at 0.5 on a user's images, and a wrong scaling can move p across the
-threshold by accident. "Clearly" means the best reading's AUC is at least :data:`CLEAR_AUC` and :data:`CLEAR_MARGIN`
-above the assumed one's. Either way, a reading the data clearly contradicts is reported in one line with the figures
-and the option that fixes it, and a model below chance on its own evaluation set (AUC under 0.5 by more than two
-standard errors of chance, so an untrained model's noise is not "below") is refused unless forced.
+the default. The measure is the log-loss, how far the probabilities are from the labels: it sees both the ranking
+and where p falls against the threshold. Neither alone will do. ROC AUC, used before, is blind to the shift of p a
+wrong scaling causes (a model trained on x / 127.5 - 1 and read as / 255 kept its ranking, so its AUC, while its
+calls agreed with Keras' on 75 % of parts). The accuracy at the threshold is fooled the other way: the tiny test
+model, read as it was trained, separates the synthetic parts perfectly (AUC 1.00) but is miscalibrated at 0.5 on
+them (balanced accuracy 0.63), and read wrongly as raw pixels it scored 0.75 by accident, with a log-loss of 3.55
+against 0.61. "Clearly" means the best reading's log-loss is :data:`LOSS_MARGIN` below the assumed one's, with an AUC
+of at least :data:`CLEAR_AUC`. Every reading's balanced accuracy, log-loss and AUC are reported. Either way, a
+reading the data clearly contradicts is reported in one line with the figures and the option that fixes it, given
+options included (every scaling is read for that), and a model below chance on its own evaluation set (AUC under
+0.5 by more than two standard errors of chance, so an untrained model's noise is not "below") is refused unless
+forced.
 """
 
 from __future__ import annotations
@@ -23,14 +29,14 @@ from typing import Literal
 
 import numpy as np
 
-from converter.metrics import balanced_accuracy, roc_auc
+from converter.metrics import balanced_accuracy, log_loss, roc_auc
 from edge.manifest import PixelScaling
 
 Decided = Literal["given", "detected", "default"]
 SCALINGS: tuple[PixelScaling, ...] = ("unit", "raw", "symmetric")  # the default first
 DEFAULT_DEFECT_CLASS = 1  # the original app's models: one sigmoid, p = P(defective)
 CLEAR_AUC = 0.75
-CLEAR_MARGIN = 0.1
+LOSS_MARGIN = 0.1  # nats of log-loss
 MEANING = {"unit": "pixels / 255", "raw": "raw 0-255 pixels", "symmetric": "pixels / 127.5 - 1"}
 
 
@@ -40,15 +46,17 @@ class Reading:
 
     pixel_scaling: PixelScaling
     defect_class: int  # the output class the model calls defective: 1 = p as it is, 0 = 1 - p
-    balanced_accuracy: float
+    balanced_accuracy: float  # of the calls at the threshold
     auc: float
+    log_loss: float
 
     def describe(self) -> str:
-        return f"ROC AUC {self.auc:.2f}, balanced accuracy {self.balanced_accuracy:.2f}"
+        return (f"balanced accuracy {self.balanced_accuracy:.2f} at the threshold, log-loss {self.log_loss:.2f}, "
+                f"ROC AUC {self.auc:.2f}")
 
     def beats(self, other: Reading) -> bool:
         """Clearly better than ``other`` on this evaluation set."""
-        return self.auc >= CLEAR_AUC and self.auc - other.auc >= CLEAR_MARGIN
+        return self.auc >= CLEAR_AUC and other.log_loss - self.log_loss >= LOSS_MARGIN
 
 
 @dataclass(frozen=True)
@@ -82,18 +90,19 @@ def readings(labels: np.ndarray, p_by_scaling: Mapping[PixelScaling, np.ndarray]
     out = []
     for scaling, p in p_by_scaling.items():
         for cls, q in ((1, p), (0, 1.0 - p)):
-            out.append(Reading(scaling, cls, balanced_accuracy(y, q > threshold), roc_auc(y, q)))
+            out.append(Reading(scaling, cls, balanced_accuracy(y, q > threshold), roc_auc(y, q), log_loss(y, q)))
     return tuple(out)
 
 
 def _rank(r: Reading) -> tuple[float, float]:
-    return (r.auc, r.balanced_accuracy)
+    return (-r.log_loss, r.balanced_accuracy)
 
 
 def settled(found: tuple[Reading, ...], scaling: PixelScaling) -> bool:
-    """True when no other scaling could clearly beat ``scaling``'s better polarity: its AUC is within the margin of
-    a perfect 1.0, so reading the model under the other scalings (a Keras pass each) can change nothing."""
-    return max(r.auc for r in found if r.pixel_scaling == scaling) > 1.0 - CLEAR_MARGIN
+    """True when no other scaling could clearly beat ``scaling``'s better polarity: its log-loss is under the
+    margin (no log-loss is below 0), so reading the model under the other scalings (a Keras pass each) can change
+    nothing."""
+    return min(r.log_loss for r in found if r.pixel_scaling == scaling) < LOSS_MARGIN
 
 
 def _option(scaling: PixelScaling | None, defect_class: int | None) -> str:
@@ -117,7 +126,7 @@ def choose(found: tuple[Reading, ...], *, scaling: PixelScaling | None, defect_c
                                    "defect_class": "default" if defect_class is None else "given"}
     notes = []
     # The assumed scaling with its better polarity, then another scaling only if it clearly beats that: two
-    # scalings that both read well (AUC 0.97 and 0.98) are no evidence against the default.
+    # scalings that both read well (0.97 and 0.98) are no evidence against the default.
     chosen = max((r for r in free if r.pixel_scaling == assumed.pixel_scaling), key=_rank)
     chosen = chosen if chosen.beats(assumed) else assumed
     other = max(free, key=_rank)

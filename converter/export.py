@@ -200,7 +200,8 @@ def _detection_report(info: ModelInfo, choice: conventions.Choice) -> dict[str, 
     """Every reading tried on the evaluation set, the scaling layers found inside, and the lines told the user."""
     return {
         "readings": [{"pixel_scaling": r.pixel_scaling, "defect_class": r.defect_class,
-                      "balanced_accuracy": r.balanced_accuracy, "auc": r.auc} for r in choice.readings],
+                      "balanced_accuracy": r.balanced_accuracy, "auc": r.auc, "log_loss": r.log_loss}
+                     for r in choice.readings],
         "scaling_layers": list(info.scaling_layers),
         "scalings_tried": sorted({r.pixel_scaling for r in choice.readings}),
         "notes": list(choice.notes),
@@ -249,7 +250,7 @@ def _conventions(model: Any, info: ModelInfo, settings: ConvertSettings, frames:
                                     mf.Decision().threshold)
 
     found = read([first])
-    if settings.pixel_scaling is None and not conventions.settled(found, first):
+    if not conventions.settled(found, first):  # a given scaling too: the data may contradict it, and that is said
         found = read(s for s in conventions.SCALINGS if s != first)
     labels = computed[first][0]
     choice = conventions.choose(found, scaling=settings.pixel_scaling, defect_class=settings.defect_class,
@@ -278,19 +279,23 @@ def _conventions(model: Any, info: ModelInfo, settings: ConvertSettings, frames:
 
 def fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Of the candidates that met parity, the fastest (median ``classify`` at one thread, measured in turns); of
-    those within 5 % of it, the smallest. The name of a scheme says little: dynamic-range is slower than float32 on
-    some CPUs. Each row that met parity gets the reason it was, or was not, chosen."""
+    those within 5 % of it, the one that agrees with Keras most, then the smallest (float16 with 2 calls in 400
+    changed was chosen over float32 with none, by size alone). The name of a scheme says little: dynamic-range is
+    slower than float32 on some CPUs. Each row that met parity gets the reason it was, or was not, chosen."""
     passed = [r for r in rows if r["verdict"] == "passed"]
     if not passed:
         return None
     quickest = min(r["latency_ms_tflite"] for r in passed)
-    best = min((r for r in passed if r["latency_ms_tflite"] <= quickest * 1.05), key=lambda r: r["size_bytes"])
+    best = min((r for r in passed if r["latency_ms_tflite"] <= quickest * 1.05),
+               key=lambda r: (-r["agreement"], r["size_bytes"]))
     for r in passed:
         if r is best:
             r["reason"] = (f"chosen: the fastest of the {len(passed)} meeting parity "
                            f"({r['latency_ms_tflite']:.2f} ms at 1 thread, {r['size_bytes'] / 1e6:.2f} MB)")
         elif r["latency_ms_tflite"] > quickest * 1.05:
             r["reason"] = f"met parity, slower: {r['latency_ms_tflite']:.2f} ms against {quickest:.2f} ms"
+        elif r["agreement"] < best["agreement"]:
+            r["reason"] = f"met parity, as fast, agrees less: {r['agreement']:.4f} against {best['agreement']:.4f}"
         else:
             r["reason"] = f"met parity, as fast, larger: {r['size_bytes'] / 1e6:.2f} MB"
     return best

@@ -46,3 +46,11 @@ def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
     """Mean of the two classes' recalls: 0.5 is chance whatever the classes' shares, below it is worse than chance."""
     (tn, fp), (fn, tp) = confusion(labels, predicted)
     return float((tn / (tn + fp) + tp / (tp + fn)) / 2) if (tn + fp) and (tp + fn) else float("nan")
+
+
+def log_loss(labels: np.ndarray, p: np.ndarray, eps: float = 1e-6) -> float:
+    """Mean binary cross-entropy of ``p`` (P(class 1)) against ``labels``, in nats: how far the probabilities are
+    from the truth, where the threshold lies included (ROC AUC is blind to a shift of p that keeps its order)."""
+    q = np.clip(p.astype(np.float64), eps, 1 - eps)
+    y = labels.astype(bool)
+    return float(-np.mean(np.where(y, np.log(q), np.log(1 - q))))

@@ -21,3 +21,29 @@ def test_one_class_auc_is_nan_and_confusion_layout() -> None:
     assert confusion(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])).tolist() == [[1, 1], [0, 2]]
     r = summary(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.7, 0.9]), np.array([0, 1, 1, 1]))
     assert r["accuracy"] == 0.75 and r["precision_defect"] == 2 / 3 and r["recall_defect"] == 1.0
+
+
+def test_auto_prefers_the_variant_that_agrees_more_when_speed_ties() -> None:
+    """float16 changed 2 calls in 400 and float32 none, at the same speed: size alone chose float16."""
+    from converter.export import fastest
+
+    rows = [{"quantization": "float16", "verdict": "passed", "latency_ms_tflite": 1.00, "size_bytes": 50,
+             "agreement": 0.995},
+            {"quantization": "float32", "verdict": "passed", "latency_ms_tflite": 1.02, "size_bytes": 100,
+             "agreement": 1.0},
+            {"quantization": "int8", "verdict": "passed", "latency_ms_tflite": 2.0, "size_bytes": 25,
+             "agreement": 1.0}]
+    best = fastest(rows)
+    assert best is not None and best["quantization"] == "float32"
+    assert rows[0]["reason"] == "met parity, as fast, agrees less: 0.9950 against 1.0000"
+    assert rows[2]["reason"].startswith("met parity, slower")
+
+
+def test_log_loss_sees_the_shift_that_auc_does_not() -> None:
+    from converter.metrics import log_loss, roc_auc
+
+    y = np.array([0, 0, 1, 1], bool)
+    p = np.array([0.1, 0.2, 0.8, 0.9])
+    shifted = p * 0.3 + 0.6  # the same order, every call now defective: a wrong pixel scaling's effect
+    assert roc_auc(y, p) == roc_auc(y, shifted) == 1.0
+    assert log_loss(y, shifted) - log_loss(y, p) > 0.3
