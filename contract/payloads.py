@@ -35,6 +35,11 @@ Box = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[
             Annotated[int, Field(gt=0)]]
 # How a heatmap is computed (docs/gradcam.md); "auto" is the one the model's manifest names, chosen by measurement
 # when the model was converted.
+# A part's vocabulary, here once: the unit decides with it, the console counts by it, the wire carries it.
+Verdict = Literal["ok", "ng", "unsure", "missed"]
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
+TriggerSource = Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
+Aggregate = Literal["max", "mean", "centred"]  # a part's p_defect from its frames'
 CamMethod = Literal["gradcam", "gradcam++", "layercam", "hirescam"]
 HeatmapMethod = Literal["auto", CamMethod]
 HEATMAP_METHODS: tuple[str, ...] = get_args(HeatmapMethod)
@@ -147,9 +152,9 @@ class Part(Message):
                               "error", "frame_id", "crop", "framing", "ood", "unfamiliar"})
     part_id: str = Field(pattern=topics.FRAME_ID.pattern)
     seq: int = Field(ge=1)
-    trigger: Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
-    verdict: Literal["ok", "ng", "unsure", "missed"]
-    aggregate: Literal["max", "mean", "centred"]
+    trigger: TriggerSource
+    verdict: Verdict
+    aggregate: Aggregate
     frames: list[PartFrame]
     frame_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # the frame that decided it
     label: str | None = Field(default=None, max_length=40)
@@ -242,6 +247,24 @@ class Reply(Message):
 
 
 M = TypeVar("M", bound=Message)
+
+
+class RelayLink(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    reconnects: int = Field(ge=0)
+    last_error: str = ""
+
+
+class RelayStatus(Message):
+    """Retained on ``defect-relay/<id>/status`` (and sent as its metrics): the relay's queue and its link. The
+    ``device_id`` is the relay's own id."""
+
+    started_at: str
+    uptime_s: float
+    counters: dict[str, int]  # alerts taken in, refused, mailed, ... since the queue was made
+    outgoing: dict[str, int]  # deliveries by state: pending, sent, dead
+    dead_letters: list[dict[str, Any]]  # the last deliveries given up on, with why
+    mqtt: RelayLink
 
 
 def dumps(message: Message) -> bytes:

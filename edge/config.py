@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from contract import topics
-from contract.payloads import Band, HeatmapMethod
+from contract.payloads import Aggregate, Band, HeatmapMethod
 from contract.settings import (
     BrokerSettings,
     ConfigError,
@@ -156,7 +156,7 @@ class PartsConfig(Section):
     """One verdict per part (docs/line.md): by presence on the ROI, or per trigger in on_demand mode."""
 
     presence: bool = False  # continuous mode: classify only frames with a part in position, one verdict per part
-    aggregate: Literal["max", "mean", "centred"] = "max"  # a part's p_defect from its frames'
+    aggregate: Aggregate = "max"  # a part's p_defect from its frames'
     frames_per_trigger: int = Field(default=1, ge=1, le=16)  # on_demand: frames classified per trigger
     max_frame_delay_ms: float = Field(default=100.0, gt=0)  # on_demand: a first frame later than this is a miss
     max_pending: int = Field(default=8, ge=1, le=1000)  # on_demand: triggers waiting; more are answered missed

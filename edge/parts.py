@@ -35,6 +35,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from contract.payloads import Aggregate, TriggerSource, Verdict
 from edge.classifier import Classifier, Prediction, decide
 from edge.config import PartsConfig
 from edge.framing import Blob, Figures, Located, largest_blob, locate, small_grey
@@ -42,10 +43,7 @@ from edge.preprocess import Roi
 
 log = logging.getLogger(__name__)
 
-Aggregate = Literal["max", "mean", "centred"]
 Crop = Literal["part", "roi"]
-Verdict = Literal["ok", "ng", "unsure", "missed"]
-TriggerSource = Literal["presence", "mqtt", "gpio", "modbus", "opcua", "api"]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from contract.payloads import TriggerSource
 from edge.classifier import Classifier, Prediction
 from edge.framing import Located, locate, part_crop
 from edge.parts import (
@@ -32,7 +33,6 @@ from edge.parts import (
     PartSettings,
     PartVerdict,
     Triggers,
-    TriggerSource,
     missed,
     verdict_of,
 )

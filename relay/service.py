@@ -8,7 +8,6 @@ one group split the fleet and each alert is handled by one of them; they are ren
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -143,15 +142,15 @@ class Relay:
                 log.exception("sender failed; retrying")
 
     # -- own topics ----------------------------------------------------------------------------------------------
-    def status_payload(self) -> dict[str, Any]:
-        return {"schema": payloads.SCHEMA, "device_id": self.cfg.id, "ts": topics.utc_now(),
-                "started_at": topics.iso(self.started), "uptime_s": round(time.time() - self.started, 1),
-                "counters": self.store.counters(), "outgoing": self.store.outgoing_counts(),
-                "dead_letters": self.store.dead_letters(),
-                "mqtt": {"reconnects": self.outage.reconnects, "last_error": self.outage.last_error}}
+    def status_payload(self) -> payloads.RelayStatus:
+        return payloads.RelayStatus(
+            device_id=self.cfg.id, started_at=topics.iso(self.started), uptime_s=round(time.time() - self.started, 1),
+            counters=self.store.counters(), outgoing=self.store.outgoing_counts(),
+            dead_letters=self.store.dead_letters(),
+            mqtt=payloads.RelayLink(reconnects=self.outage.reconnects, last_error=self.outage.last_error))
 
     def _status_json(self) -> bytes:
-        return json.dumps(self.status_payload(), separators=(",", ":")).encode()
+        return payloads.dumps(self.status_payload())
 
     def publish_status(self) -> None:
         self.client.publish(f"{self.base}/{topics.STATUS}", self._status_json(), qos=1, retain=True)

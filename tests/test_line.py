@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contract.payloads import TriggerSource
 from converter import synth
 from edge.classifier import Classifier
 from edge.io import LineState
 from edge.io.modbus import TRIGGER_REGISTER, ModbusLine
-from edge.parts import Part, PartSettings, PartVerdict, Presence, PresenceSettings, TriggerSource
+from edge.parts import Part, PartSettings, PartVerdict, Presence, PresenceSettings
 from edge.pipeline import Pipeline, Result
 from edge.sources import Camera, source_from_spec
 from harness import REPO

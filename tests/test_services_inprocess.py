@@ -115,6 +115,9 @@ def test_the_relay_mails_an_alert_with_its_evidence(tmp_path: Path, broker: Brok
         pub.close()
     rcpts, mail = smtp.sink.mails[0]
     assert rcpts == ["lead@plant.example"] and mail["Subject"] == "[defect] line3-a: defective (p=0.930)"
+    status = [payloads.read(payloads.RelayStatus, p, device_id=cfg.id) for t, p, _ in pub.messages
+              if t.endswith(("/status", "/metrics"))][-1]  # the contract's model, no hand-built dict
+    assert status.counters["rejected_not_json"] == 1 and status.mqtt.reconnects >= 0
     assert sorted(p.get_filename() for p in mail.iter_attachments()) == [f"{frame}.gradcam.jpg",
                                                                          f"{frame}.snapshot.jpg"]
 

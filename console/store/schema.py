@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import BigInteger
 
+from contract import payloads
+
 metadata = MetaData()
 
 # p_defect histogram bins (0.0-0.1, ..., 0.9-1.0) and latency buckets (upper bounds, ms) of the minute aggregates.
@@ -72,7 +74,7 @@ minutes = Table(
     *(Column(f"l{i}", Integer, nullable=False) for i in range(len(LATENCY_BOUNDS_MS) + 1)),
 )
 
-VERDICTS = ("ok", "ng", "unsure", "missed")  # a part's, as the unit decides it (docs/line.md)
+VERDICTS: tuple[str, ...] = payloads.VERDICTS  # a part's, as the unit decides it (docs/line.md)
 
 parts = Table(  # one per part a unit judged: what the line acted on, the console's unit of account
     "parts", metadata,

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from contract.payloads import TriggerSource
 from edge.config import LineConfig
-from edge.parts import Part, PartVerdict, TriggerSource
+from edge.parts import Part, PartVerdict
 
 Trigger = Callable[[TriggerSource], Part]
 UnitState = Literal["starting", "ready", "not_ready", "stopping"]
