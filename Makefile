@@ -37,9 +37,10 @@ system-deps:
 test: setup system-deps
 	$(PY) -m pytest
 
-# Everything but the tests that train or convert real models, or run TensorFlow: under two minutes.
+# The tiers (docs/benchmarks.md): each test says what it needs. The fast tier needs neither TensorFlow nor the
+# product's programs run as processes (a Mosquitto on loopback and in-process units it does use): under two minutes.
 test-fast: setup system-deps
-	$(PY) -m pytest -m 'not slow'
+	$(PY) -m pytest -m 'not tensorflow and not processes'
 
 # ruff; the layers (import-linter: a lower layer importing a higher one fails); mypy --strict on the product.
 lint: setup
@@ -49,7 +50,7 @@ lint: setup
 
 # Which lines the fast tier runs, per product module (a module at 0 % is one the fast tier does not reach).
 coverage: setup system-deps
-	$(PY) -m coverage run --source=console,contract,edge,relay,converter -m pytest -q -m 'not slow'
+	$(PY) -m coverage run --source=console,contract,edge,relay,converter -m pytest -q -m 'not tensorflow and not processes'
 	$(PY) -m coverage report --skip-empty
 
 demo: setup

@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contract import topics
+from contract.topics import AlertKind, Command
 
 SCHEMA = 1
 MAX_JSON_BYTES = 64 * 1024  # a status or metrics message is a few KiB; anything far larger is not one of ours
@@ -29,7 +30,6 @@ def _band(v: tuple[float, float]) -> tuple[float, float]:
 # The low-confidence band of a decision: the one check, wherever a band is given (manifest, edge.toml, command).
 Band = Annotated[tuple[float, float], AfterValidator(_band)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-AlertKind = Literal["defect", "low_confidence", "camera_offline", "model_error", "framing", "unfamiliar_input"]
 # A region of a frame in its pixels: x, y, width, height (the crop a model was fed).
 Box = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)], Annotated[int, Field(gt=0)],
             Annotated[int, Field(gt=0)]]
@@ -354,7 +354,7 @@ class GradcamArgs(CommandArgs):
     method: HeatmapMethod = "auto"
 
 
-COMMAND_ARGS: dict[str, type[CommandArgs]] = {"model": ModelArgs, "threshold": ThresholdArgs,
+COMMAND_ARGS: dict[Command, type[CommandArgs]] = {"model": ModelArgs, "threshold": ThresholdArgs,
                                                "trigger": TriggerArgs, "feedback": FeedbackArgs,
                                                "gradcam": GradcamArgs, "learn_belt": LearnBeltArgs}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Literal, get_args
 
 DEFAULT_PREFIX = "defect-edge"
 
@@ -24,8 +25,12 @@ GRADCAM = "gradcam"  # gradcam/<frame_id>: JPEG bytes; "gradcam" alone: the JSON
 CMD = "cmd"  # cmd/<name>; replies on cmd/<name>/reply
 REPLY = "reply"
 
-COMMANDS = ("gradcam", "model", "threshold", "feedback", "trigger", "learn_belt")
-ALERT_KINDS = ("defect", "low_confidence", "camera_offline", "model_error", "framing", "unfamiliar_input")
+# The names a unit answers on cmd/<name>, and the kinds of alert it raises: here once. Their payloads' models are in
+# contract/payloads.py, keyed by these names.
+Command = Literal["gradcam", "model", "threshold", "feedback", "trigger", "learn_belt"]
+COMMANDS: tuple[Command, ...] = get_args(Command)
+AlertKind = Literal["defect", "low_confidence", "camera_offline", "model_error", "framing", "unfamiliar_input"]
+ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 
 ONLINE, OFFLINE = b"online", b"offline"
 

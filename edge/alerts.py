@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from contract.payloads import AlertKind
+from contract.topics import AlertKind
 from edge.classifier import Prediction
 
 

@@ -32,13 +32,14 @@ import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
+from edge import messages
 from edge.alerts import Alert, AlertPolicy, Sampler, Streak
 from edge.classifier import Classifier
 from edge.config import EdgeConfig
 from edge.control import Control
 from edge.framing import Figures, FramingWatch, figures
 from edge.gradcam.service import GradcamService, Outcome
-from edge.health import Health
+from edge.health import Health, Watched
 from edge.history import History
 from edge.images import ImageError, boxed, encode_jpeg
 from edge.io import LineInterface, LineState, line_interfaces
@@ -51,7 +52,7 @@ from edge.mqtt.outbox import Outbox
 from edge.parts import Part, PartIds, PartSettings, PartVerdict, deciding_frame, missed
 from edge.pipeline import Pipeline, Result
 from edge.policy import DecisionPolicy
-from edge.preprocess import FrameError, Roi
+from edge.preprocess import FrameError
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
 from edge.systemd import Notifier
@@ -71,10 +72,6 @@ PUBLISH_EVERY_S = 0.05
 PUBLISH_BACKLOG = 32
 # A configured line interface cannot start: the exit status systemd does not restart on (RestartPreventExitStatus).
 EXIT_LINE_UNAVAILABLE = 2
-
-
-def _box(crop: Roi | None) -> tuple[int, int, int, int] | None:
-    return None if crop is None else (crop.x, crop.y, crop.width, crop.height)
 
 
 def _version() -> str:
@@ -118,10 +115,6 @@ class Daemon:
                                   rearm_after_good_frames=a.rearm_after_good_frames, repeat_after_s=a.repeat_after_s)
         self.sampler = Sampler(a.sample_share, a.sample_per_minute)
         self.latency = StageLatency()
-        self.swap_lock = threading.Lock()
-        self.router = CommandRouter(cfg.mqtt.prefix, cfg.device.id, Control(self), self._reply)
-        self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload,
-                             discovery=self._discovery, instance=(self.instance_id, self.started_at))
         g = cfg.gradcam
         self.gradcam = GradcamService(lambda: self.classifier.manifest_path, self._gradcam_done,
                                       roi=cfg.camera.region(),
@@ -129,7 +122,15 @@ class Daemon:
                                       request_timeout_s=g.request_timeout_s, alpha=g.alpha,
                                       jpeg_quality=g.jpeg_quality, layers=tuple(g.layers),
                                       duty_cycle=g.duty_cycle) if g.enabled else None
-        self.health = Health(self)
+        self.control = Control(self.pipeline, ring=self.ring, history=self.history, policy=self.policy,
+                               gradcam=self.gradcam, load=self.load_classifier, changed=self.publish_status)
+        self.router = CommandRouter(cfg.mqtt.prefix, cfg.device.id, self.control, self._reply)
+        self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload,
+                             discovery=self._discovery, instance=(self.instance_id, self.started_at))
+        self.health = Health(Watched(cfg.device.id, self.started_at, self.camera, self.pipeline, self.latency,
+                                     self.outbox, self.link, self.alerts, self.line_state, self.line),
+                             offline_alert_after_s=cfg.camera.offline_alert_after_s, alert=self.publish_alert,
+                             changed=self.publish_status)
         self.framing = FramingWatch(self.classifier.manifest.framing)
         self.unfamiliar = Streak(cfg.alerts.unfamiliar_streak)
         self._ready = False
@@ -139,7 +140,6 @@ class Daemon:
         self._publish_lock = threading.Lock()  # one thread publishes at a time, so messages keep that order
         self._published_all = threading.Event()  # the inference loop has ended: publish what is left, then stop
         self._publish_now = threading.Event()  # a verdict was handed: no waiting for the beat
-        self.model_refused: str | None = None  # shown on status until a model loads
 
     # -- model -----------------------------------------------------------------------------------------------
     def load_classifier(self, name: str) -> Classifier:
@@ -176,7 +176,7 @@ class Daemon:
                                         reconnects=cam.stats.reconnects, stalls=cam.stats.stalls,
                                         last_error=cam.stats.last_error),
             gradcam={"state": self.gradcam.state, "pid": self.gradcam.pid, **self.gradcam.counts}
-            if self.gradcam else {"state": "disabled"}, model_refused=self.model_refused,
+            if self.gradcam else {"state": "disabled"}, model_refused=self.control.model_refused,
             framing=self.framing.status() if self.pipeline.judges_parts else None,
             familiarity=None if clf.ood_threshold is None else {
                 "threshold": clf.ood_threshold, "unfamiliar": self.unfamiliar.unfamiliar,
@@ -200,12 +200,11 @@ class Daemon:
         return discovery_messages(self.cfg.homeassistant.prefix, self.link.base, self.cfg.device.id, _version(),
                                   self.classifier.name)
 
-    def _alert_message(self, alert: Alert, ts: str) -> payloads.Alert:
-        return payloads.Alert(device_id=self.cfg.device.id, ts=ts, kind=alert.kind, frame_id=alert.frame_id,
-                              dedup_key=alert.dedup_key, **alert.detail)
+    def _alert_json(self, alert: Alert, ts: str) -> bytes:
+        return payloads.dumps(messages.alert(self.cfg.device.id, alert, ts))
 
     def publish_alert(self, alert: Alert, ts: str) -> None:
-        self.link.publish(topics.ALERT, payloads.dumps(self._alert_message(alert, ts)), qos=1, kind="alert")
+        self.link.publish(topics.ALERT, self._alert_json(alert, ts), qos=1, kind="alert")
         self.history.event("alert", kind=alert.kind, frame_id=alert.frame_id)
 
     def _model_ref(self) -> payloads.ModelRef:
@@ -282,12 +281,9 @@ class Daemon:
         t0 = time.perf_counter()
         p, frame_id = buffered.prediction, buffered.frame_id
         ts = topics.iso(buffered.captured_at)
-        message = payloads.Result(
-            device_id=self.cfg.device.id, ts=ts, frame_id=frame_id, label=p.label,
-            defective=p.defective, p_defect=round(p.p_defect, 6), confidence=round(p.confidence, 6),
-            threshold=p.threshold, low_confidence=p.low_confidence, model=model,
-            timings_ms={k: round(v, 3) for k, v in timings_ms.items()}, part_id=part_id,
-            crop=_box(buffered.crop), **self._familiarity(p.ood))
+        message = messages.result(self.cfg.device.id, ts=ts, frame_id=frame_id, p=p, timings_ms=timings_ms,
+                                  part_id=part_id, model=model, crop=buffered.crop,
+                                  ood_limit=self.classifier.ood_threshold)
         # Buffered before it is announced: a command naming the frame may arrive as soon as the result is out.
         self.ring.add(buffered)
         if part_id is None or self.cfg.parts.frame_results:
@@ -316,8 +312,7 @@ class Daemon:
         frames. No wire ever shows a verdict that a crash could lose."""
         part_message, alerts = self._part_messages(v, self._model_ref())
         record = json.dumps({"part": payloads.dumps(part_message).decode(),
-                             "alerts": [payloads.dumps(self._alert_message(a, part_message.ts)).decode()
-                                        for a in alerts]})
+                             "alerts": [self._alert_json(a, part_message.ts).decode() for a in alerts]})
         try:
             self.outbox.decide_part(v.part.seq, v.part.part_id, v.part.source, v.part.opened_at, record)
         except sqlite3.Error as e:  # the line still gets its answer: a PLC waits, and the MQTT message follows
@@ -335,22 +330,10 @@ class Daemon:
         """The ``part`` message of a verdict (but its framing figures, measured later on the publisher) and the
         alerts it raises."""
         part, p = v.part, v.prediction
-        decider = deciding_frame(part, self.cfg.parts.aggregate) if part.frames else None
-        ts = topics.iso(decider.captured_at if decider else time.time())
-        started = part.first_frame
-        message = payloads.Part(
-            device_id=self.cfg.device.id, ts=ts, part_id=part.part_id, seq=part.seq, trigger=part.source,
-            verdict=v.verdict, aggregate=self.cfg.parts.aggregate,
-            frames=[payloads.PartFrame(frame_id=f.frame_id, p_defect=round(f.p_defect, 6)) for f in part.frames],
-            frame_id=decider.frame_id if decider else None, label=p.label if p else None,
-            defective=p.defective if p else None, p_defect=round(p.p_defect, 6) if p else None,
-            confidence=round(p.confidence, 6) if p else None, threshold=p.threshold if p else None,
-            low_confidence=p.low_confidence if p else None, model=model, error=v.error,
-            timings_ms={"trigger_to_verdict": round(v.trigger_to_verdict_ms, 3),
-                        **({"trigger_to_first_frame": round((started - part.started) * 1e3, 3)}
-                           if started is not None else {})},
-            crop=_box(decider.crop) if decider else None,
-            **self._familiarity(decider.ood if decider else None))
+        rule = self.cfg.parts.aggregate
+        message = messages.part(self.cfg.device.id, v, rule=rule, model=model,
+                                ood_limit=self.classifier.ood_threshold)
+        decider = deciding_frame(part, rule) if part.frames else None
         alerts = [] if p is None or decider is None else [
             *self.alerts.on_part(part.part_id, decider.frame_id, p),
             *self._unfamiliar(decider.ood, decider.frame_id, part.part_id, part_id=part.part_id)]
@@ -364,7 +347,7 @@ class Daemon:
         if seen is not None:
             message = message.model_copy(update={"framing": seen.as_dict()})
         self.link.publish_many([(topics.PART, payloads.dumps(message), "part"),
-                                *((topics.ALERT, payloads.dumps(self._alert_message(a, message.ts)), "alert")
+                                *((topics.ALERT, self._alert_json(a, message.ts), "alert")
                                   for a in alerts)], settles=v.part.seq)
         self.history.event("part", part_id=v.part.part_id, verdict=v.verdict, p_defect=message.p_defect)
         for a in alerts:
@@ -385,16 +368,16 @@ class Daemon:
         for u in self.outbox.unsettled():
             if u.decided is not None:
                 record = json.loads(u.decided)
-                messages = [(topics.PART, record["part"].encode(), "part"),
-                            *((topics.ALERT, a.encode(), "alert") for a in record["alerts"])]
+                queued = [(topics.PART, record["part"].encode(), "part"),
+                          *((topics.ALERT, a.encode(), "alert") for a in record["alerts"])]
                 verdict = json.loads(record["part"]).get("verdict")
             else:
                 part = Part(u.part_id, u.seq, u.source, time.perf_counter(), opened_at=u.opened)  # type: ignore[arg-type]
                 v = missed(part, "the unit stopped while the part was being inspected; this is its restart")
                 message, _ = self._part_messages(v, self._model_ref())
-                messages, verdict = [(topics.PART, payloads.dumps(message), "part")], "missed"
+                queued, verdict = [(topics.PART, payloads.dumps(message), "part")], "missed"
                 self.line_state.decided(v)
-            self.link.publish_many(messages, settles=u.seq)
+            self.link.publish_many(queued, settles=u.seq)
             self.history.event("part", part_id=u.part_id, verdict=verdict, recovered=True)
             log.warning("part %d (%s) from before the restart: published %s", u.seq, u.part_id, verdict)
 
@@ -406,12 +389,6 @@ class Daemon:
         except (FrameError, ImageError):
             return None
         return figures(region, pixel_threshold=self.cfg.parts.pixel_threshold)
-
-    def _familiarity(self, ood: float | None) -> dict[str, Any]:
-        limit = self.classifier.ood_threshold
-        if ood is None or limit is None:
-            return {}
-        return {"ood": round(ood, 4), "unfamiliar": ood > limit}
 
     def _unfamiliar(self, ood: float | None, frame_id: str, key: str, **detail: str) -> list[Alert]:
         """A run of inputs unlike anything the model was trained on (an unknown part, an empty fixture, a hand):
@@ -501,7 +478,7 @@ class Daemon:
                 log.error("%s: not running without it (exit %d); is another unit already serving it?", e,
                           EXIT_LINE_UNAVAILABLE)
                 self.history.event("line_error", interface=interface.name, error=str(e))
-                self.line = self.line[:i]  # the ones started are stopped on the way out
+                del self.line[i:]  # the ones started are stopped on the way out
                 return False
         return True
 

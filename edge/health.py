@@ -9,70 +9,92 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from contract import payloads, topics
-from edge.alerts import Alert
-from edge.metrics import cpu_temperature_c, load_average, rss_mb
+from edge.alerts import Alert, AlertPolicy
+from edge.io import LineInterface, LineState
+from edge.metrics import StageLatency, cpu_temperature_c, load_average, rss_mb
+from edge.mqtt.client import MqttLink
+from edge.mqtt.outbox import Outbox
+from edge.pipeline import Pipeline
+from edge.sources import Camera
 
-if TYPE_CHECKING:
-    from edge.daemon import Daemon
+
+@dataclass(frozen=True)
+class Watched:
+    """What the unit's health is read from: each of the daemon's parts it looks at, and nothing else of it."""
+
+    device_id: str
+    started_at: float  # wall clock
+    camera: Camera
+    pipeline: Pipeline
+    latency: StageLatency
+    outbox: Outbox
+    link: MqttLink
+    alerts: AlertPolicy
+    line_state: LineState
+    line: Sequence[LineInterface]
 
 
 class Health:
-    def __init__(self, daemon: Daemon):
-        self.d = daemon
-        self._camera_state = daemon.camera.state
+    """``alert`` raises an alert (and keeps it); ``changed`` republishes the retained status."""
+
+    def __init__(self, w: Watched, *, offline_alert_after_s: float, alert: Callable[[Alert, str], None],
+                 changed: Callable[[], None]):
+        self.w = w
+        self.offline_alert_after_s = offline_alert_after_s
+        self._alert, self._changed = alert, changed
+        self._camera_state = w.camera.state
         self._offline_since: float | None = None
         self._offline_alerted = False
         self._frame_errors_seen = 0
         self._last_metrics = time.monotonic()
 
     def watch_camera(self, now: float | None = None) -> None:
-        d = self.d
-        if d.camera.state != self._camera_state:
-            self._camera_state = d.camera.state
-            d.publish_status()
+        camera = self.w.camera
+        if camera.state != self._camera_state:
+            self._camera_state = camera.state
+            self._changed()
         now = time.time() if now is None else now
-        if d.camera.state in ("streaming", "ended"):
+        if camera.state in ("streaming", "ended"):
             self._offline_since, self._offline_alerted = None, False
             return
         self._offline_since = self._offline_since or now
-        if not self._offline_alerted and now - self._offline_since >= d.cfg.camera.offline_alert_after_s:
+        if not self._offline_alerted and now - self._offline_since >= self.offline_alert_after_s:
             self._offline_alerted = True
-            key = f"{d.cfg.device.id}:camera_offline:{int(self._offline_since)}"
-            d.publish_alert(Alert("camera_offline", None, key, {"since": topics.iso(self._offline_since),
-                                                                "error": d.camera.stats.last_error}),
-                            topics.iso(now))
+            key = f"{self.w.device_id}:camera_offline:{int(self._offline_since)}"
+            self._alert(Alert("camera_offline", None, key, {"since": topics.iso(self._offline_since),
+                                                            "error": camera.stats.last_error}), topics.iso(now))
 
     def watch_frame_errors(self, now: float | None = None) -> None:
-        d = self.d
-        errors = d.pipeline.stats.frame_errors
+        stats = self.w.pipeline.stats
+        errors = stats.frame_errors
         if errors > self._frame_errors_seen:
             now = time.time() if now is None else now
-            key = f"{d.cfg.device.id}:model_error:{int(now // 60)}"  # at most one a minute
-            d.publish_alert(Alert("model_error", None, key, {"frame_errors": errors - self._frame_errors_seen,
-                                                             "error": d.pipeline.stats.last_error}),
-                            topics.iso(now))
+            key = f"{self.w.device_id}:model_error:{int(now // 60)}"  # at most one a minute
+            self._alert(Alert("model_error", None, key, {"frame_errors": errors - self._frame_errors_seen,
+                                                         "error": stats.last_error}), topics.iso(now))
             self._frame_errors_seen = errors
 
     def metrics(self) -> payloads.Metrics:
-        d = self.d
+        w, pipeline = self.w, self.w.pipeline
         now = time.monotonic()
-        frames, stages = d.latency.take()
+        frames, stages = w.latency.take()
         elapsed, self._last_metrics = now - self._last_metrics, now
-        depth, nbytes = d.outbox.depth()
-        cam = d.camera.stats
+        depth, nbytes = w.outbox.depth()
+        cam = w.camera.stats
         return payloads.Metrics(
-            device_id=d.cfg.device.id, interval_s=round(elapsed, 3),
-            fps=round(frames / elapsed, 3) if elapsed else 0.0, frames=frames, dropped_frames=d.pipeline.dropped,
-            unused_frames=d.pipeline.unused if d.pipeline.mode == "on_demand" else None,
-            frame_errors=d.pipeline.stats.frame_errors, latency_ms=stages, cpu_temp_c=cpu_temperature_c(),
+            device_id=w.device_id, interval_s=round(elapsed, 3),
+            fps=round(frames / elapsed, 3) if elapsed else 0.0, frames=frames, dropped_frames=pipeline.dropped,
+            unused_frames=pipeline.unused if pipeline.mode == "on_demand" else None,
+            frame_errors=pipeline.stats.frame_errors, latency_ms=stages, cpu_temp_c=cpu_temperature_c(),
             load=load_average(), rss_mb=rss_mb(),
-            outbox={"depth": depth, "bytes": nbytes, "shed": d.outbox.shed_counts()},
-            mqtt={"reconnects": d.link.outage.reconnects, "dropped_qos0": d.link.stats.dropped_qos0},
-            camera={"state": d.camera.state, "reconnects": cam.reconnects, "stalls": cam.stalls},
-            alerts_suppressed=d.alerts.suppressed, uptime_s=round(time.time() - d.started_at, 1),
-            parts={"judged": d.pipeline.stats.parts, "missed": d.pipeline.stats.missed,
-                   "pending": d.pipeline.triggers.pending, "line_refused": d.line_state.refused,
-                   "line": [i.name for i in d.line]} if d.pipeline.judges_parts else None)
+            outbox={"depth": depth, "bytes": nbytes, "shed": w.outbox.shed_counts()},
+            mqtt={"reconnects": w.link.outage.reconnects, "dropped_qos0": w.link.stats.dropped_qos0},
+            camera={"state": w.camera.state, "reconnects": cam.reconnects, "stalls": cam.stalls},
+            alerts_suppressed=w.alerts.suppressed, uptime_s=round(time.time() - w.started_at, 1),
+            parts={"judged": pipeline.stats.parts, "missed": pipeline.stats.missed,
+                   "pending": pipeline.triggers.pending, "line_refused": w.line_state.refused,
+                   "line": [i.name for i in w.line]} if pipeline.judges_parts else None)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from contract.payloads import CamMethod
+from contract.payloads import Band, CamMethod, Probability
 
 SCHEMA_VERSION = 1
 
@@ -69,15 +69,8 @@ class OutputSpec(_Frozen):
 class Decision(_Frozen):
     """p_defect > threshold means defective (strictly, as the original app did); inside the band is low-confidence."""
 
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    low_confidence_band: tuple[float, float] = (0.3, 0.7)
-
-    @model_validator(mode="after")
-    def _band_is_ordered(self) -> Decision:
-        lo, hi = self.low_confidence_band
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError("low_confidence_band must be [lo, hi] with 0 <= lo <= hi <= 1")
-        return self
+    threshold: Probability = 0.5
+    low_confidence_band: Band = (0.3, 0.7)
 
 
 class FileRef(_Frozen):

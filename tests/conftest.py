@@ -25,6 +25,27 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = 64  # input side of the tiny test models
 
 
+# The fixtures that build models with TensorFlow: a test using one needs TensorFlow whatever its module says.
+TF_FIXTURES = frozenset({"keras_mod", "tiny_h5", "models_dir", "casting_model"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test says what it needs (``docs/benchmarks.md``): ``tensorflow`` is derived from its fixtures too, so a
+    fast-tier test cannot start a conversion unnoticed."""
+    for item in items:
+        if TF_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tensorflow)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that deselected the ``tensorflow`` tests and still imported TensorFlow has a test that needs it and
+    does not say so: the run fails, naming the rule."""
+    if "not tensorflow" in (session.config.getoption("markexpr") or "") and "tensorflow" in sys.modules:
+        print("\nerror: TensorFlow was imported by a test not marked `tensorflow` (tests/conftest.py TF_FIXTURES)",
+              file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def synthetic_xy(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     parts = list(synth.iter_parts(seed, count, size=size))
     return (np.stack([p.image for p in parts]).astype(np.float32) / 255.0,

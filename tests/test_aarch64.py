@@ -29,7 +29,7 @@ from harness import REPO, aarch64
 from harness.data import casting_present, casting_sample
 
 # The first test pays for building the root (about 6 min here) and installing under emulation (about 4 min).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(2700)]
 
 FLOAT_TOLERANCE = 1e-5
 IMAGES = "/tmp/defect-images"  # inside the root

@@ -33,7 +33,7 @@ from harness.belt import (
     write_belt,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.tensorflow, pytest.mark.processes]
 
 PARTS = 30
 

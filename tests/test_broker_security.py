@@ -21,7 +21,7 @@ from harness.daemon import ALERT_STREAM, Daemon, config
 from harness.relay import RelayProc
 from harness.smtp import Smtp
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.processes
 
 CONF = REPO / "systemd" / "mosquitto"
 USERS = ("unitA", "unitB", "relay", "operator", "dashboard")

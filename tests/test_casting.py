@@ -17,7 +17,7 @@ from edge.preprocess import Preprocessor
 from harness.data import casting_split
 from tests.conftest import TINY, build_tiny
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.tensorflow
 
 
 def test_auto_quantization_meets_parity_on_held_out_casting_images(casting: Path, tmp_path: Path,

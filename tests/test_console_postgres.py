@@ -20,7 +20,7 @@ from harness.console import ConsoleProc
 from harness.postgres import Postgres, binaries
 from harness.units import SimUnit
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture(scope="module")

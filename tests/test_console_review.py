@@ -189,7 +189,7 @@ def test_export_writes_the_layout_the_converter_reads(world: tuple[TestClient, E
     assert r.status_code == 200 and r.content[:2] == b"PK"
 
 
-@pytest.mark.slow
+@pytest.mark.tensorflow
 def test_an_export_round_trips_into_train_and_eval(tmp_path: Path) -> None:
     """Reviewed synthetic parts, exported, train a model with defect-convert, which converts against the held-out
     share: the export is a data set the converter takes as it is."""
@@ -230,7 +230,7 @@ def test_an_export_round_trips_into_train_and_eval(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "reviewed.json").read_text())["parity"]["n"] == 10
 
 
-@pytest.mark.slow
+@pytest.mark.tensorflow
 def test_a_heatmap_for_a_frame_the_unit_no_longer_buffers(tmp_path: Path) -> None:
     """The unit is asked (cmd/gradcam); the console also makes one from its stored snapshot with the same Grad-CAM
     worker and the model's .h5 from its store, and keeps it with the frame."""

@@ -23,7 +23,7 @@ from harness.daemon import Daemon, part_folder
 from harness.units import SimUnit
 from harness.wait import until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.processes
 SHOTS = REPO / "var" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

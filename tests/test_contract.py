@@ -106,8 +106,16 @@ def test_topics_outside_the_contract_are_refused(topic: str, reason: str) -> Non
     assert e.value.reason == reason
 
 
-def test_every_command_the_contract_names_has_a_schema() -> None:
+def test_every_command_the_contract_names_has_a_schema_and_a_handler() -> None:
+    """The names are written once (contract/topics.py); the schemas, the unit's handler interface and its handlers
+    are each checked against them, so a command added in one place and not the others fails here."""
+    from edge.control import Control
+    from edge.mqtt.commands import Handlers as UnitHandlers
+
     assert set(topics.COMMANDS) == set(payloads.COMMAND_ARGS)
+    for name in topics.COMMANDS:
+        assert hasattr(UnitHandlers, f"cmd_{name}") and hasattr(Control, f"cmd_{name}"), name
+    assert {n.removeprefix("cmd_") for n in vars(Control) if n.startswith("cmd_")} == set(topics.COMMANDS)
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

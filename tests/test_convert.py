@@ -15,7 +15,7 @@ from edge import manifest as mf
 from edge.classifier import Classifier
 from tests.conftest import TINY, build_tiny, synthetic_xy
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.tensorflow
 
 
 def convert(*args: object) -> int:

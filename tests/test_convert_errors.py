@@ -14,7 +14,7 @@ import pytest
 from converter.cli import EXIT_BAD_INPUT, main
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.tensorflow
 
 
 def fails_with(capsys: pytest.CaptureFixture[str], argv: list[object], message: str) -> None:

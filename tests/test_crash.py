@@ -20,7 +20,7 @@ from harness.daemon import BASE, Daemon, config
 from harness.wait import until
 from tests.test_line import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.processes
 
 KILLS = 20
 

@@ -24,7 +24,7 @@ from harness.broker import Broker, Collector
 from harness.certs import make_certs
 from harness.daemon import ALERT_STREAM, BASE, Daemon, config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.processes
 
 def start(daemons: list[Daemon], tmp: Path, cfg: dict[str, dict[str, Any]], **kw: Any) -> Daemon:
     d = Daemon(tmp, cfg, **kw).start()

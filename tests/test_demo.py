@@ -12,7 +12,7 @@ import pytest
 
 from harness import REPO
 
-pytestmark = pytest.mark.slow  # about 65 s each: the demo runs for DEMO_SECONDS
+pytestmark = pytest.mark.processes  # about 65 s each: the demo runs for DEMO_SECONDS
 
 
 @pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])

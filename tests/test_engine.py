@@ -25,7 +25,7 @@ from edge.runtime import RuntimeUnavailableError
 from edge.sources.base import Camera
 from harness.frames import MemoryFrames as Frames
 
-pytestmark = pytest.mark.slow  # the models_dir fixture converts models
+pytestmark = pytest.mark.tensorflow  # the models_dir fixture converts models
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from harness import REPO
 from harness.broker import Broker, Collector
 from harness.daemon import ALERT_STREAM, BASE, Daemon, config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.tensorflow, pytest.mark.processes]
 
 
 @pytest.mark.parametrize("model", ["mobilenetv2", "cnn", "efficientnetb0"])

@@ -22,7 +22,7 @@ from edge.classifier import Classifier
 from edge.images import list_images, read_rgb
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.tensorflow
 
 
 def _frames(folder: Path, count: int = 12) -> np.ndarray:

@@ -21,7 +21,7 @@ from harness.certs import make_certs
 from harness.relay import RelayProc
 from harness.smtp import Smtp
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.processes
 
 JPEG = cv2.imencode(".jpg", synth.render(2, 3, size=96, defect="crack").image)[1].tobytes()
 

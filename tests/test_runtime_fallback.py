@@ -16,7 +16,7 @@ import pytest
 
 from harness import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.processes
 
 PROBE = """
 import sys

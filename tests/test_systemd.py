@@ -18,7 +18,7 @@ import pytest
 
 from harness import REPO
 
-pytestmark = pytest.mark.slow  # builds a venv of the unit's own dependencies (about 20 s with pip's cache)
+pytestmark = pytest.mark.processes  # builds a venv of the unit's own dependencies (about 20 s with pip's cache)
 
 ANALYZE = shutil.which("systemd-analyze")
 SYSUSERS = shutil.which("systemd-sysusers")

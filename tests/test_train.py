@@ -11,7 +11,7 @@ from converter.architectures import ARCHITECTURES, build
 from converter.cli import main
 from converter.keras_compat import inspect, load_model
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.tensorflow
 
 
 @pytest.mark.parametrize("key", sorted(ARCHITECTURES))

@@ -14,7 +14,7 @@ import pytest
 from edge import manifest as mf
 from edge.cli import main as edge_main
 
-pytestmark = pytest.mark.slow  # converts models
+pytestmark = pytest.mark.tensorflow
 
 
 def test_a_converted_model_carries_its_verification_set(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
