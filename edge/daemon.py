@@ -43,7 +43,7 @@ from edge.health import Health, Watched
 from edge.history import History
 from edge.images import ImageError, boxed, encode_jpeg
 from edge.io import LineInterface, LineState, line_interfaces
-from edge.metrics import StageLatency
+from edge.metrics import StageLatency, name_os_threads
 from edge.models import manifest_path
 from edge.mqtt.client import MqttLink
 from edge.mqtt.commands import CommandRouter
@@ -447,8 +447,11 @@ class Daemon:
     def _housekeeping(self) -> None:
         interval = self.cfg.metrics.interval_s
         next_metrics = time.monotonic() + interval
+        named = 0
         while not self.stop_event.wait(0.5):
             try:
+                if named < threading.active_count() - 1:  # threads start later (the capture, a wire's): name them
+                    named = name_os_threads()
                 self.health.watch_camera()
                 self.health.watch_frame_errors()
                 if time.monotonic() >= next_metrics:

@@ -47,3 +47,27 @@ def test_log_loss_sees_the_shift_that_auc_does_not() -> None:
     shifted = p * 0.3 + 0.6  # the same order, every call now defective: a wrong pixel scaling's effect
     assert roc_auc(y, p) == roc_auc(y, shifted) == 1.0
     assert log_loss(y, shifted) - log_loss(y, p) > 0.3
+
+
+def test_threads_carry_their_names_into_the_kernel() -> None:
+    """What ``top -H`` and bench.mqtt's per-thread CPU read: the thread's own name, cut to the kernel's 15 bytes."""
+    import threading
+    from pathlib import Path
+
+    from edge.metrics import name_os_threads
+
+    started, stop = threading.Event(), threading.Event()
+
+    def wait() -> None:
+        started.set()
+        stop.wait(10)
+
+    t = threading.Thread(target=wait, name="capture-and-a-long-name", daemon=True)
+    t.start()
+    started.wait(5)
+    try:
+        assert name_os_threads() >= 1
+        assert Path(f"/proc/self/task/{t.native_id}/comm").read_text().strip() == "capture-and-a-l"
+    finally:
+        stop.set()
+        t.join(5)
