@@ -338,7 +338,7 @@ def plc_view(port: int) -> None:
         print(f"the unit's Modbus server answered {reply}")
         return
     r = reply.registers
-    from edge.io import VERDICT_CODES
+    from edge.io.state import VERDICT_CODES
 
     verdict = {code: name for name, code in VERDICT_CODES.items()}.get(r[3], r[3])
     print(f"a PLC on Modbus TCP 127.0.0.1:{port} reads: heartbeat {r[0]}, state {r[1]}, last part {r[2]}: "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from contract import payloads, topics
 from edge.alerts import Alert, AlertPolicy
-from edge.io import LineInterface, LineState
+from edge.io.state import LineInterface, LineState
 from edge.metrics import StageLatency, cpu_temperature_c, load_average, rss_mb
 from edge.mqtt.client import MqttLink
 from edge.mqtt.outbox import Outbox

@@ -19,7 +19,7 @@ import logging
 import threading
 from typing import Any
 
-from edge.io import LineState, Trigger
+from edge.io.state import LineState, Trigger
 from edge.parts import PartVerdict
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ addr  name                   value
 10    trigger                write 1 to trigger a part; any other value is refused (ILLEGAL DATA VALUE)
 ====  =====================  ====================================================================================
 
-Registers 0-9 are read-only; they are filled from :class:`~edge.io.LineState` at the moment of each read, so one
+Registers 0-9 are read-only; they are filled from :class:`~edge.io.state.LineState` at the moment of each read, so one
 read of 2-5 always shows one part's verdict. Anything else a client sends is refused with the exception the spec
 names, counted in register 8 and said in one rate-limited line: another function code (coils, fc 23, input
 registers: ILLEGAL FUNCTION), an address outside 0-10 or a write to 0-9 (ILLEGAL DATA ADDRESS), a value other than 1
@@ -37,8 +37,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edge.io import STATE_CODES, VERDICT_CODES, LineState, Trigger
 from edge.io.aio import AsyncThread
+from edge.io.state import STATE_CODES, VERDICT_CODES, LineState, Trigger
 from edge.parts import PartVerdict
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ import asyncio
 import logging
 from typing import Any
 
-from edge.io import VERDICT_CODES, LineState, Snapshot, Trigger
 from edge.io.aio import AsyncThread
+from edge.io.state import VERDICT_CODES, LineState, Snapshot, Trigger
 from edge.parts import PartVerdict
 
 log = logging.getLogger(__name__)
