@@ -45,7 +45,7 @@ from harness.data import casting_sample, link_into
 def quality(model_name: str, parts: int) -> dict[str, dict[str, Any]]:
     """{"default": figures, "original": figures}, each with the layers and method measured."""
     from converter.architectures import ARCHITECTURES
-    from edge import manifest as mf
+    from core import manifest as mf
     from edge.gradcam.worker import setup
 
     path = REPO / "models" / f"{model_name}.json"
@@ -79,7 +79,7 @@ def picture(model_name: str, out: Path) -> Path:
     import cv2
 
     from converter.architectures import ARCHITECTURES
-    from edge import manifest as mf
+    from core import manifest as mf
     from edge.gradcam.overlay import blend
     from edge.gradcam.worker import setup
 
@@ -105,7 +105,7 @@ def picture(model_name: str, out: Path) -> Path:
 
 def speed(model_name: str) -> tuple[float, float]:
     """(warm heatmap ÷ compiled forward, cold first request in s)."""
-    from edge import manifest as mf
+    from core import manifest as mf
     from edge.gradcam.worker import setup
     from edge.tfload import load_model, tf_keras
 

@@ -146,8 +146,8 @@ def real_belt(count: int) -> dict[str, Any]:
     import numpy as np
 
     from converter.metrics import roc_auc
-    from edge.classifier import Classifier
-    from edge.images import list_images, read_rgb
+    from core.classifier import Classifier
+    from core.images import list_images, read_rgb
     from harness import belt
     from harness.data import CASTING, casting_present
 

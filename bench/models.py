@@ -25,9 +25,9 @@ from converter.architectures import ARCHITECTURES
 from converter.convert import QUANTIZATIONS
 from converter.export import ConvertSettings, convert_model
 from converter.synth import render
-from edge import manifest as mf
-from edge.preprocess import Preprocessor
-from edge.runtime import create_interpreter
+from core import manifest as mf
+from core.preprocess import Preprocessor
+from core.runtime import create_interpreter
 from edge.tfload import load_model
 from harness import REPO
 

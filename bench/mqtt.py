@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.classifier import Classifier
+from core.images import read_rgb
 from edge import config as edge_config
-from edge.classifier import Classifier
-from edge.images import read_rgb
 from edge.mqtt.client import MqttLink
 from edge.mqtt.outbox import Outbox
 from edge.pipeline import Pipeline, Result

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from bench.timing import median_ms
-from edge import manifest as mf
-from edge.classifier import Classifier
-from edge.images import read_rgb
+from core import manifest as mf
+from core.classifier import Classifier
+from core.images import read_rgb
 from edge.pipeline import Pipeline, Result
 from edge.sources.base import Camera
 from edge.sources.replay import FolderReplay

@@ -31,7 +31,7 @@ def store(root: Path, data: bytes) -> str:
 
 def read_frame(root: Path, sha256: str) -> np.ndarray:
     """A stored image as an RGB frame (for a heatmap of it)."""
-    from edge.images import decode_rgb
+    from core.images import decode_rgb
 
     return decode_rgb(path_of(root, sha256).read_bytes(), sha256[:12])
 

@@ -1,7 +1,7 @@
 """The inspect page's work: the original app's "upload a photo, pick a model, read the call and its heatmap".
 
-The call is the unit's own: the same manifest, decoding (:func:`edge.images.decode_rgb`), preprocessing and
-classifier (:class:`edge.classifier.Classifier`, LiteRT), imported, not re-written, so for the same file and model the
+The call is the unit's own: the same manifest, decoding (:func:`core.images.decode_rgb`), preprocessing and
+classifier (:class:`core.classifier.Classifier`, LiteRT), imported, not re-written, so for the same file and model the
 console's p_defect is ``defect-edge classify``'s. Heatmaps come from the unit's Grad-CAM worker (a process with
 TensorFlow, started on the first request, stopped when idle), so the console itself never imports TensorFlow.
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.framing import lone_crop
-from edge.images import ImageError, decode_rgb
+from core.framing import lone_crop
+from core.images import ImageError, decode_rgb
 
 MAX_PIXELS = 40_000_000  # a 40 MP photo; more is not a camera frame
 KEEP_UPLOADS = 64  # frames kept for their heatmaps
@@ -113,8 +113,8 @@ class Inspector:
         """Every model in the store, with what a person picks it by: quantization and parity figures."""
         if self.models_dir is None:
             return []
-        from edge import manifest as mf
-        from edge.models import list_models
+        from core import manifest as mf
+        from core.models import list_models
 
         out: list[dict[str, Any]] = []
         for name in list_models(self.models_dir):
@@ -132,9 +132,9 @@ class Inspector:
     def classifier(self, name: str) -> Any:
         if self.models_dir is None:
             raise InspectError("no model store: set models_dir in console.toml")
-        from edge.classifier import Classifier
+        from core.classifier import Classifier
+        from core.models import manifest_path
         from edge.errors import USER_ERRORS
-        from edge.models import manifest_path
 
         with self._lock:
             if name not in self._classifiers:
@@ -147,7 +147,7 @@ class Inspector:
 
     def inspect(self, name: str, data: bytes, model: str, *, locate: bool = False) -> Call:
         """One upload's call; ``locate``: a whole frame from the line's camera, so find the part and crop it as the
-        unit does at the line (edge/framing.py) before classifying."""
+        unit does at the line (core/framing.py) before classifying."""
         call = Call(id=secrets.token_hex(8), name=name[:200], model=model, ok=False)
         with self._lock:
             self.calls[call.id] = call
@@ -191,8 +191,8 @@ class Inspector:
         """Queue a heatmap of ``frame`` under ``key`` (an upload, or a stored frame); "queued", or why not."""
         if self.models_dir is None:
             return "no heatmap: the console has no model store (models_dir)"
-        from edge import manifest as mf
-        from edge.models import list_models
+        from core import manifest as mf
+        from core.models import list_models
 
         if model not in list_models(self.models_dir):
             return f"no heatmap here: model {model!r} is not in the console's model store"

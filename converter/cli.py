@@ -146,8 +146,8 @@ def _cmd_framing(a: argparse.Namespace) -> int:
     """Measure how ``--images`` frame their part and record it in the manifest: for a model converted before
     framing was measured, or to measure it on the training photos rather than the evaluation ones."""
     from converter.dataset import open_folder
-    from edge import framing
-    from edge import manifest as mf
+    from core import framing
+    from core import manifest as mf
 
     try:
         m = mf.load(a.manifest)

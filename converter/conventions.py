@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from converter.metrics import balanced_accuracy, log_loss, roc_auc
-from edge.manifest import PixelScaling
+from core.manifest import PixelScaling
 
 Decided = Literal["given", "detected", "default"]
 SCALINGS: tuple[PixelScaling, ...] = ("unit", "raw", "symmetric")  # the default first

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge.runtime import find_runtime
+from core.runtime import find_runtime
 from edge.tfload import quiet, tf_keras
 
 QUANTIZATIONS: tuple[str, ...] = ("int8", "dynamic", "float16", "float32")  # what --quantize auto tries first

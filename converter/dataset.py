@@ -1,7 +1,7 @@
 """Labelled image folders (``good/`` and ``defect/``) for training, calibration and parity.
 
 A user's folder, the casting data set and the synthetic generator's output all have this layout. Images are decoded
-and resized through the edge's :class:`~edge.preprocess.Preprocessor`, so training, calibration and the parity check
+and resized through the edge's :class:`~core.preprocess.Preprocessor`, so training, calibration and the parity check
 see pixels exactly as the unit will.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.images import iter_readable, list_images
-from edge.preprocess import Preprocessor
+from core.images import iter_readable, list_images
+from core.preprocess import Preprocessor
 
 # Folder names accepted for each class; the first is the one the product writes.
 CLASS_DIRS: dict[int, tuple[str, ...]] = {0: ("good", "ok", "ok_front"), 1: ("defect", "defective", "def_front")}

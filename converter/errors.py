@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from converter.convert import ConversionError
 from converter.dataset import DatasetError
-from edge.images import ImageError
-from edge.manifest import ManifestError
-from edge.runtime import RuntimeUnavailableError
+from core.images import ImageError
+from core.manifest import ManifestError
+from core.runtime import RuntimeUnavailableError
 from edge.tfload import ModelError
 
 

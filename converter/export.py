@@ -46,11 +46,11 @@ from converter.keras_compat import ModelInfo, fixed_size, inspect, load_model
 from converter.parity import KerasReference, compare, interleaved_latency, keras_p, keras_reference
 from converter.signature import FIT_IMAGES, with_features
 from converter.signature import fit as fit_signature
-from edge import framing
-from edge import manifest as mf
-from edge.classifier import Classifier, split_outputs
-from edge.preprocess import Preprocessor, pixel_affine
-from edge.runtime import create_interpreter
+from core import framing
+from core import manifest as mf
+from core.classifier import Classifier, split_outputs
+from core.preprocess import Preprocessor, pixel_affine
+from core.runtime import create_interpreter
 from edge.tfload import tf_keras
 
 SYNTHETIC_CALIBRATION_SEED = 1_000  # series never used for training, so calibration and evaluation are unseen parts
@@ -135,7 +135,7 @@ def _training_images(settings: ConvertSettings, size: int, count: int) -> list[n
 def _framing(settings: ConvertSettings, frames: Callable[[], Iterable[tuple[int, np.ndarray]]], eval_name: str,
              size: int) -> mf.FramingSpec:
     """How the training images (the calibration folder; else the evaluation images) frame their part, measured
-    by the locator the unit crops with (edge/framing.py)."""
+    by the locator the unit crops with (core/framing.py)."""
     if settings.calibration:
         images, where = _training_images(settings, size, FRAMING_IMAGES), str(settings.calibration)
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from converter.architectures import ARCHITECTURES
-from edge.manifest import PixelScaling
+from core.manifest import PixelScaling
 from edge.tfload import ModelError, describe_file, load_model
 
 __all__ = ["SUPPORTED", "ModelInfo", "fixed_size", "inspect", "load_model"]

@@ -1,8 +1,8 @@
 """The parity proof: does the TFLite model, run exactly as the edge runs it, decide as the Keras model does?
 
-Keras gets each image through the edge's own :class:`~edge.preprocess.Preprocessor` (float path); TFLite gets it
-through the edge's :class:`~edge.classifier.Classifier` (quantized path, raw pixels for int8). Both use the edge's one
-decision rule (:func:`edge.classifier.decide`: p > threshold). What differs is only the conversion.
+Keras gets each image through the edge's own :class:`~core.preprocess.Preprocessor` (float path); TFLite gets it
+through the edge's :class:`~core.classifier.Classifier` (quantized path, raw pixels for int8). Both use the edge's one
+decision rule (:func:`core.classifier.decide`: p > threshold). What differs is only the conversion.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from converter.metrics import roc_auc
-from edge.classifier import Classifier, decide
-from edge.manifest import Decision
-from edge.preprocess import Preprocessor
+from core.classifier import Classifier, decide
+from core.manifest import Decision
+from core.preprocess import Preprocessor
 
 Frames = Callable[[], Iterable[tuple[int, np.ndarray]]]  # a re-iterable source of (label, RGB frame)
 

@@ -1,6 +1,6 @@
 """What the model has seen, recorded at conversion (``docs/framing.md``): the pooled features before the model's
 last layer become a second output of the ``.tflite``, and their signature over the training images
-(:mod:`edge.signature`) is written beside it, with the threshold above which the unit calls an input unfamiliar.
+(:mod:`core.signature`) is written beside it, with the threshold above which the unit calls an input unfamiliar.
 
 Fit on the converted model's own features (as the unit will compute them, quantized or not), never Keras': a unit
 compares like with like.
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from edge import manifest as mf
-from edge import signature
-from edge.classifier import Classifier
-from edge.preprocess import Preprocessor
+from core import manifest as mf
+from core import signature
+from core.classifier import Classifier
+from core.preprocess import Preprocessor
 
 FIT_IMAGES = 400  # training images the signature is fit on
 

@@ -20,9 +20,9 @@ from converter import report
 from converter.architectures import ARCHITECTURES, build
 from converter.dataset import LabelledFolder, stratified_split
 from converter.metrics import summary
-from edge.classifier import decide
-from edge.manifest import Decision, InputSpec, PixelScaling
-from edge.preprocess import Preprocessor, pixel_affine
+from core.classifier import decide
+from core.manifest import Decision, InputSpec, PixelScaling
+from core.preprocess import Preprocessor, pixel_affine
 from edge.tfload import tf_keras
 
 # Training reads images exactly as the edge's float path does: RGB, bilinear resize, x/255.

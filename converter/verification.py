@@ -1,4 +1,4 @@
-"""The verification set a unit re-proves parity with, on its own runtime and CPU (``edge/verify.py``).
+"""The verification set a unit re-proves parity with, on its own runtime and CPU (``core/verify.py``).
 
 A few dozen evaluation images: half the ones nearest the decision threshold (where a platform's rounding flips a
 call) and half spread evenly over the range of p. Each is stored at the model's input size as a JPEG, and Keras'
@@ -12,7 +12,7 @@ tests/test_aarch64.py, docs/unit.md). Checking
 against Keras' p instead, within this machine's own worst error plus the allowance, let a conversion forced through
 pass anywhere: int8 calibrated on black images, p about 0.5 on everything, had a tolerance of 0.70. And the images
 whose Keras p is ``FAR`` or more from the threshold (``far``) are the calls a model cannot be excused for changing:
-the unit requires its decisions on them to agree with Keras (edge/verify.py).
+the unit requires its decisions on them to agree with Keras (core/verify.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from edge import manifest as mf
-from edge.classifier import Classifier
-from edge.images import decode_rgb, encode_jpeg
-from edge.preprocess import Preprocessor
-from edge.verify import FAR_AGREEMENT, confident_calls
+from core import manifest as mf
+from core.classifier import Classifier
+from core.images import decode_rgb, encode_jpeg
+from core.preprocess import Preprocessor
+from core.verify import FAR_AGREEMENT, confident_calls
 
 COUNT = 32
 ALLOWANCE = {"float32": 1e-3, "float16": 1e-3, "dynamic": 0.1, "int8": 0.2, "mixed": 0.2}
@@ -37,7 +37,7 @@ FAR = 0.25  # |p_keras - threshold| of the calls that must not change
 
 
 def confident_problem(doc: dict[str, Any], decision: mf.Decision) -> str | None:
-    """What a unit will refuse in this machine's own TFLite p of the set (edge/verify.py's rule), or None: said when
+    """What a unit will refuse in this machine's own TFLite p of the set (core/verify.py's rule), or None: said when
     the converter writes the set, before anyone installs the model."""
     items = doc["images"]
     sides, changed = confident_calls([i["file"] for i in items], [i["p_keras"] for i in items],

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.topics import AlertKind
-from edge.classifier import Prediction
+from core.classifier import Prediction
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ def default_models_dir() -> Path:
 
 
 def _cmd_classify(a: argparse.Namespace) -> int:
-    from edge.classifier import Classifier
-    from edge.images import IMAGE_SUFFIXES
+    from core.classifier import Classifier
+    from core.images import IMAGE_SUFFIXES
+    from core.models import manifest_path
     from edge.metrics import percentile
-    from edge.models import manifest_path
     from edge.pipeline import Pipeline, Result
     from edge.sources.base import Camera
     from edge.sources.replay import FolderReplay, VideoReplay
@@ -111,10 +111,10 @@ def _cmd_gradcam(a: argparse.Namespace) -> int:
 
     import cv2
 
+    from core.images import read_rgb
+    from core.models import manifest_path
     from edge.gradcam.overlay import blend, encode, full_frame_heatmap
     from edge.gradcam.worker import setup
-    from edge.images import read_rgb
-    from edge.models import manifest_path
 
     frame = read_rgb(a.image)
     path = manifest_path(a.models_dir, a.model)
@@ -140,17 +140,17 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 def _cmd_check_config(a: argparse.Namespace) -> int:
     """Exit 2 for a bad configuration or model (as `run` would), 1 when the camera gives no frame, else 0."""
+    from core.classifier import Classifier
+    from core.models import manifest_path
+    from core.preprocess import FrameError
     from edge import config
-    from edge.classifier import Classifier
-    from edge.models import manifest_path
-    from edge.preprocess import FrameError
     from edge.sources import EndOfStream, SourceError, first_frame
 
     cfg = config.load(a.config)
     src = cfg.camera.frame_source()
     clf = Classifier(manifest_path(cfg.model.models_dir, cfg.model.name), num_threads=cfg.model.threads,
                      delegate=cfg.model.delegate, roi=cfg.camera.region(), frame_order=src.frame_order)
-    from edge.verify import verify
+    from core.verify import verify
 
     report = verify(clf)
     print(report.line())
@@ -198,9 +198,9 @@ def _cmd_check_framing(a: argparse.Namespace) -> int:
 
 def _cmd_verify_model(a: argparse.Namespace) -> int:
     """Exit 0 when the model reproduces its verification set on this unit, 1 when it does not."""
-    from edge.classifier import Classifier
-    from edge.models import manifest_path
-    from edge.verify import verify
+    from core.classifier import Classifier
+    from core.models import manifest_path
+    from core.verify import verify
 
     report = verify(Classifier(manifest_path(a.models_dir, a.model), num_threads=a.threads, delegate=a.delegate))
     print(report.line())

@@ -28,7 +28,7 @@ from contract.settings import (
 )
 
 if TYPE_CHECKING:
-    from edge.preprocess import Roi
+    from core.preprocess import Roi
     from edge.sources import FrameSource
 
 __all__ = ["ConfigError", "EdgeConfig", "TlsSettings", "load", "parse"]
@@ -83,7 +83,7 @@ class CameraConfig(Section):
 
     def region(self) -> Roi | None:
         """The ROI as preprocessing takes it."""
-        from edge.preprocess import Roi
+        from core.preprocess import Roi
 
         r = self.roi
         return Roi(r.x, r.y, r.width, r.height) if r else None

@@ -23,11 +23,11 @@ from contract.payloads import (
     ThresholdArgs,
     TriggerArgs,
 )
-from edge.classifier import Classifier
+from core.classifier import Classifier
+from core.images import encode_jpeg
 from edge.errors import USER_ERRORS
 from edge.gradcam.service import GradcamService
 from edge.history import History
-from edge.images import encode_jpeg
 from edge.pipeline import Pipeline
 from edge.policy import DecisionPolicy
 from edge.ringbuffer import Buffered, FrameRing

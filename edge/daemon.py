@@ -32,19 +32,21 @@ import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
+from core.classifier import Classifier
+from core.framing import Figures, FramingWatch, figures
+from core.images import ImageError, boxed, encode_jpeg
+from core.models import manifest_path
+from core.preprocess import FrameError
+from core.verify import VerificationError, recorded_parity_problem, verify
 from edge import messages
 from edge.alerts import Alert, AlertPolicy, Sampler, Streak
-from edge.classifier import Classifier
 from edge.config import EdgeConfig
 from edge.control import Control
-from edge.framing import Figures, FramingWatch, figures
 from edge.gradcam.service import GradcamService, Outcome
 from edge.health import Health, Watched
 from edge.history import History
-from edge.images import ImageError, boxed, encode_jpeg
 from edge.io import LineInterface, LineState, line_interfaces
 from edge.metrics import StageLatency, name_os_threads
-from edge.models import manifest_path
 from edge.mqtt.client import MqttLink
 from edge.mqtt.commands import CommandRouter
 from edge.mqtt.homeassistant import discovery_messages
@@ -52,11 +54,9 @@ from edge.mqtt.outbox import Outbox
 from edge.parts import Part, PartIds, PartSettings, PartVerdict, deciding_frame, missed
 from edge.pipeline import Pipeline, Result
 from edge.policy import DecisionPolicy
-from edge.preprocess import FrameError
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import Camera
 from edge.systemd import Notifier
-from edge.verify import VerificationError, recorded_parity_problem, verify
 
 log = logging.getLogger(__name__)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from contract.settings import ConfigError
 from contract.sqlite import SchemaError
-from edge.classifier import ModelMismatchError
-from edge.manifest import ManifestError
-from edge.models import UnknownModelError
+from core.classifier import ModelMismatchError
+from core.manifest import ManifestError
+from core.models import UnknownModelError
+from core.runtime import RuntimeUnavailableError
+from core.signature import SignatureError
+from core.verify import VerificationError
 from edge.modelstore import InstallError
-from edge.runtime import RuntimeUnavailableError
-from edge.signature import SignatureError
 from edge.sources.base import SourceError
-from edge.verify import VerificationError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, InstallError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError,

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from edge import framing
-from edge.classifier import Classifier
+from core import framing
+from core.classifier import Classifier
+from core.images import boxed, encode_jpeg
+from core.models import manifest_path
 from edge.config import EdgeConfig
-from edge.images import boxed, encode_jpeg
-from edge.models import manifest_path
 from edge.parts import PartSettings, PartVerdict, Presence, PresenceSettings, deciding_frame
 from edge.pipeline import Pipeline, Result
 from edge.sources import source_from_spec

@@ -12,10 +12,10 @@ from typing import Any
 
 from contract import payloads, topics
 from contract.payloads import Aggregate
+from core.classifier import Prediction
+from core.preprocess import Roi
 from edge.alerts import Alert
-from edge.classifier import Prediction
 from edge.parts import PartVerdict, deciding_frame
-from edge.preprocess import Roi
 
 
 def box(crop: Roi | None) -> tuple[int, int, int, int] | None:

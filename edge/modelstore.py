@@ -6,7 +6,7 @@ seen, and the verification set (``NAME.verify.json`` and the images in ``NAME.ve
 often left out (the install hint once copied three of them, and a unit that followed it refused the model). Here the
 manifest says which files belong to the model; each is checked against the sha256 it records, copied into a staging
 folder inside the models folder, and the staged model is loaded and re-proves its parity on this unit's runtime
-(:func:`edge.verify.verify`) before anything is moved into place. The manifest moves last: until it does, the unit
+(:func:`core.verify.verify`) before anything is moved into place. The manifest moves last: until it does, the unit
 still sees the model it had (a half-installed update is refused by the sha256 check, never run).
 """
 
@@ -16,9 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edge import manifest as mf
-from edge.classifier import Classifier
-from edge.verify import VerificationError, VerifyReport, load_set, recorded_parity_problem, verify
+from core import manifest as mf
+from core.classifier import Classifier
+from core.verify import VerificationError, VerifyReport, load_set, recorded_parity_problem, verify
 
 
 class InstallError(ValueError):

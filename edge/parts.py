@@ -36,10 +36,10 @@ import cv2
 import numpy as np
 
 from contract.payloads import Aggregate, TriggerSource, Verdict
-from edge.classifier import Classifier, Prediction, decide
+from core.classifier import Classifier, Prediction, decide
+from core.framing import Blob, Figures, Located, largest_blob, locate, small_grey
+from core.preprocess import Roi
 from edge.config import PartsConfig
-from edge.framing import Blob, Figures, Located, largest_blob, locate, small_grey
-from edge.preprocess import Roi
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ class PartSettings:
     debounce_s: float = 0.0  # a trigger from the same source sooner than this after the last is that part again
     gap_frames: int = 1  # presence: frames out of position tolerated inside one part
     presence: Presence | None = None
-    # "part": the model sees the located part, cropped square as its training images framed theirs (edge/framing.py);
+    # "part": the model sees the located part, cropped square as its training images framed theirs (core/framing.py);
     # "roi": the whole ROI (or frame), for a camera whose window is already framed like the training photos.
     crop: Crop = "part"
     span: float | None = None  # the part's share of the crop's side; None: the manifest's training images' median
@@ -411,7 +411,7 @@ class PartFrame:
     p_defect: float
     offset: float  # from presence; 0 for triggered frames
     crop: Roi | None = None  # the region the model saw, in frame pixels (None: the ROI or the whole frame)
-    ood: float | None = None  # its distance from the model's training inputs (edge/signature.py)
+    ood: float | None = None  # its distance from the model's training inputs (core/signature.py)
     captured_at: float = 0.0  # wall clock
 
 

@@ -24,8 +24,9 @@ from typing import Literal
 import numpy as np
 
 from contract.payloads import TriggerSource
-from edge.classifier import Classifier, Prediction
-from edge.framing import Located, locate, part_crop
+from core.classifier import Classifier, Prediction
+from core.framing import Located, locate, part_crop
+from core.preprocess import FrameError, Roi
 from edge.parts import (
     Part,
     PartFrame,
@@ -36,7 +37,6 @@ from edge.parts import (
     missed,
     verdict_of,
 )
-from edge.preprocess import FrameError, Roi
 from edge.sources.base import Camera, Frame
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from contract import topics
-from edge import manifest as mf
+from core import manifest as mf
 
 log = logging.getLogger(__name__)
 

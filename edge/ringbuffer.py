@@ -3,7 +3,7 @@
 Feedback and Grad-CAM requests name a frame by id after the fact; this is where the unit still has it. A frame the
 source decoded from a file is kept as that file's bytes, not as pixels: 64 replayed 300×300 photos take 1 MB instead
 of 17 MB of the unit's memory, and decode, when a request names one, to exactly the pixels that were classified (the
-same bytes through the same :func:`edge.images.decode_rgb`). A camera's frames have no such bytes and are kept raw;
+same bytes through the same :func:`core.images.decode_rgb`). A camera's frames have no such bytes and are kept raw;
 ``state.ring_max_mb`` bounds them.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.classifier import Prediction
-from edge.images import decode_rgb
-from edge.preprocess import Roi
+from core.classifier import Prediction
+from core.images import decode_rgb
+from core.preprocess import Roi
 from edge.sources.base import Frame, FrameOrder
 
 

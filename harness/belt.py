@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 
 from converter import synth
-from edge.classifier import Classifier, decide
-from edge.images import list_images, read_rgb
+from core.classifier import Classifier, decide
+from core.images import list_images, read_rgb
+from core.preprocess import Roi
 from edge.parts import Crop, PartSettings, PartVerdict, Presence, PresenceSettings
 from edge.pipeline import Pipeline, Result
-from edge.preprocess import Roi
 from edge.sources import source_from_spec
 from edge.sources.base import Camera
 from harness.data import casting_split
@@ -173,8 +173,8 @@ def train_casting_model(out: Path, casting: Path, *, epochs: int = 8, seed: int 
     ``out/split`` holds the splits (links, nothing copied)."""
     from converter.cli import main
     from converter.dataset import open_folder
-    from edge.manifest import InputSpec
-    from edge.preprocess import Preprocessor
+    from core.manifest import InputSpec
+    from core.preprocess import Preprocessor
     from edge.tfload import tf_keras
 
     _, k = tf_keras()

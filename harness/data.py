@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge.images import list_images
+from core.images import list_images
 from harness import REPO
 
 CASTING = Path(os.environ.get("DEFECT_CASTING_DIR") or REPO.parent / "shared" / "data" / "casting")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from edge import manifest as mf
+from core import manifest as mf
 from harness import REPO, aarch64
 from harness.data import casting_present, casting_sample
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge import framing
-from edge.classifier import Classifier
-from edge.images import list_images, read_rgb
-from edge.manifest import load
+from core import framing
+from core.classifier import Classifier
+from core.images import list_images, read_rgb
+from core.manifest import load
 from harness.belt import (
     FOREIGN,
     ROI,

@@ -11,9 +11,9 @@ import pytest
 
 from converter.cli import main
 from converter.dataset import open_folder
-from edge import manifest as mf
-from edge.manifest import InputSpec
-from edge.preprocess import Preprocessor
+from core import manifest as mf
+from core.manifest import InputSpec
+from core.preprocess import Preprocessor
 from harness.data import casting_split
 from tests.conftest import TINY, build_tiny
 

@@ -14,7 +14,7 @@ from console.app import Services, create_app
 from console.live import LiveHub
 from console.store import db, writer
 from contract import payloads
-from edge import manifest as mf
+from core import manifest as mf
 from harness import REPO
 
 PW = "a long password"

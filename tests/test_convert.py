@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from converter.cli import EXIT_PARITY, main
-from edge import manifest as mf
-from edge.classifier import Classifier
+from core import manifest as mf
+from core.classifier import Classifier
 from tests.conftest import TINY, build_tiny, synthetic_xy
 
 pytestmark = pytest.mark.tensorflow
@@ -195,7 +195,7 @@ def test_mixed_keeps_an_outlier_channel_and_its_readers_in_float(tiny_h5: Path) 
     signal-relative noise must name that tensor first; keeping it in float with the ops that read it again (the
     pooling keeps its scale, so the conv after it too) must bring the model back to Keras."""
     from converter.convert import consumers, float_closure, layer_errors, to_tflite
-    from edge.runtime import find_runtime
+    from core.runtime import find_runtime
     from edge.tfload import load_model
 
     model = load_model(tiny_h5)

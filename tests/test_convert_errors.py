@@ -114,7 +114,7 @@ def test_unwritable_output(capsys: pytest.CaptureFixture[str], tmp_path: Path, t
 
 def test_an_image_that_is_not_a_part_still_classifies(tmp_path: Path) -> None:
     """A grey-scale PNG, as some line cameras write, is expanded to three channels by the shared reader."""
-    from edge.images import read_rgb
+    from core.images import read_rgb
 
     path = tmp_path / "grey.png"
     cv2.imwrite(str(path), np.full((20, 30), 77, np.uint8))

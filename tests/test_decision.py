@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.manifest import Decision
+from core.manifest import Decision
 from edge.policy import DecisionPolicy
 
 MODEL = Decision(threshold=0.6, low_confidence_band=(0.4, 0.8))

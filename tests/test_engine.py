@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from converter import synth
-from edge import manifest as mf
-from edge.classifier import Classifier, ModelMismatchError
+from core import manifest as mf
+from core.classifier import Classifier, ModelMismatchError
+from core.preprocess import Roi
+from core.runtime import RuntimeUnavailableError
 from edge.cli import main
 from edge.pipeline import Pipeline, Result
-from edge.preprocess import Roi
-from edge.runtime import RuntimeUnavailableError
 from edge.sources.base import Camera
 from harness.frames import MemoryFrames as Frames
 

@@ -1,4 +1,4 @@
-"""The locator, the crop and the framing check (edge/framing.py) on drawn parts whose boxes are known exactly.
+"""The locator, the crop and the framing check (core/framing.py) on drawn parts whose boxes are known exactly.
 
 The real-photo belt (tests/test_belt.py) shows they make a trained model's calls at the line its calls on the
 photos; these pin down each rule on its own, fast.
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from converter.cli import main
-from edge import framing
-from edge.manifest import FramingSpec, Spread, load
+from core import framing
+from core.manifest import FramingSpec, Spread, load
+from core.preprocess import Preprocessor, Roi
 from edge.parts import Presence, PresenceSettings
-from edge.preprocess import Preprocessor, Roi
 from harness import REPO
 
 
@@ -114,8 +114,8 @@ def test_presence_gives_the_parts_box_at_the_frames_own_resolution() -> None:
 
 
 def test_preprocessing_feeds_the_crop_and_refuses_one_outside_the_frame() -> None:
-    from edge.manifest import InputSpec
-    from edge.preprocess import FrameError
+    from core.manifest import InputSpec
+    from core.preprocess import FrameError
 
     pre = Preprocessor(InputSpec(height=8, width=8, dtype="uint8", scale=1 / 255), roi=Roi(0, 0, 4, 4))
     frame = np.zeros((20, 20, 3), np.uint8)
@@ -147,7 +147,7 @@ def test_framing_command_records_the_training_photos_framing_in_a_manifest(tmp_p
 
 def test_check_framing_shows_the_engineer_what_the_model_sees_and_what_to_change(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge import manifest as mf
+    from core import manifest as mf
     from edge.cli import main as edge_main
 
     models = tmp_path / "models"

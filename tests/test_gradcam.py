@@ -18,7 +18,7 @@ import pytest
 
 from converter import synth
 from converter.architectures import ARCHITECTURES
-from edge import manifest as mf
+from core import manifest as mf
 from edge.gradcam.overlay import full_frame_heatmap
 from edge.gradcam.quality import chance, pointing_hit
 from edge.gradcam.service import GradcamService, Outcome

@@ -19,7 +19,7 @@ import pytest
 
 from contract.payloads import TriggerSource
 from converter import synth
-from edge.classifier import Classifier
+from core.classifier import Classifier
 from edge.io import LineState
 from edge.io.modbus import TRIGGER_REGISTER, ModbusLine
 from edge.parts import Part, PartSettings, PartVerdict, Presence, PresenceSettings
@@ -120,7 +120,7 @@ class Triggered:
 
 
 def _verdict(seq: int, verdict: str, p: float) -> PartVerdict:
-    from edge.classifier import Prediction
+    from core.classifier import Prediction
 
     part = Part(f"u1-0000000001-p{seq:09d}", seq, "modbus", time.perf_counter() - 0.012)
     pred = Prediction("defective" if p > 0.5 else "good", p > 0.5, p, max(p, 1 - p), 0.5, False, "m", "0" * 64)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import manifest as mf
+from core import manifest as mf
 
 
 def write_model(folder: Path) -> Path:

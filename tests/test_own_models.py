@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from converter.cli import main
-from edge import manifest as mf
-from edge.classifier import Classifier
-from edge.images import list_images, read_rgb
+from core import manifest as mf
+from core.classifier import Classifier
+from core.images import list_images, read_rgb
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.tensorflow

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from contract import payloads
+from core.classifier import Prediction
 from edge.alerts import AlertPolicy
-from edge.classifier import Prediction
 from edge.history import History
 from edge.ringbuffer import Buffered, FrameRing
 from relay import config as relay_config

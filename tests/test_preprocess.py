@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.manifest import InputSpec
-from edge.preprocess import FrameError, Preprocessor, Roi, scale_pixels
+from core.manifest import InputSpec
+from core.preprocess import FrameError, Preprocessor, Roi, scale_pixels
 
 
 def spec(**kw: object) -> InputSpec:

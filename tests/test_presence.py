@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.preprocess import Roi
 from edge import parts
 from edge.parts import Presence, PresenceSettings
-from edge.preprocess import Roi
 from harness.belt import ROI, BeltPart, belt_photos, read_video, write_belt
 from harness.data import casting_split
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.processes
 PROBE = """
 import sys
 from pathlib import Path
-from edge.runtime import RuntimeUnavailableError, create_interpreter, find_runtime
+from core.runtime import RuntimeUnavailableError, create_interpreter, find_runtime
 rt = find_runtime(("tflite_runtime",))
 try:
     create_interpreter(Path(sys.argv[1]), num_threads=1, runtime=rt)

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from contract import payloads
+from core import manifest as mf
 from edge import config as edge_config
-from edge import manifest as mf
 from edge.daemon import Daemon
 from harness import REPO
 from harness.broker import Broker, Collector

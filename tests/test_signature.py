@@ -1,4 +1,4 @@
-"""What the model has seen (edge/signature.py): the score, its file, and the alert's streak. The real measurement,
+"""What the model has seen (core/signature.py): the score, its file, and the alert's streak. The real measurement,
 a model trained on casting photos against foreign inputs, is in tests/test_belt.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import signature
+from core import signature
 from edge.alerts import Streak
 
 
@@ -61,7 +61,7 @@ def test_a_model_whose_signature_is_missing_or_corrupt_is_refused_in_one_line(tm
     model (cmd/model keeps the one it runs) and says which file, as for a .tflite that does not match."""
     import shutil
 
-    from edge import manifest as mf
+    from core import manifest as mf
     from edge.cli import main
     from harness import REPO
 
@@ -73,7 +73,7 @@ def test_a_model_whose_signature_is_missing_or_corrupt_is_refused_in_one_line(tm
     shutil.copy(REPO / "models" / "mobilenetv2.signature.npz", npz)
     with npz.open("ab") as f:
         f.write(b"\0")
-    from edge.classifier import Classifier, ModelMismatchError
+    from core.classifier import Classifier, ModelMismatchError
 
     with pytest.raises(ModelMismatchError, match=r"signature file mobilenetv2.signature.npz is missing or not the one"):
         Classifier(models / "mobilenetv2.json")

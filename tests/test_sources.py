@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from converter import synth
-from edge.classifier import Prediction
+from core.classifier import Prediction
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import source_from_spec
 from edge.sources.base import Backoff, Camera, EndOfStream, FrameSource, SourceError

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge import manifest as mf
+from core import manifest as mf
 from edge.cli import main as edge_main
 
 pytestmark = pytest.mark.tensorflow
@@ -129,7 +129,7 @@ def test_models_add_installs_every_file_the_manifest_names_after_proving_it(
         models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``install.sh``'s hint once copied NAME.{tflite,json,h5} and left out NAME.verify.json and NAME.verify/, so a
     unit that followed it refused the model. One command installs it whole, proven here first, or nothing."""
-    from edge.models import list_models
+    from core.models import list_models
 
     unit = tmp_path / "unit-models"
     agreement = mf.load(models_dir / "tiny.json").parity["agreement"]  # forced through with --min-agreement 0

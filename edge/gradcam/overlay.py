@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.preprocess import Roi
+from core.preprocess import Roi
 
 
 def full_frame_heatmap(cam: np.ndarray, frame_hw: tuple[int, int], roi: Roi | None) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.preprocess import Roi
+from core.preprocess import Roi
 
 log = logging.getLogger(__name__)
 

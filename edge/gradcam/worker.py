@@ -42,9 +42,9 @@ def setup(manifest_path: Path, roi: tuple[int, int, int, int] | None, threads: i
     with contextlib.suppress(RuntimeError):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edge import manifest as mf
+    from core import manifest as mf
+    from core.preprocess import Preprocessor, Roi
     from edge.gradcam.cam import GradCam
-    from edge.preprocess import Preprocessor, Roi
 
     m = mf.load(manifest_path)
     if m.gradcam is None:
@@ -94,8 +94,8 @@ def worker_main(requests: Queue[Any], replies: Queue[Any], manifest_path: str, r
         return
     import cv2
 
+    from core.preprocess import Roi
     from edge.gradcam.overlay import blend, encode, full_frame_heatmap
-    from edge.preprocess import Roi
 
     region = Roi(*roi) if roi else None
     replies.put(("ready", time.perf_counter() - t0, niceness))

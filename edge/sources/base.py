@@ -74,7 +74,7 @@ class FrameSource(ABC):
 
     def encoded(self) -> np.ndarray | None:
         """The encoded bytes (1-D uint8) the last ``read`` decoded its image from with
-        :func:`edge.images.decode_rgb`, if it did; a camera delivers pixels and has none."""
+        :func:`core.images.decode_rgb`, if it did; a camera delivers pixels and has none."""
         return None
 
 

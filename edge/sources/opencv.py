@@ -13,7 +13,7 @@ import re
 import cv2
 import numpy as np
 
-from edge.images import quiet_opencv
+from core.images import quiet_opencv
 from edge.sources.base import FrameOrder, FrameSource, SourceError
 
 quiet_opencv()

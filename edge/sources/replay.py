@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.images import IMAGE_SUFFIXES, ImageError, decode_rgb, list_images, read_encoded
+from core.images import IMAGE_SUFFIXES, ImageError, decode_rgb, list_images, read_encoded
 from edge.sources.base import EndOfStream, FrameOrder, FrameSource, SourceError
 
 log = logging.getLogger(__name__)

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from edge import manifest as mf
-from edge.classifier import Classifier, decide
-from edge.images import read_rgb
-from edge.preprocess import Preprocessor
+from core import manifest as mf
+from core.classifier import Classifier, decide
+from core.images import read_rgb
+from core.preprocess import Preprocessor
 
 # Of the confident calls on each side (Keras' p at least the set's ``far`` from the threshold), the share the unit must
 # decide as Keras did. Not all: the committed demo EfficientNetB0 (int8) turns one of its 30 on this very machine.

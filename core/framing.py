@@ -6,7 +6,7 @@ to 224², is not what a model trained on tight photos of parts has seen, and its
 unit crops each part before preprocessing, and one locator serves everyone who needs to know where a part is:
 
 - the converter runs :func:`locate` on the training and evaluation images and records how they frame their part
-  (:class:`edge.manifest.FramingSpec`: the part's span of the image, its area, its offset from the centre and the
+  (:class:`core.manifest.FramingSpec`: the part's span of the image, its area, its offset from the centre and the
   background's grey level);
 - presence finds the part against the learnt empty belt (:func:`locate` with that belt as ``reference``), trigger mode
   and ``classify --locate`` against the image's own border;
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.manifest import FramingSpec, Spread
-from edge.preprocess import Roi
+from core.manifest import FramingSpec, Spread
+from core.preprocess import Roi
 
 # The grey copy the locator works on, at most this wide: a 300 px photo at its own pixels, a 640 px frame at 2 px a
 # step. A crop 5 % too wide already changes a model's calls; the comparison costs well under a millisecond.

@@ -18,7 +18,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from edge.manifest import InputSpec, PixelScaling
+from core.manifest import InputSpec, PixelScaling
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
@@ -128,7 +128,7 @@ class Preprocessor:
 
     def source(self, frame: np.ndarray, box: Roi | None = None) -> np.ndarray:
         """Check ``frame`` and return the region the model looks at (a view): ``box`` when given (the part, located
-        in this frame: :mod:`edge.framing`), else the ROI, else the whole frame. Every :class:`FrameError` comes
+        in this frame: :mod:`core.framing`), else the ROI, else the whole frame. Every :class:`FrameError` comes
         from here, before any destination is touched: an exception whose traceback held a view of the interpreter's
         input buffer would block every later ``invoke()``."""
         return self._crop(self._as_rgb_frame(frame), box)

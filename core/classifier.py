@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge import manifest as mf
-from edge import signature as sig
-from edge.preprocess import Preprocessor, Roi
-from edge.runtime import Runtime, create_interpreter, default_threads
+from core import manifest as mf
+from core import signature as sig
+from core.preprocess import Preprocessor, Roi
+from core.runtime import Runtime, create_interpreter, default_threads
 
 _NP_DTYPE = {"float32": np.float32, "uint8": np.uint8, "int8": np.int8}
 
@@ -45,7 +45,7 @@ class Prediction:
     model: str
     sha256: str
     timings_ms: dict[str, float] = field(default_factory=dict)
-    ood: float | None = None  # distance from the training inputs (edge/signature.py); None: the model has no signature
+    ood: float | None = None  # distance from the training inputs (core/signature.py); None: the model has no signature
 
     def as_dict(self) -> dict[str, Any]:
         return {

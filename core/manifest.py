@@ -34,7 +34,7 @@ class _Frozen(BaseModel):
 
 
 class InputSpec(_Frozen):
-    """How a frame becomes the input tensor (see :mod:`edge.preprocess`)."""
+    """How a frame becomes the input tensor (see :mod:`core.preprocess`)."""
 
     height: int = Field(gt=0)
     width: int = Field(gt=0)
@@ -103,7 +103,7 @@ class Spread(_Frozen):
 
 class FramingSpec(_Frozen):
     """How the training (or evaluation) images frame their part, measured by the unit's own locator
-    (:mod:`edge.framing`): the unit crops parts to ``span`` and compares its inputs with the rest."""
+    (:mod:`core.framing`): the unit crops parts to ``span`` and compares its inputs with the rest."""
 
     images: int = Field(ge=1)
     located: float = Field(ge=0, le=1)  # share of the images in which a part was found at all
@@ -116,7 +116,7 @@ class FramingSpec(_Frozen):
 
 
 class SignatureSpec(_Frozen):
-    """What the model has seen (:mod:`edge.signature`): the ``.tflite`` gives the pooled features before its last
+    """What the model has seen (:mod:`core.signature`): the ``.tflite`` gives the pooled features before its last
     layer as a second output, and ``file`` holds their mean and principal directions over the training images."""
 
     file: FileRef  # NAME.signature.npz
@@ -141,7 +141,7 @@ class Manifest(_Frozen):
     gradcam: GradCamSpec | None = None  # None: no heatmaps (a SavedModel has no Keras layers to look into)
     parity: dict[str, Any] = Field(default_factory=dict)
     # NAME.verify.json: images near the threshold and spread over p, with Keras' p_defect for each, so a unit can
-    # re-prove parity on its own runtime and CPU (edge/verify.py). None for models converted before it existed.
+    # re-prove parity on its own runtime and CPU (core/verify.py). None for models converted before it existed.
     verification: FileRef | None = None
     # How the training images frame their part; None for models converted before it was measured (the unit then
     # crops with a default margin, and says it cannot compare: ``defect-convert framing`` adds it).
