@@ -1,7 +1,8 @@
 """The unit on aarch64, as every unit in the field is: `make install`'s script run inside a Debian Bookworm root under
 qemu-user, as on a Raspberry Pi (Bookworm's Python 3.11 and NumPy 1.24, a venv with the system's site packages),
 then `classify` on fixed images with every committed model, compared with the same command on x86, and
-`verify-model` there.
+`verify-model` there. Both run on the kernels a Pi runs: XNNPACK (the root has the CPU lists LiteRT reads before it
+creates the delegate, and each run asserts it was created) on an emulated Pi 4 (Cortex-A72) and Pi 5 (Cortex-A76).
 
 Float models must agree within 1e-5 (rounding only). Quantized ones may not be bit-identical: LiteRT picks other
 kernels on aarch64. They must stay within the platform allowance the converter recorded in the model's verification
@@ -90,12 +91,17 @@ def test_the_installed_unit_is_aarch64(root: Path) -> None:
     assert numpy_version.startswith("1."), numpy_version
 
 
+XNNPACK = "Created TensorFlow Lite XNNPACK delegate"
+
+
+@pytest.mark.parametrize("board", sorted(aarch64.PI_CPUS))
 @pytest.mark.parametrize("model", MODELS)
-def test_classify_on_aarch64_matches_x86(root: Path, model: str) -> None:
+def test_classify_on_aarch64_matches_x86(root: Path, model: str, board: str) -> None:
     proc = aarch64.run(root, [f"{aarch64.PREFIX}/.venv/bin/defect-edge", "classify", "--models-dir",
                               f"{aarch64.PREFIX}/models", "--model", model, "--threads", "1", "--json", IMAGES],
-                       timeout=20 * 60)
+                       timeout=20 * 60, cpu=board)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert XNNPACK in proc.stderr, f"not the kernels a Pi runs (no XNNPACK delegate): {proc.stderr[-1500:]}"
     arm = _classify_json(proc.stdout)
     x86 = _x86(model, root / IMAGES.lstrip("/"))
     assert sorted(arm) == sorted(x86) and len(arm) == 16
@@ -103,7 +109,8 @@ def test_classify_on_aarch64_matches_x86(root: Path, model: str) -> None:
     quantization, tolerance = _tolerance(model)
     worst = max(dp, key=dp.__getitem__)
     flips = [n for n in x86 if (x86[n] > 0.5) != (arm[n] > 0.5)]
-    print(f"\n{model} ({quantization}): x86 vs aarch64 max |dp| {dp[worst]:.3g} ({worst}: {x86[worst]:.4f} -> "
+    print(f"\n{model} ({quantization}) on {board} ({aarch64.PI_CPUS[board]}, XNNPACK): x86 vs aarch64 "
+          f"max |dp| {dp[worst]:.3g} ({worst}: {x86[worst]:.4f} -> "
           f"{arm[worst]:.4f}), mean {sum(dp.values()) / len(dp):.3g}, decisions flipped {len(flips)}, "
           f"tolerance {tolerance:.3g}")
     assert dp[worst] <= tolerance, f"{model}: {worst} moved by {dp[worst]:.4f} > {tolerance:.4f}"
@@ -111,9 +118,11 @@ def test_classify_on_aarch64_matches_x86(root: Path, model: str) -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_verify_model_on_aarch64(root: Path, model: str) -> None:
-    """The unit's own re-proof of parity, on aarch64: the check a Pi runs when it loads the model."""
+    """The unit's own re-proof of parity, on aarch64: the check a Pi runs when it loads the model (on a Pi 4's CPU,
+    the one without the dot product the x86 converter's VNNI kernels resemble)."""
     proc = aarch64.run(root, [f"{aarch64.PREFIX}/.venv/bin/defect-edge", "verify-model", model, "--models-dir",
-                              f"{aarch64.PREFIX}/models", "--threads", "1"], timeout=20 * 60)
+                              f"{aarch64.PREFIX}/models", "--threads", "1"], timeout=20 * 60, cpu="pi4")
     print("\n" + proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert XNNPACK in proc.stderr, proc.stderr[-1500:]
     assert " OK: " in proc.stdout
