@@ -20,7 +20,7 @@ from converter.cli import main
 from core import manifest as mf
 from core.classifier import Classifier
 from core.images import list_images, read_rgb
-from tests.conftest import TINY
+from tests.conftest import TINY, synthetic_xy
 
 pytestmark = pytest.mark.tensorflow
 
@@ -82,7 +82,26 @@ def kinds(tiny_h5: Path, keras_mod: Any, tmp_path_factory: pytest.TempPathFactor
     grey = _rebuilt(k, base, channels=1, size=TINY)
     kinds.save("grey", grey)
     kinds.save("variable", _rebuilt(k, base, channels=3, size=None))
+    kinds.save("blind", _blind(k))
     return kinds
+
+
+def _blind(k: Any) -> Any:
+    """A model trained on x / 127.5 - 1 whose ranking survives the wrong scaling exactly: the image's mean taken out,
+    then convolutions without biases and ReLUs, so x / 255 (half the contrast, another offset) halves its features
+    and only p's calibration moves. AUC cannot tell its scalings apart."""
+    k.utils.set_random_seed(5)
+    inp = k.Input((TINY, TINY, 3), name="image")
+    x = k.layers.Subtract(name="centred")([inp, k.layers.GlobalAveragePooling2D(keepdims=True, name="mean")(inp)])
+    for i, f in enumerate((16, 32, 64)):
+        x = k.layers.Conv2D(f, 3, padding="same", use_bias=False, activation="relu", name=f"conv_{i}")(x)
+        x = k.layers.MaxPooling2D(name=f"pool_{i}")(x)
+    x = k.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = k.Model(inp, k.layers.Dense(1, activation="sigmoid", name="prediction")(x), name="blind")
+    model.compile(optimizer=k.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    x_train, y_train = synthetic_xy(400, TINY, seed=11)
+    model.fit(x_train * 2 - 1, y_train, epochs=30, batch_size=16, verbose=0)
+    return model
 
 
 def _rebuilt(k: Any, base: Any, *, channels: int = 3, size: int | None = TINY, front: Any = None) -> Any:
@@ -144,6 +163,17 @@ def test_each_kind_converts_to_the_trained_models_p(kinds: Kinds, synth_eval: Pa
         assert "ROC AUC" in line and "using --" in line
     else:
         assert "detected on" not in err
+
+
+def test_a_wrong_scaling_that_keeps_the_ranking_is_detected(kinds: Kinds, synth_eval: Path, tmp_path: Path) -> None:
+    """The issue's case: read as / 255, this model's AUC is what it is as trained, and only the log-loss tells."""
+    assert _convert(kinds.paths["blind"], tmp_path, "--eval", synth_eval) == 0
+    report = _report(tmp_path)
+    by = {(t["pixel_scaling"], t["defect_class"]): t for t in report["detection"]["readings"]}
+    wrong, right = by[("unit", 1)], by[("symmetric", 1)]
+    assert abs(wrong["auc"] - right["auc"]) < 0.01 and right["auc"] > 0.9, (wrong, right)
+    assert report["conventions"]["pixel_scaling"]["decided"] == "detected", (wrong, right)
+    assert mf.load(tmp_path / "m.json").input.pixel_scaling == "symmetric"
 
 
 def test_what_the_manifest_records(kinds: Kinds, synth_eval: Path, tmp_path: Path) -> None:
