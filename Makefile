@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[convert,gradcam,console,line,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[convert,gradcam,console,relay,line,dev]'
 	$(PY) -m pip install --quiet --no-deps '$(TF_KERAS)'
 	touch $@
 

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
@@ -62,7 +63,9 @@ def create_app(svc: Services) -> FastAPI:
     async def to_login(request: Request, _e: NeedLogin) -> Response:
         if request.headers.get("HX-Request"):
             return Response(status_code=401, headers={"HX-Redirect": "/login"})
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        # The whole address, query included: a link from a mail to one part's review must land on that part.
+        where = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?{urlencode({'next': where})}", status_code=303)
 
     for router in ROUTERS:
         app.include_router(router)

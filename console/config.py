@@ -20,7 +20,9 @@ from contract.settings import (
     BrokerSettings,
     ConfigError,
     Section,
+    TimeZone,
     check_prefix,
+    check_time_of_day,
     load_file,
     read_secret,
     state_directory,
@@ -34,8 +36,9 @@ class MqttConfig(BrokerSettings):
     edge_prefix: str = topics.DEFAULT_PREFIX  # the units' prefix: <edge_prefix>/<device>/...
     shared_group: str = "defect-console"  # MQTT v5 shared subscription: consoles in one group split the fleet
     session_expiry_s: int = Field(default=86400, ge=0)  # how long the broker keeps our messages while we are away
+    console_prefix: str = topics.CONSOLE_PREFIX  # reviews go out on <console_prefix>/<id>/reviewed (the relay's cue)
 
-    @field_validator("edge_prefix")
+    @field_validator("edge_prefix", "console_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
         return check_prefix(v)
@@ -58,27 +61,13 @@ class WebConfig(Section):
     login_attempts_per_minute: int = Field(default=5, ge=1)  # per (user name, address); four times that per address
     max_upload_mb: float = Field(default=20.0, gt=0)
     shift_starts: list[str] = ["06:00", "14:00", "22:00"]  # the plant's time; the reports' shifts
-    time_zone: str = ""  # the plant's (an IANA name, "Europe/Berlin"); "": the console machine's own
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        if v:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-            try:
-                ZoneInfo(v)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"{v!r} is not a time zone this machine knows (an IANA name, as Europe/Berlin)"
-                                 ) from None
-        return v
+    time_zone: TimeZone = ""  # the plant's (an IANA name, "Europe/Berlin"); "": the console machine's own
 
     @field_validator("shift_starts")
     @classmethod
     def _shifts(cls, v: list[str]) -> list[str]:
         for x in v:
-            if len(x) != 5 or x[2] != ":" or not (x[:2] + x[3:]).isdigit() or int(x[:2]) > 23 or int(x[3:]) > 59:
-                raise ValueError(f"{x!r} is not a time of day as HH:MM")
+            check_time_of_day(x)
             if int(x[3:]) % 15:
                 raise ValueError(f"{x!r}: shifts start on the hour or a quarter past, half past or a quarter to")
         if not v:

@@ -173,10 +173,11 @@ class Part(Message):
 
 
 class Alert(Message):
-    """A defect, a low-confidence call, a camera gone, or frames the model failed on (``kind``)."""
+    """A defect, a low-confidence call, a camera gone (and back), frames the model failed on, framing unlike the
+    training images, or inputs unlike them (``kind``)."""
 
     omit_if_none = frozenset({"label", "p_defect", "confidence", "threshold", "model", "since", "error",
-                              "frame_errors", "part_id", "problems", "ood", "ood_threshold"})
+                              "frame_errors", "offline_s", "part_id", "problems", "ood", "ood_threshold"})
     kind: AlertKind
     frame_id: str | None = Field(pattern=topics.FRAME_ID.pattern)
     dedup_key: str = Field(pattern=topics.DEDUP_KEY.pattern)
@@ -185,13 +186,24 @@ class Alert(Message):
     confidence: Probability | None = None
     threshold: Probability | None = None
     model: str | None = None
-    since: str | None = None  # camera_offline: when the camera went
+    since: str | None = None  # camera_offline, camera_back: when the camera went
     error: str | None = None  # camera_offline, model_error: the last error
     frame_errors: int | None = None  # model_error: frames that failed since the last alert
+    offline_s: float | None = None  # camera_back: how long the camera was away
     problems: list[str] | None = None  # framing: what is unlike the training images, and what to change
     ood: float | None = None  # unfamiliar_input: the last input's distance from the training inputs
     ood_threshold: float | None = None  # unfamiliar_input: the model's threshold
     part_id: str | None = Field(default=None, pattern=topics.FRAME_ID.pattern)  # part modes: the part it is about
+
+
+class Reviewed(Message):
+    """A person's verdict on a unit's call, from the console (``device_id`` is the console's id): the relay stops
+    escalating an alert once its frame is reviewed."""
+
+    unit: str = Field(pattern=topics.DEVICE_ID.pattern)
+    frame_id: str = Field(pattern=topics.FRAME_ID.pattern)
+    verdict: str = Field(max_length=40)
+    by: str = Field(max_length=100)
 
 
 class Metrics(Message):

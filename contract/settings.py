@@ -11,9 +11,9 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from contract import topics
 
@@ -42,6 +42,29 @@ def check_prefix(v: str) -> str:
     if not topics.PREFIX.match(v):
         raise ValueError("must be topic levels of letters, digits, '_', '.', '-' separated by '/'")
     return v
+
+
+def check_time_zone(v: str) -> str:
+    """The plant's time zone, an IANA name ("Europe/Berlin"); "" stands for the machine's own."""
+    if v:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone this machine knows (an IANA name, as Europe/Berlin)") from None
+    return v
+
+
+# A config key holding the plant's time zone.
+TimeZone = Annotated[str, AfterValidator(check_time_zone)]
+
+
+def check_time_of_day(x: str) -> str:
+    """``HH:MM``, 00:00 to 23:59."""
+    if len(x) != 5 or x[2] != ":" or not (x[:2] + x[3:]).isdigit() or int(x[:2]) > 23 or int(x[3:]) > 59:
+        raise ValueError(f"{x!r} is not a time of day as HH:MM")
+    return x
 
 
 class BrokerSettings(Section):

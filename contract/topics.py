@@ -24,12 +24,15 @@ FRAME = "frame"  # frame/<frame_id>: JPEG of the whole frame with the crop's box
 GRADCAM = "gradcam"  # gradcam/<frame_id>: JPEG bytes; "gradcam" alone: the JSON event
 CMD = "cmd"  # cmd/<name>; replies on cmd/<name>/reply
 REPLY = "reply"
+REVIEWED = "reviewed"  # <console prefix>/<console id>/reviewed: a person said whether a unit's call was right
+CONSOLE_PREFIX = "defect-console"
 
 # The names a unit answers on cmd/<name>, and the kinds of alert it raises: here once. Their payloads' models are in
 # contract/payloads.py, keyed by these names.
 Command = Literal["gradcam", "model", "threshold", "feedback", "trigger", "learn_belt"]
 COMMANDS: tuple[Command, ...] = get_args(Command)
-AlertKind = Literal["defect", "low_confidence", "camera_offline", "model_error", "framing", "unfamiliar_input"]
+AlertKind = Literal["defect", "low_confidence", "camera_offline", "camera_back", "model_error", "framing",
+                    "unfamiliar_input"]
 ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 
 ONLINE, OFFLINE = b"online", b"offline"

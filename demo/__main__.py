@@ -151,6 +151,9 @@ def main() -> int:
         smtp.start()
         relay_conf = write(RUN / "relay" / "relay.toml", f"""
 metrics_interval_s = 5
+console_url = "http://127.0.0.1:{CONSOLE_PORT}"
+[stations]
+station1 = "Demo line, station 1"
 [mqtt]
 host = "127.0.0.1"
 port = {mqtt_port}
@@ -351,7 +354,7 @@ def summary() -> None:
     for path in mails:
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         files = [p.get_filename() for p in msg.walk() if p.get_content_maintype() == "image"]
-        print(f"  {path.name}: {msg['Subject']}  [{', '.join(files) or 'no attachment'}]")
+        print(f"  {path.name}: {msg['Subject']}  [{', '.join(files) or 'no picture'}]")
     with_heat = sum(1 for p in mails if b".gradcam.jpg" in p.read_bytes())
     print(f"{with_heat} of them carry a Grad-CAM heatmap")
     print(f"the unit's database (results, events, heatmaps, outbox): {RUN / 'edge' / 'state.db'}")

@@ -1,7 +1,8 @@
 """The unit watching itself, from the housekeeping thread: camera state, model errors, and the ``metrics`` message.
 
 - The retained ``status`` must never show a stale camera: a change of camera state republishes it.
-- A camera that stays away for ``camera.offline_alert_after_s`` raises one ``camera_offline`` alert per outage.
+- A camera that stays away for ``camera.offline_alert_after_s`` raises one ``camera_offline`` alert per outage, and
+  one ``camera_back`` when it returns: whoever was told it went hears that it came back, and after how long.
 - Frames the model failed on raise at most one ``model_error`` alert a minute.
 - Every ``metrics.interval_s``: rates, latency percentiles per stage, the board's health and the outbox.
 """
@@ -59,6 +60,10 @@ class Health:
             self._changed()
         now = time.time() if now is None else now
         if camera.state in ("streaming", "ended"):
+            if self._offline_alerted and self._offline_since is not None:
+                went = self._offline_since
+                self._alert(Alert("camera_back", None, f"{self.w.device_id}:camera_back:{int(went)}",
+                                  {"since": topics.iso(went), "offline_s": round(now - went, 1)}), topics.iso(now))
             self._offline_since, self._offline_alerted = None, False
             return
         self._offline_since = self._offline_since or now

@@ -1,4 +1,4 @@
-"""``defect-relay``: alerts from the fleet's units to e-mail and webhooks, beside the central broker."""
+"""``defect-relay``: alerts from the fleet's units to e-mail, chat and push channels, beside the central broker."""
 
 from __future__ import annotations
 
@@ -20,22 +20,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="defect-relay: %(levelname)s %(name)s: %(message)s")
     from relay import config
+    from relay.render import Renderer
 
     try:
         cfg = config.load(args.config)
+        Renderer(cfg).check()
     except config.ConfigError as e:
         print(f"defect-relay: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.command == "check-config":
         print(f"{args.config}: OK: relay {cfg.id}, broker {cfg.mqtt.host}:{cfg.mqtt.port}, SMTP {cfg.smtp.host}:"
-              f"{cfg.smtp.port} ({cfg.smtp.security}), {len(cfg.routes)} route(s)")
+              f"{cfg.smtp.port} ({cfg.smtp.security}), {len(cfg.routes)} route(s), templates rendered")
         return 0
     from contract.sqlite import SchemaError
     from relay.service import Relay
 
     try:
         relay = Relay(cfg)
-    except SchemaError as e:
+    except (SchemaError, config.ConfigError) as e:
         print(f"defect-relay: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return relay.run()

@@ -1,5 +1,8 @@
 """``relay.toml``: the central relay's configuration, validated once at start (unknown keys are errors).
 
+Mails are Jinja2 templates (``relay/templates``); a plant overrides any of them by a file of the same name in
+``templates.dir``, and every template is rendered once at start, so a broken one stops the relay with its name.
+
 Secrets: the broker password from ``mqtt.password_file`` / ``$DEFECT_RELAY_MQTT_PASSWORD`` / credential
 ``mqtt_password``; the SMTP password from ``smtp.password_file`` / ``$DEFECT_RELAY_SMTP_PASSWORD`` / credential
 ``smtp_password``. ``examples/relay.toml`` documents every key.
@@ -10,14 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from contract import topics
 from contract.settings import (
     BrokerSettings,
     ConfigError,
     Section,
+    TimeZone,
     check_prefix,
+    check_time_of_day,
     load_file,
     read_secret,
     state_directory,
@@ -30,8 +35,9 @@ __all__ = ["ConfigError", "RelayConfig", "load", "parse"]
 class MqttConfig(BrokerSettings):
     edge_prefix: str = topics.DEFAULT_PREFIX  # the units' prefix: alerts come from <edge_prefix>/<device>/alert
     shared_group: str = "defect-relay"  # MQTT v5 shared subscription group: relays in one group split the fleet
+    console_prefix: str = "defect-console"  # reviews from the console: <console_prefix>/<console id>/reviewed
 
-    @field_validator("edge_prefix")
+    @field_validator("edge_prefix", "console_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
         return check_prefix(v)
@@ -52,13 +58,44 @@ class SmtpConfig(Section):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+def _address(a: str) -> str:
+    if "@" not in a or any(c in a for c in "\r\n<>,;\"' "):
+        raise ValueError(f"{a!r} is not a plain e-mail address")
+    return a
+
+
+def _apprise_url(url: str) -> str:
+    """A URL Apprise can send to (checked at start: a typo must not wait for the first alert to show)."""
+    import apprise
+
+    if not apprise.Apprise().add(url):
+        raise ValueError(f"{url[:60]!r} is not a notification URL Apprise knows (docs/relay.md lists the schemes)")
+    return url
+
+
+def _hours(window: str) -> str:
+    start, sep, end = window.partition("-")
+    if not sep:
+        raise ValueError(f"{window!r} is not a window as HH:MM-HH:MM")
+    check_time_of_day(start)
+    check_time_of_day(end)
+    if start == end:
+        raise ValueError(f"{window!r} is empty; leave hours out for all day")
+    return window
+
+
 class Route(Section):
-    """Who hears about what: every matching route's recipients and webhooks get the alert."""
+    """Who hears about what: every matching route's recipients and notification URLs get the alert, within the
+    route's hours; an alert nobody reviews in the console within ``escalate_after_min`` goes to ``escalate_to``."""
 
     devices: list[str] = ["*"]  # glob patterns on the device id, e.g. "line3-*"
     kinds: list[str] = list(topics.ALERT_KINDS)
     recipients: list[str] = []
-    webhooks: list[str] = []
+    notify: list[str] = []  # Apprise URLs: slack://..., msteams://..., tgram://..., ntfys://..., json://host/path
+    hours: list[str] = []  # windows in the plant's time, "06:00-14:00", "22:00-06:00"; [] = all day
+    escalate_after_min: float = Field(default=0.0, ge=0)  # 0: never
+    escalate_to: list[str] = []  # mail recipients of the escalation
+    escalate_notify: list[str] = []  # Apprise URLs of the escalation
 
     @field_validator("kinds")
     @classmethod
@@ -68,13 +105,26 @@ class Route(Section):
             raise ValueError(f"unknown alert kind(s) {sorted(unknown)}; known: {', '.join(topics.ALERT_KINDS)}")
         return v
 
-    @field_validator("recipients")
+    @field_validator("recipients", "escalate_to")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        for a in v:
-            if "@" not in a or any(c in a for c in "\r\n<>,;\"' "):
-                raise ValueError(f"{a!r} is not a plain e-mail address")
-        return v
+        return [_address(a) for a in v]
+
+    @field_validator("notify", "escalate_notify")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return [_apprise_url(u) for u in v]
+
+    @field_validator("hours")
+    @classmethod
+    def _windows(cls, v: list[str]) -> list[str]:
+        return [_hours(w) for w in v]
+
+    @model_validator(mode="after")
+    def _escalation(self) -> Route:
+        if self.escalate_after_min and not (self.escalate_to or self.escalate_notify):
+            raise ValueError("escalate_after_min needs escalate_to or escalate_notify")
+        return self
 
 
 class StormConfig(Section):
@@ -101,12 +151,7 @@ class StateConfig(Section):
 
 
 class TemplatesConfig(Section):
-    """Mail subjects (``string.Template``: ``$name`` is an alert field); each alert kind reads as what it is."""
-
-    subject: str = "[$kind] $device_id: $label (p=$p_defect)"  # defect and low_confidence: a call on a frame
-    camera_offline_subject: str = "[camera_offline] $device_id: no frames since $since"
-    model_error_subject: str = "[model_error] $device_id: the model failed on $frame_errors frame(s)"
-    digest_subject: str = "[$kind] $device_id: $count alerts in $minutes min"
+    dir: Path | None = None  # a plant's templates: a file here replaces the shipped one of its name (docs/relay.md)
 
 
 class RelayConfig(Section):
@@ -121,6 +166,16 @@ class RelayConfig(Section):
     state: StateConfig = Field(default_factory=StateConfig)  # reads $STATE_DIRECTORY when loaded, not imported
     templates: TemplatesConfig = TemplatesConfig()
     metrics_interval_s: float = Field(default=30.0, ge=1)
+    console_url: str = ""  # "https://console.plant": mails link to the part's page there (a login is needed)
+    time_zone: TimeZone = ""  # the plant's, for times in mails and route hours (an IANA name); "": this machine's
+    stations: dict[str, str] = {}  # device id -> the name people know the station by, "line3-a" = "Line 3, press"
+
+    @field_validator("console_url")
+    @classmethod
+    def _console(cls, v: str) -> str:
+        if v and not (v.startswith(("http://", "https://")) and "?" not in v and "#" not in v):
+            raise ValueError("must be the console's address, as https://console.plant or http://10.0.0.5:8080")
+        return v.rstrip("/")
 
     @field_validator("id")
     @classmethod

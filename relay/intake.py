@@ -12,7 +12,7 @@ from contract import payloads, topics
 from contract.payloads import PayloadError
 from contract.topics import Topic, TopicError
 
-__all__ = ["Rejected", "parse_alert", "route_topic"]
+__all__ = ["Rejected", "parse_alert", "parse_reviewed", "route_topic"]
 
 Rejected = (PayloadError, TopicError)  # both carry ``reason``, the counter a refusal is reported under
 
@@ -37,3 +37,11 @@ def check_image(where: Topic, payload: bytes, max_bytes: int) -> None:
         raise PayloadError("oversize", f"{where.what} of {len(payload)} bytes > {max_bytes}")
     if payload[:2] != b"\xff\xd8":
         raise PayloadError("not_jpeg", f"{where.what} for {where.key} is not a JPEG")
+
+
+def parse_reviewed(console_prefix: str, topic: str, payload: bytes) -> payloads.Reviewed:
+    """``<console_prefix>/<console id>/reviewed``: a person's verdict, which ends an alert's escalation."""
+    console_id, sep, what = topic[len(console_prefix) + 1:].partition("/")
+    if not sep or what != topics.REVIEWED or not topics.DEVICE_ID.match(console_id):
+        raise TopicError("bad_topic", topic[:120])
+    return payloads.read(payloads.Reviewed, payload, device_id=console_id, max_bytes=4096)

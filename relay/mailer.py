@@ -1,18 +1,16 @@
-"""Composing alert and digest mails (plain text and escaped HTML, evidence attached) and sending them over SMTP.
+"""Composing alert and digest mails (the words from :mod:`relay.render`, the pictures inline) and sending them over
+SMTP.
 
-Every value from a device is used in a header only after :mod:`relay.intake` checked it, and the ``email`` package
-refuses CR/LF in headers besides. HTML bodies escape every value. Failures are classified for the retry policy:
-connection problems and 4xx replies are transient, 5xx replies permanent.
+Every value from a device is used in a header only after :mod:`relay.intake` checked it, subjects are folded to one
+line, and the ``email`` package refuses CR/LF in headers besides; HTML templates escape every value. Failures are
+classified for the retry policy: connection problems and 4xx replies are transient, 5xx replies permanent.
 """
 
 from __future__ import annotations
 
-import html
 import io
 import smtplib
 import ssl
-import string
-from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY  # CRLF line ends: smtplib does not fix them in bytes messages
 from email.utils import formatdate, make_msgid
@@ -21,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from relay.config import RelayConfig
+from relay.render import CAPTIONS, Rendered, Renderer, cid
 
 
 class TransientError(Exception):
@@ -29,18 +28,6 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """Retrying cannot help (5xx); the message goes to the dead letters."""
-
-
-def _fields(alert: dict[str, Any]) -> dict[str, str]:
-    """Printable one-line values for templates (a value never carries a line break into a header)."""
-    out = {}
-    for k, v in alert.items():
-        if isinstance(v, float):
-            v = f"{v:.3f}"
-        elif isinstance(v, (dict, list)):
-            continue
-        out[k] = " ".join(str(v).split())[:200]
-    return out
 
 
 def _base(cfg: RelayConfig, recipients: list[str], subject: str) -> EmailMessage:
@@ -55,51 +42,29 @@ def _base(cfg: RelayConfig, recipients: list[str], subject: str) -> EmailMessage
     return msg
 
 
-def _table(rows: list[tuple[str, str]]) -> tuple[str, str]:
-    text = "\n".join(f"{k}: {v}" for k, v in rows)
-    cells = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return text, f"<table>{cells}</table>"
-
-
-# What each kind of alert means to the person reading the mail, and the fields that tell its story.
-_MEANING = {
-    "defect": ("The unit called a part defective.",
-               ("label", "p_defect", "confidence", "threshold", "model", "frame_id")),
-    "low_confidence": ("The unit was unsure about a part (p_defect inside the low-confidence band): a person should "
-                       "look at it.", ("label", "p_defect", "confidence", "threshold", "model", "frame_id")),
-    "camera_offline": ("The unit has had no frame from its camera, so it is not inspecting. Check the camera, its "
-                       "cable and the unit's journal.", ("since", "error")),
-    "model_error": ("The model failed on frames: those parts were not inspected. The unit's journal has the details.",
-                    ("frame_errors", "error", "model")),
-}
-
-
-def subject_of(cfg: RelayConfig, fields: dict[str, str]) -> str:
-    kind = fields.get("kind", "")
-    t = cfg.templates
-    template = {"camera_offline": t.camera_offline_subject, "model_error": t.model_error_subject}.get(kind, t.subject)
-    defaults = {"label": "?", "p_defect": "?", "since": "?", "frame_errors": "?", "error": ""}
-    return " ".join(string.Template(template).safe_substitute({**defaults, **fields}).split())
-
-
-def alert_mail(cfg: RelayConfig, alert: dict[str, Any], evidence: dict[str, bytes], recipients: list[str]) -> bytes:
-    f = _fields(alert)
-    subject = subject_of(cfg, f)
-    meaning, story = _MEANING.get(f.get("kind", ""), ("", ()))
-    keys = ("device_id", "kind", *story, "ts", "dedup_key")
-    text, table = _table([(k, f[k]) for k in keys if f.get(k)])
-    msg = _base(cfg, recipients, subject)
-    attached = ", ".join(sorted(evidence)) or "none"
-    msg.set_content(f"{subject}\n\n{meaning}\n\n{text}\n\nattached: {attached}\n")
-    msg.add_alternative(f"<html><body><h3>{html.escape(subject)}</h3><p>{html.escape(meaning)}</p>{table}"
-                        f"<p>attached: {html.escape(attached)}</p></body></html>", subtype="html")
-    frame = f.get("frame_id", "frame")
-    for kind, data in sorted(evidence.items()):
-        msg.add_attachment(data, maintype="image", subtype="jpeg", filename=f"{frame}.{kind}.jpg")
+def _compose(cfg: RelayConfig, recipients: list[str], r: Rendered, images: list[tuple[str, str, bytes]]) -> bytes:
+    """multipart/alternative of the plain text and multipart/related(HTML, its images by Content-ID): the pictures
+    show in the mail itself, as every common client renders ``cid:`` references; (Content-ID, file name, JPEG)."""
+    msg = _base(cfg, recipients, r.subject)
+    msg.set_content(r.text)
+    msg.add_alternative(r.html, subtype="html")
+    html_part = msg.get_body(("html",))
+    assert isinstance(html_part, EmailMessage)
+    for content_id, filename, data in images:
+        html_part.add_related(data, maintype="image", subtype="jpeg", cid=f"<{content_id}>", filename=filename,
+                              disposition="inline")
     return msg.as_bytes(policy=SMTP_POLICY)
 
 
-def thumbnail(jpeg: bytes, side: int = 160) -> bytes:
+def alert_mail(cfg: RelayConfig, renderer: Renderer, alert: dict[str, Any], evidence: dict[str, bytes],
+               recipients: list[str], escalated_after_min: float | None = None) -> bytes:
+    shown = [k for k in CAPTIONS if k in evidence]
+    frame = alert.get("frame_id") or ""
+    return _compose(cfg, recipients, renderer.alert(alert, shown, escalated_after_min),
+                    [(cid(k, frame), f"{frame}.{k}.jpg", evidence[k]) for k in shown])
+
+
+def thumbnail(jpeg: bytes, side: int = 320) -> bytes:
     with Image.open(io.BytesIO(jpeg)) as src:
         small = src.convert("RGB")
     small.thumbnail((side, side))
@@ -108,24 +73,10 @@ def thumbnail(jpeg: bytes, side: int = 160) -> bytes:
     return out.getvalue()
 
 
-def digest_mail(cfg: RelayConfig, device_id: str, kind: str, alerts: list[dict[str, Any]],
+def digest_mail(cfg: RelayConfig, renderer: Renderer, device_id: str, kind: str, alerts: list[dict[str, Any]],
                 thumbnails: list[tuple[str, bytes]], recipients: list[str]) -> bytes:
-    first, last = alerts[0], alerts[-1]
-    span = max(0.0, last["received"] - first["received"])
-    subject = string.Template(cfg.templates.digest_subject).safe_substitute(
-        {"kind": kind, "device_id": device_id, "count": str(len(alerts)), "minutes": f"{max(span / 60, 0.1):.1f}"})
-    when = [datetime.fromtimestamp(a["received"], timezone.utc).strftime("%H:%M:%S") for a in (first, last)]
-    rows = [("device_id", device_id), ("kind", kind), ("alerts", str(len(alerts))),
-            ("first frame", f"{first.get('frame_id') or '-'} at {when[0]} UTC"),
-            ("last frame", f"{last.get('frame_id') or '-'} at {when[1]} UTC")]
-    text, table = _table(rows)
-    msg = _base(cfg, recipients, subject)
-    msg.set_content(f"{subject}\n\n{text}\n\nThese alerts came faster than the cooldown of "
-                    f"{cfg.storm.cooldown_s:.0f} s, so they are summarised here.\n")
-    msg.add_alternative(f"<html><body><h3>{html.escape(subject)}</h3>{table}</body></html>", subtype="html")
-    for frame_id, data in thumbnails:
-        msg.add_attachment(data, maintype="image", subtype="jpeg", filename=f"{frame_id}.thumb.jpg")
-    return msg.as_bytes(policy=SMTP_POLICY)
+    r = renderer.digest(device_id, kind, alerts, [frame_id for frame_id, _ in thumbnails])
+    return _compose(cfg, recipients, r, [(cid("thumb", f), f"{f}.thumb.jpg", data) for f, data in thumbnails])
 
 
 def send(cfg: RelayConfig, recipients: list[str], message: bytes, password: str) -> None:

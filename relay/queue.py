@@ -3,14 +3,19 @@
 - ``alerts``: every accepted alert, keyed by its dedup key (QoS 1 may deliver twice: the second is a no-op), stored
   before the MQTT acknowledgement; then marked as mailed or digested.
 - ``evidence``: snapshot and Grad-CAM JPEGs by frame id, attached when they arrive within the evidence wait.
-- ``outgoing``: composed mails and webhook posts, retried with exponential backoff; after too many attempts or too
+- ``outgoing``: composed mails and notifications, retried with exponential backoff; after too many attempts or too
   long they move to the dead-letter state and are reported.
+- ``escalations``: an alert's second round of recipients, due at a time unless the console reviewed its frame (or,
+  for a camera gone, the camera came back) before; ``reviews``: the console's reviewed frames, as it announced them.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +42,35 @@ SCHEMA: tuple[Step, ...] = (
         "CREATE INDEX IF NOT EXISTS outgoing_due ON outgoing (state, next_attempt)",
         "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     ),
+    (  # 2: escalation when nobody reviews
+        """CREATE TABLE escalations (
+    dedup_key TEXT NOT NULL, due REAL NOT NULL, after_min REAL NOT NULL, recipients TEXT NOT NULL,
+    notify TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'waiting', PRIMARY KEY (dedup_key, recipients, notify)
+)""",
+        "CREATE INDEX escalations_due ON escalations (state, due)",
+        """CREATE TABLE reviews (
+    device_id TEXT NOT NULL, frame_id TEXT NOT NULL, verdict TEXT NOT NULL, by TEXT NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (device_id, frame_id)
+)""",
+    ),
 )
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Who hears of an alert a second time, and when: ``after_min`` after it was sent, unless handled by then."""
+
+    after_min: float
+    recipients: tuple[str, ...]
+    notify: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Outgoing:
     id: int
-    channel: str  # smtp | webhook
-    target: str  # comma-separated recipients, or the webhook URL
-    body: bytes  # the whole RFC 5322 message, or the JSON document
+    channel: str  # smtp | apprise
+    target: str  # comma-separated recipients, or the Apprise URL
+    body: bytes  # the whole RFC 5322 message, or the notification (JSON: title, body, picture)
     created: float
     attempts: int
 
@@ -92,27 +117,70 @@ class Store:
         return [dict(zip(("dedup_key", "device_id", "kind", "frame_id", "payload", "received"), r, strict=True))
                 for r in rows]
 
-    def enqueue(self, keys: list[str], state: str, items: list[tuple[str, str, bytes]]) -> None:
-        """In one transaction: queue the outgoing items and mark the alerts they carry (so neither is lost)."""
+    def enqueue(self, keys: list[str], state: str, items: list[tuple[str, str, bytes]],
+                escalations: Sequence[Escalation] = ()) -> None:
+        """In one transaction: queue the outgoing items, mark the alerts they carry and schedule their escalations
+        (so none is lost, and none happens twice)."""
         now = time.time()
+        with self._transaction():
+            first = self._queue(items, now)
+            self._db.executemany("UPDATE alerts SET state = ?, outgoing_id = ? WHERE dedup_key = ?",
+                                 [(state, first, k) for k in keys])
+            self._db.executemany(
+                "INSERT OR IGNORE INTO escalations (dedup_key, due, after_min, recipients, notify) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(k, now + e.after_min * 60, e.after_min, json.dumps(e.recipients), json.dumps(e.notify))
+                 for k in keys for e in escalations])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                first = None
-                for channel, target, body in items:
-                    cur = self._db.execute("INSERT INTO outgoing (channel, target, body, created, next_attempt) "
-                                           "VALUES (?, ?, ?, ?, ?)", (channel, target, body, now, now))
-                    first = first or cur.lastrowid
-                self._db.executemany("UPDATE alerts SET state = ?, outgoing_id = ? WHERE dedup_key = ?",
-                                     [(state, first, k) for k in keys])
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def _queue(self, items: list[tuple[str, str, bytes]], now: float) -> int | None:
+        """Insert outgoing items (inside a transaction); the first one's id."""
+        first = None
+        for channel, target, body in items:
+            cur = self._db.execute("INSERT INTO outgoing (channel, target, body, created, next_attempt) "
+                                   "VALUES (?, ?, ?, ?, ?)", (channel, target, body, now, now))
+            first = first or cur.lastrowid
+        return first
+
     def mark(self, keys: list[str], state: str) -> None:
         with self._lock:
             self._db.executemany("UPDATE alerts SET state = ? WHERE dedup_key = ?", [(state, k) for k in keys])
+
+    # -- escalation ----------------------------------------------------------------------------------------------
+    def add_review(self, device_id: str, frame_id: str, verdict: str, by: str) -> None:
+        self._q("INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?, ?)", device_id, frame_id, verdict, by, time.time())
+
+    def due_escalations(self, now: float) -> list[tuple[dict[str, Any], Escalation, bool]]:
+        """Escalations whose time has come: (the alert, whom to tell, whether it was handled meanwhile). Handled:
+        the console reviewed the alert's frame, or a camera gone came back (its ``camera_back`` has the same
+        ``since``)."""
+        rows = self._q(
+            "SELECT a.dedup_key, a.device_id, a.kind, a.frame_id, a.payload, a.received, e.after_min, e.recipients, "
+            "e.notify, (EXISTS (SELECT 1 FROM reviews r WHERE r.device_id = a.device_id AND r.frame_id = a.frame_id)"
+            " OR EXISTS (SELECT 1 FROM alerts b WHERE a.kind = 'camera_offline' AND b.kind = 'camera_back' "
+            "AND b.device_id = a.device_id AND json_extract(b.payload, '$.since') = json_extract(a.payload, '$.since')"
+            ")) FROM escalations e JOIN alerts a ON a.dedup_key = e.dedup_key WHERE e.state = 'waiting' AND e.due <= ?"
+            " ORDER BY e.due", now)
+        keys = ("dedup_key", "device_id", "kind", "frame_id", "payload", "received")
+        return [(dict(zip(keys, r[:6], strict=True)),
+                 Escalation(r[6], tuple(json.loads(r[7])), tuple(json.loads(r[8]))), bool(r[9])) for r in rows]
+
+    def escalated(self, dedup_key: str, e: Escalation, state: str, items: list[tuple[str, str, bytes]]) -> None:
+        """One escalation done (``sent`` with its outgoing items, or ``handled``), in one transaction."""
+        with self._transaction():
+            self._queue(items, time.time())
+            self._db.execute("UPDATE escalations SET state = ? WHERE dedup_key = ? AND recipients = ? AND notify = ?",
+                             (state, dedup_key, json.dumps(e.recipients), json.dumps(e.notify)))
 
     # -- delivery ------------------------------------------------------------------------------------------------
     def due(self, limit: int = 20) -> list[Outgoing]:
@@ -145,6 +213,7 @@ class Store:
 
     def prune_evidence(self, older_than_s: float) -> None:
         self._q("DELETE FROM evidence WHERE received < ?", time.time() - older_than_s)
+        self._q("DELETE FROM reviews WHERE received < ?", time.time() - 7 * 86400)
 
     def close(self) -> None:
         with self._lock:

@@ -1,9 +1,11 @@
-"""``defect-relay run``: alerts from the fleet to e-mail and webhooks, beside the central broker (``docs/relay.md``).
+"""``defect-relay run``: alerts from the fleet to e-mail and every channel Apprise speaks, beside the central broker
+(``docs/relay.md``).
 
 Threads: paho's network thread (validates and stores each message, then acknowledges it: manual ack, so an alert
-the relay could not store is redelivered by the broker), the scheduler (routing, evidence, storms), and the sender
-(SMTP and webhooks with retries and dead letters). Subscriptions are MQTT v5 shared subscriptions, so relays in
-one group split the fleet and each alert is handled by one of them; they are renewed on every connect.
+the relay could not store is redelivered by the broker), the scheduler (routing, evidence, storms, escalation), and
+the sender (SMTP and Apprise with retries and dead letters). Subscriptions are MQTT v5 shared subscriptions, so
+relays in one group split the fleet and each alert is handled by one of them; they are renewed on every connect. The
+session is persistent: alerts and reviews published while the relay restarts wait for it at the broker.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from contract import mqtt as mqttc
 from contract import payloads, topics
-from relay import mailer, webhook
+from relay import mailer, notify
 from relay.config import RelayConfig
-from relay.intake import Rejected, check_image, parse_alert, route_topic
+from relay.intake import Rejected, check_image, parse_alert, parse_reviewed, route_topic
 from relay.queue import Outgoing, Store
+from relay.render import Renderer
 from relay.storm import Scheduler
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,10 @@ log = logging.getLogger(__name__)
 class Relay:
     def __init__(self, cfg: RelayConfig):
         self.cfg = cfg
+        renderer = Renderer(cfg)
+        renderer.check()  # a broken template stops the start, named, rather than the first alert
         self.store = Store(cfg.state.dir / "relay.db")
-        self.scheduler = Scheduler(cfg, self.store)
+        self.scheduler = Scheduler(cfg, self.store, renderer)
         self.stop_event = threading.Event()
         self._wake_sender = threading.Event()
         self.base = f"{cfg.status_prefix}/{cfg.id}"
@@ -51,7 +56,7 @@ class Relay:
     def subscriptions(self) -> list[str]:
         p = self.cfg.mqtt.edge_prefix
         plain = [f"{p}/+/{topics.ALERT}", f"{p}/+/{topics.SNAPSHOT}/+", f"{p}/+/{topics.FRAME}/+",
-                 f"{p}/+/{topics.GRADCAM}/+"]
+                 f"{p}/+/{topics.GRADCAM}/+", f"{self.cfg.mqtt.console_prefix}/+/{topics.REVIEWED}"]
         return [f"$share/{self.cfg.mqtt.shared_group}/{t}" for t in plain] if self.v5 else plain
 
     # -- intake (paho's network thread) --------------------------------------------------------------------------
@@ -83,6 +88,11 @@ class Relay:
         client.ack(msg.mid, msg.qos)
 
     def intake(self, topic: str, payload: bytes) -> None:
+        if topic.startswith(self.cfg.mqtt.console_prefix + "/"):
+            r = parse_reviewed(self.cfg.mqtt.console_prefix, topic, payload)
+            self.store.add_review(r.unit, r.frame_id, r.verdict, r.by)
+            self.store.count("reviews_heard")
+            return
         where = route_topic(self.cfg.mqtt.edge_prefix, topic)
         if where.what == "alert":
             alert = parse_alert(where.device_id, payload, self.cfg.limits.max_alert_bytes)
@@ -102,7 +112,7 @@ class Relay:
             if item.channel == "smtp":
                 mailer.send(self.cfg, item.target.split(","), item.body, self.cfg.secret("smtp"))
             else:
-                webhook.post(item.target, item.body)
+                notify.send(item.target, item.body)
         except mailer.PermanentError as e:
             self.store.failed(item, str(e), retry_in=None)
             log.error("%s %d dead-lettered: %s", item.channel, item.id, e)
@@ -158,7 +168,7 @@ class Relay:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        mqttc.connect_async(self.client, self.cfg.mqtt)
+        mqttc.connect_async(self.client, self.cfg.mqtt, persistent=True)
         threads = [threading.Thread(target=f, name=n, daemon=True)
                    for f, n in ((self._scheduler_loop, "scheduler"), (self._sender_loop, "sender"))]
         for t in threads:

@@ -8,7 +8,8 @@
 #   $UNITDIR                (/usr/local/lib/systemd/system)  the three units, pointing at $PREFIX and $SYSCONFDIR
 #   $SYSUSERSDIR            (/usr/local/lib/sysusers.d)      the defect-edge and defect-relay system users
 #
-# EXTRAS=gradcam adds TensorFlow for heatmaps on the unit (about 500 MB). PIP_ARGS passes options to pip (e.g.
+# EXTRAS=gradcam adds TensorFlow for heatmaps on the unit (about 500 MB); EXTRAS=relay the relay's templates and
+# channels (Jinja2, Apprise) on the central host; EXTRAS=console the console. PIP_ARGS passes options to pip (e.g.
 # --no-index --find-links DIR on a plant network). SYSTEM_SITE_PACKAGES=auto (default) gives the venv the system's
 # packages when the system has what pip cannot provide:
 #   - Debian's python3-picamera2 (a Raspberry Pi). A system NumPy 1.x is then kept at 1.x: picamera2's simplejpeg is

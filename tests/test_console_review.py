@@ -304,3 +304,28 @@ def test_a_part_is_reviewed_with_its_crop_and_the_whole_frame(tmp_path: Path) ->
     review.export(engine, cfg.images_dir, tmp_path / "out", holdout=0.0)
     row = (tmp_path / "out" / "manifest.csv").read_text().splitlines()[1]
     assert row.endswith(",u1-1-p000000007,ng"), "the export names the part the frame decided"
+
+
+def test_a_link_from_a_mail_lands_on_its_part_after_the_login(
+        world: tuple[TestClient, Engine, list[tuple[str, bytes]], config.ConsoleConfig]) -> None:
+    """The relay's mails link to one part's review (``/review?unit=..&frame=..``): the login in between keeps the
+    query, or the reviewer lands on the queue's oldest item instead of the part the mail was about; the verdict is
+    announced for the relay, which stops escalating it."""
+    client, _, sent, _ = world
+    link = "/review?unit=u1&frame=u1-1-000000007"
+    r = client.get(link, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=%2Freview%3Funit%3Du1%26frame%3Du1-1-000000007"
+    nxt = re.search(r'name="next" value="([^"]+)"', client.get(r.headers["location"]).text)
+    assert nxt and nxt.group(1).replace("&amp;", "&") == link
+    r = client.post("/login", data={"name": "op", "password": PW, "next": link}, follow_redirects=False)
+    assert r.headers["location"] == link
+    page = client.get(link).text
+    assert 'data-frame="u1-1-000000007"' in page
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token
+    client.post("/review", data={"csrf": token.group(1), "device_id": "u1", "frame_id": "u1-1-000000007",
+                                 "verdict": "right"})
+    announced = [json.loads(p) for t, p in sent if t == "defect-console/console1/reviewed"]
+    assert [(a["unit"], a["frame_id"], a["verdict"], a["by"]) for a in announced] == [
+        ("u1", "u1-1-000000007", "right", "op")]

@@ -10,18 +10,21 @@ import json
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from contract import payloads
+from contract import payloads, topics
 from core.classifier import Prediction
-from edge.alerts import AlertPolicy
+from edge.alerts import Alert, AlertPolicy
+from edge.health import Health
 from edge.history import History
 from edge.ringbuffer import Buffered, FrameRing
 from relay import config as relay_config
 from relay import intake, mailer
 from relay.queue import Store
+from relay.render import Renderer
 from relay.storm import Scheduler
 
 
@@ -57,7 +60,7 @@ def test_low_confidence_and_defect_are_armed_separately_and_can_be_off() -> None
 
 
 def relay_cfg(tmp: Path, **storm: float) -> relay_config.RelayConfig:
-    return relay_config.parse({"state": {"dir": str(tmp)}, "delivery": {"evidence_wait_s": 0},
+    return relay_config.parse({"state": {"dir": str(tmp)}, "delivery": {"evidence_wait_s": 0}, "time_zone": "UTC",
                                "storm": {"cooldown_s": 60, "digest_window_s": 30, **storm},
                                "routes": [{"devices": ["line3-*"], "recipients": ["lead@plant.example"]}]})
 
@@ -71,7 +74,7 @@ def accept(store: Store, device: str, n: int, kind: str = "defect") -> None:
 def test_first_alert_mails_then_a_storm_is_one_digest(tmp_path: Path) -> None:
     cfg = relay_cfg(tmp_path)
     store = Store(tmp_path / "relay.db")
-    sched = Scheduler(cfg, store)
+    sched = Scheduler(cfg, store, Renderer(cfg))
     accept(store, "line3-a", 0)
     now = time.time() + 1  # the scheduler's clock; alerts were received just before
     sched.tick(now)
@@ -84,7 +87,7 @@ def test_first_alert_mails_then_a_storm_is_one_digest(tmp_path: Path) -> None:
     due = store.due()
     assert len(due) == 2
     digest = email.message_from_bytes(due[1].body, policy=email.policy.default)
-    assert digest["Subject"] == "[defect] line3-a: 39 alerts in 0.1 min"  # spans shorter than 0.1 min read 0.1
+    assert digest["Subject"] == "line3-a: 39 × defective part in 0 s"  # received within the second
     accept(store, "other-b", 1)
     sched.tick(now + 33)
     assert store.counters()["alerts_unrouted"] == 1 and len(store.due()) == 2
@@ -93,19 +96,23 @@ def test_first_alert_mails_then_a_storm_is_one_digest(tmp_path: Path) -> None:
 
 def test_alert_kinds_read_as_what_they_are_in_mail(tmp_path: Path) -> None:
     cfg = relay_cfg(tmp_path)
+    renderer = Renderer(cfg)
     subjects = {}
     for alert in ({"kind": "camera_offline", "since": "2026-11-28T03:00:00.000Z", "error": "stalled"},
+                  {"kind": "camera_back", "since": "2026-11-28T03:00:00.000Z", "offline_s": 250.0},
                   {"kind": "model_error", "frame_errors": 3, "error": "bad frame", "model": "m"},
-                  {"kind": "defect", "label": "defective", "p_defect": 0.93}):
-        mail = mailer.alert_mail(cfg, {"device_id": "press.7", "frame_id": None, "dedup_key": "k", **alert}, {},
-                                 ["a@b.example"])
+                  {"kind": "defect", "label": "defective", "p_defect": 0.93, "confidence": 0.93}):
+        mail = mailer.alert_mail(cfg, renderer, {"device_id": "press.7", "frame_id": None, "dedup_key": "k",
+                                                 "ts": "2026-11-28T03:04:10.000Z", **alert}, {}, ["a@b.example"])
         msg = email.message_from_bytes(mail, policy=email.policy.default)
         subjects[alert["kind"]] = msg["Subject"]
-        assert "(p=)" not in msg["Subject"] and ":  " not in msg["Subject"]
-        assert "not inspecting" in msg.get_body(("plain",)).get_content() or alert["kind"] != "camera_offline"
-    assert subjects == {"camera_offline": "[camera_offline] press.7: no frames since 2026-11-28T03:00:00.000Z",
-                        "model_error": "[model_error] press.7: the model failed on 3 frame(s)",
-                        "defect": "[defect] press.7: defective (p=0.930)"}
+        text = msg.get_body(("plain",)).get_content()
+        assert "not inspecting" in text or alert["kind"] != "camera_offline"
+        assert text.rstrip().endswith("| key k | 2026-11-28T03:04:10.000Z"), "technical ids last"
+    assert subjects == {"camera_offline": "press.7: camera offline since Sat 28 Nov 2026, 03:00 UTC",
+                        "camera_back": "press.7: camera back after 4 min",
+                        "model_error": "press.7: the model failed on 3 frame(s)",
+                        "defect": "press.7: defective part (sure, p 0.930)"}
 
 
 def test_relay_intake_takes_alerts_and_jpegs_and_refuses_the_rest() -> None:
@@ -180,3 +187,30 @@ def test_the_sampler_takes_an_even_share_bounded_per_minute() -> None:
     assert taken == [9, 19, 29], "every tenth call, three a minute at most"
     assert [i for i in range(100, 130) if s.take(now=60 + i * 0.1)] == [109, 119, 129], "a minute later, again"
     assert not any(Sampler(0.0, 10).take(now=i) for i in range(50))
+
+
+def test_a_camera_gone_is_alerted_once_and_its_return_too() -> None:
+    """Whoever was told the camera went hears that it came back, after how long; a blip shorter than the alert
+    delay says nothing either way."""
+    camera = SimpleNamespace(state="streaming", stats=SimpleNamespace(last_error="no frame for 5 s"))
+    raised: list[tuple[Alert, str]] = []
+    watched = SimpleNamespace(device_id="press.7", camera=camera)
+    health = Health(watched, offline_alert_after_s=30, alert=lambda a, ts: raised.append((a, ts)),  # type: ignore[arg-type]
+                    changed=lambda: None)
+    t = 1_796_457_600.0
+    camera.state = "reconnecting"
+    health.watch_camera(t)
+    health.watch_camera(t + 10)
+    camera.state = "streaming"
+    health.watch_camera(t + 12)
+    assert raised == [], "a blip under offline_alert_after_s"
+    camera.state = "reconnecting"
+    for dt in (100, 131, 200):
+        health.watch_camera(t + dt)
+    camera.state = "streaming"
+    health.watch_camera(t + 340)
+    health.watch_camera(t + 341)
+    assert [(a.kind, a.detail) for a, _ in raised] == [
+        ("camera_offline", {"since": topics.iso(t + 100), "error": "no frame for 5 s"}),
+        ("camera_back", {"since": topics.iso(t + 100), "offline_s": 240.0})]
+    assert raised[0][0].dedup_key != raised[1][0].dedup_key

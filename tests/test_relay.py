@@ -1,10 +1,12 @@
-"""The relay against real servers: the suite's Mosquitto, aiosmtpd (plain, and STARTTLS with auth), an HTTP server.
+"""The relay against real servers: the suite's Mosquitto, aiosmtpd (plain, and STARTTLS with auth), an HTTP server
+standing in for a chat service's API, reached through Apprise.
 
 Relays run as their own processes (`defect-relay run`), fed by an MQTT client that publishes what units publish.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -96,7 +98,7 @@ def test_alert_with_evidence_is_one_mail_over_starttls_with_auth(tmp_path: Path,
         cfg = relay_config(tmp_path, broker, smtp, smtp={"security": "starttls", "ca_file": str(certs / "ca.crt"),
                                                          "username": "relay", "password": "s3cret",
                                                          "reply_to": "qa@plant.example"})
-        cfg["routes"][0]["webhooks"] = [hooks.url]
+        cfg["routes"][0]["notify"] = [hooks.url.replace("http://", "json://")]  # Apprise's JSON POST
         r = RelayProc(tmp_path / "r1", cfg).start()
         relays.append(r)
         pub = publisher(broker)
@@ -109,15 +111,21 @@ def test_alert_with_evidence_is_one_mail_over_starttls_with_auth(tmp_path: Path,
         rcpt, msg = smtp.sink.mails[0]
         assert rcpt == ["lead3@plant.example"] and msg["To"] == "lead3@plant.example"
         assert msg["Reply-To"] == "qa@plant.example" and msg["From"] == "relay@plant.example"
-        assert msg["Subject"] == "[defect] line3-a: defective (p=0.930)"
-        files = sorted(p.get_filename() for p in msg.walk() if p.get_content_maintype() == "image")
-        assert files == [f"{frame}.gradcam.jpg", f"{frame}.snapshot.jpg"]
-        text = next(p for p in msg.walk() if p.get_content_type() == "text/plain").get_content()
-        assert f"frame_id: {frame}" in text and "p_defect: 0.930" in text
+        assert msg["Subject"] == "line3-a: defective part (sure, p 0.930)"
+        inline = sorted((p.get_filename(), p["Content-ID"]) for p in msg.walk() if p.get_content_maintype() == "image")
+        assert inline == [(f"{frame}.gradcam.jpg", f"<gradcam.{frame}@defect-relay>"),
+                          (f"{frame}.snapshot.jpg", f"<snapshot.{frame}@defect-relay>")]
+        html = msg.get_body(("html",)).get_content()
+        assert f'src="cid:snapshot.{frame}@defect-relay"' in html and f'src="cid:gradcam.{frame}@defect-relay"' in html
+        text = msg.get_body(("plain",)).get_content()
+        assert f"frame {frame}" in text and "p(defect) = 0.930" in text
         deadline = time.monotonic() + 10
         while not hooks.bodies and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert hooks.bodies[0]["text"].startswith("[defect] line3-a") and hooks.bodies[0]["defect_relay"]["frame_id"]
+        posted = hooks.bodies[0]  # through Apprise: its JSON, the part's picture attached
+        assert posted["title"] == msg["Subject"] and "The unit called a part defective." in posted["message"]
+        assert [a["filename"] for a in posted["attachments"]] == [f"{frame}.jpg"]
+        assert base64.b64decode(posted["attachments"][0]["base64"]) == JPEG
         assert not smtp.sink.wait(2, 2), "one mail, not one per message"
         assert r.stop() == 0
     finally:
@@ -144,7 +152,8 @@ def test_storm_becomes_a_handful_of_digests(tmp_path: Path, broker: Broker, rela
             total = 0
             for _, m in smtp.sink.mails:
                 body = next(p for p in m.walk() if p.get_content_type() == "text/plain").get_content()
-                total += int(body.split("alerts: ")[1].split()[0]) if "alerts: " in body else 1
+                first = body.splitlines()[0]  # a digest opens with "N × defective part at <station>"
+                total += int(first.split(" × ")[0]) if " × " in first else 1
             return total
 
         deadline = time.monotonic() + 40
@@ -152,7 +161,7 @@ def test_storm_becomes_a_handful_of_digests(tmp_path: Path, broker: Broker, rela
             time.sleep(0.2)
         assert counted() == 1000, "every alert is counted in one mail"
         assert len(smtp.sink.mails) <= 7, [m["Subject"] for _, m in smtp.sink.mails]
-        assert "alerts in" in smtp.sink.mails[-1][1]["Subject"]
+        assert " × defective part in " in smtp.sink.mails[-1][1]["Subject"]
     finally:
         smtp.stop()
 
@@ -179,7 +188,7 @@ def test_smtp_outage_and_relay_restart_lose_nothing_and_send_nothing_twice(tmp_p
         assert not smtp.sink.wait(7, 3), "none twice"
         assert sorted(m["To"] for _, m in smtp.sink.mails) == ["lead3@plant.example"] * 6
         subjects = sorted(m["Subject"] for _, m in smtp.sink.mails)
-        assert subjects == sorted(f"[defect] line3-{i}: defective (p=0.930)" for i in range(6))
+        assert subjects == sorted(f"line3-{i}: defective part (sure, p 0.930)" for i in range(6))
     finally:
         smtp.stop()
 

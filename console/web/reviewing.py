@@ -20,7 +20,7 @@ from console import images
 from console.auth import User
 from console.store import queries, review, writer
 from console.web.deps import Operator, PostedOperator, Viewer, day_span, heatmap_method, web_of
-from contract import topics
+from contract import payloads, topics
 
 router = APIRouter()
 
@@ -73,6 +73,9 @@ async def review_post(request: Request, posted: PostedOperator) -> Response:
                 user=user.name, request_id=None))
         except (ValueError, LookupError) as e:
             raise HTTPException(400, str(e)) from None
+        reviewed = payloads.Reviewed(device_id=web.cfg.id, unit=device_id, frame_id=frame_id, verdict=verdict,
+                                     by=user.name)
+        web.svc.publish(f"{web.cfg.mqtt.console_prefix}/{web.cfg.id}/{topics.REVIEWED}", payloads.dumps(reviewed))
         if item["truth"] is not None:  # the unit keeps it with the frame while it still buffers it
             web.send(user, device_id, "feedback", {"frame_id": frame_id, "label": item["truth"], "note": note},
                      review_of=frame_id)
