@@ -62,7 +62,7 @@ bench: setup
 # A unit or the relay's host, as the systemd units expect it (systemd/install.sh says what goes where):
 #   sudo make install                           the venv in /opt/defect-edge, units, /etc/defect-edge, system users
 #   make install DESTDIR=/tmp/pkg               the same tree under DESTDIR, for a package or an image build
-# Also: PREFIX, SYSCONFDIR, UNITDIR, SYSUSERSDIR, EXTRAS=gradcam, SYSTEM_SITE_PACKAGES=auto|yes|no, PIP_ARGS.
+# Also: PREFIX, SYSCONFDIR, UNITDIR, SYSUSERSDIR, EXTRAS=gradcam (or relay, console), SYSTEM_SITE_PACKAGES=auto|yes|no, PIP_ARGS.
 PREFIX ?= /opt/defect-edge
 install:
 	PYTHON='$(PYTHON)' PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' SYSCONFDIR='$(SYSCONFDIR)' UNITDIR='$(UNITDIR)' \

@@ -19,8 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--config", type=Path, default=Path("/etc/defect-edge/relay.toml"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="defect-relay: %(levelname)s %(name)s: %(message)s")
-    from relay import config
-    from relay.render import Renderer
+    try:
+        from relay import config
+        from relay.render import Renderer
+    except ImportError as e:  # installed without its extra: say what to install, not a traceback
+        print(f"defect-relay: error: {e.name} is missing: the relay needs its extra, pip install "
+              f"'defect-inspection[relay]' (make install EXTRAS=relay)", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     try:
         cfg = config.load(args.config)

@@ -139,6 +139,7 @@ class Renderer:
             "link": self.alert_link(a),
             "images": [(cid(k, a.get("frame_id") or ""), CAPTIONS[k]) for k in CAPTIONS if k in images],
             "escalated_after_min": escalated_after_min, "ts": a.get("ts") or "",
+            "waited": duration_words(escalated_after_min * 60) if escalated_after_min else "",
         }
 
     # -- mails ---------------------------------------------------------------------------------------------------

@@ -134,6 +134,20 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
     b.stop()
 
 
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    """Debian's headless Chromium (harness/browser.py), one per test module; CI fails without it."""
+    from harness.browser import chromium, missing
+
+    why = missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    with chromium() as b:
+        yield b
+
+
 @pytest.fixture
 def daemons():  # type: ignore[no-untyped-def]
     """Edge daemons a test started (tests/daemon_harness.py), killed after it whatever happened."""

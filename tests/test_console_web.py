@@ -5,9 +5,7 @@ pages it saw under ``var/screenshots/``."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,29 +16,13 @@ import pytest
 
 from harness import REPO
 from harness.broker import Broker, Collector
+from harness.browser import shot
 from harness.console import PASSWORD, ConsoleProc
 from harness.daemon import Daemon, part_folder
 from harness.units import SimUnit
 from harness.wait import until
 
 pytestmark = pytest.mark.processes
-SHOTS = REPO / "var" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        why = "Debian's chromium is not installed (make test installs it when run as root: apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -63,11 +45,6 @@ def login(browser: Any, console: ConsoleProc, user: str) -> Any:
     page.click("button[type=submit]")
     page.wait_for_url(f"{console.url}/")
     return page
-
-
-def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def fresh(page: Any) -> str:

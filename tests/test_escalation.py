@@ -162,3 +162,19 @@ def test_config_refuses_what_would_fail_later(tmp_path: Path) -> None:
         cfg_of(tmp_path, [], time_zone="Mars/Olympus")
     with pytest.raises(relay_config.ConfigError, match="console's address"):
         cfg_of(tmp_path, [], console_url="javascript:alert(1)")
+
+
+def test_check_config_renders_the_templates_and_names_a_broken_one(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from relay.cli import main
+
+    own = tmp_path / "templates"
+    own.mkdir()
+    conf = tmp_path / "relay.toml"
+    conf.write_text(f'[templates]\ndir = "{own}"\n[state]\ndir = "{tmp_path}"\n')
+    assert main(["check-config", "--config", str(conf)]) == 0
+    assert "templates rendered" in capsys.readouterr().out
+    (own / "alert.html").write_text("<p>{{ headline }</p>\n")
+    assert main(["check-config", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("defect-relay: error: ") and "template alert.html line 1" in err and "\n" not in err
