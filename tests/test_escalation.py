@@ -3,10 +3,13 @@ nobody reviews, and what the mail shows them (templates a plant can change, devi
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 
 from contract import payloads
 from relay import config as relay_config
-from relay import intake, mailer
+from relay import intake, mailer, notify
 from relay.queue import Store
 from relay.render import Renderer
 from relay.storm import Scheduler, in_hours
@@ -178,3 +181,59 @@ def test_check_config_renders_the_templates_and_names_a_broken_one(tmp_path: Pat
     assert main(["check-config", "--config", str(conf)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("defect-relay: error: ") and "template alert.html line 1" in err and "\n" not in err
+
+
+class Service(ThreadingHTTPServer):
+    """A local HTTP server standing in for a chat or push service's API: keeps each request, answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.status = status
+        srv = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                srv.requests.append((self.command, self.path, dict(self.headers), body))
+                self.send_response(srv.status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_PUT = do_POST  # noqa: N815
+
+        super().__init__(("127.0.0.1", 0), H)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def where(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+def test_channels_carry_the_words_and_the_picture_through_apprise() -> None:
+    photo = b"\xff\xd8\xff\xe0" + b"part" * 100
+    queued = notify.body("Press 3: defective part (sure, p 0.930)", "The unit called a part defective.\n"
+                         "https://console.plant/review?unit=a&frame=f", photo, "f.jpg")
+    srv = Service()
+    try:
+        notify.send(f"json://{srv.where}/hook", queued)
+        notify.send(f"ntfy://{srv.where}/line3", queued)
+        notify.send(f"gotify://{srv.where}/AbCdEfGhIjKlMnO", queued)
+        (_, _, _, js), (ntfy_method, ntfy_path, ntfy_headers, ntfy_body), (_, gotify_path, _, gotify) = srv.requests
+        posted = json.loads(js)
+        assert posted["title"].startswith("Press 3") and "review?unit=a&frame=f" in posted["message"]
+        assert base64.b64decode(posted["attachments"][0]["base64"]) == photo, "the picture, where it can go"
+        assert ntfy_method in ("PUT", "POST") and ntfy_body == photo and "filename=f.jpg" in ntfy_path
+        assert "review%3Funit%3Da%26frame%3Df" in ntfy_path or "review?unit=a&frame=f" in str(ntfy_headers)
+        assert gotify_path == "/message" and json.loads(gotify)["title"].startswith("Press 3")
+        srv.status = 503
+        with pytest.raises(mailer.TransientError, match=r"^json:// notification failed: .*503"):
+            notify.send(f"json://{srv.where}/hook", queued)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(mailer.TransientError, match="json:// notification failed"):
+        notify.send(f"json://{srv.where}/hook", queued, timeout_s=2)
