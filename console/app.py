@@ -47,6 +47,8 @@ def create_app(svc: Services) -> FastAPI:
                                  heatmap_methods=HEATMAP_METHODS, reply_text=reply_text)
     app.state.web = Web(svc, templates)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    if svc.cfg.releases_dir is not None:  # units fetch releases here and verify them by themselves (TUF): no login
+        app.mount("/releases", StaticFiles(directory=str(svc.cfg.releases_dir)), name="releases")
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

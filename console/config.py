@@ -102,6 +102,7 @@ class ConsoleConfig(Section):
     limits: LimitsConfig = LimitsConfig()
     state: StateConfig = Field(default_factory=StateConfig)
     models_dir: Path | None = None  # the console's model store (for inspect and heatmaps): .tflite + manifest + .h5
+    releases_dir: Path | None = None  # a TUF repository (defect-convert release) served read-only at /releases/
 
     @field_validator("id")
     @classmethod
@@ -151,6 +152,9 @@ def parse(data: dict[str, Any], *, check_files: bool = True) -> ConsoleConfig:
                      (("tls_cert_file", w.tls_cert_file), ("tls_key_file", w.tls_key_file)) if p and not p.is_file()]
         if cfg.models_dir is not None and not cfg.models_dir.is_dir():
             problems.append(f"models_dir: {cfg.models_dir} is not a folder")
+        if cfg.releases_dir is not None and not (cfg.releases_dir / "metadata" / "root.json").is_file():
+            problems.append(f"releases_dir: {cfg.releases_dir} is not a release repository (no metadata/root.json; "
+                            "make one with defect-convert release init)")
     if cfg.database.url and not cfg.database.url.startswith(("sqlite", "postgresql")):
         problems.append("database.url: must be sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
     if problems:

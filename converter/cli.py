@@ -163,6 +163,34 @@ def _cmd_framing(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_release(a: argparse.Namespace) -> int:
+    """Exit 0 when the repository changed as asked, 2 (one line, nothing half-written) when not."""
+    from converter import release
+
+    try:
+        if a.release_command == "init":
+            repo = release.init(a.repo, a.keys, root_keys=a.root_keys, threshold=a.threshold)
+            print(f"{repo.path}: a new release repository; its keys are in {a.keys} (mode 600). Give each unit "
+                  f"{repo.metadata / 'root.json'} as /etc/defect-edge/release-root.json, then move the root keys "
+                  f"({', '.join(p.name for p in sorted(a.keys.glob('root-*.pem')))}) offline (docs/releases.md)")
+            return 0
+        repo = release.Repo(a.repo, a.keys)
+        if a.release_command == "publish":
+            p = release.publish(repo, a.model, version=a.version, with_h5=not a.no_h5)
+            print(f"{p.name} release {p.version}: {len(p.files)} files, {p.size_bytes / 1e6:.1f} MB, signed; units "
+                  f"take it with: defect-edge models update {p.name}")
+        elif a.release_command == "refresh":
+            print(f"{repo.path}: timestamp signed, valid until {release.refresh(repo, days=a.days):%Y-%m-%d %H:%M} UTC")
+        else:
+            keyid = release.rotate(repo, a.role)
+            print(f"{repo.path}: the {a.role} role's key is now {keyid[:8]} (root version "
+                  f"{repo.root().version}); units follow on their next update")
+    except release.ReleaseError as e:
+        print(f"defect-convert: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="defect-convert", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -237,6 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--limit", type=int, default=200, help="measure on at most this many images (default 200)")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=_cmd_framing)
+    r = sub.add_parser("release", help="signed model releases for the fleet (a TUF repository the console serves)"
+                       ).add_subparsers(dest="release_command", required=True)
+    for verb, text in (("init", "a new repository, with fresh keys for its roles"),
+                       ("publish", "a converted model (DIR/NAME) as its next release"),
+                       ("refresh", "re-sign the timestamp (and snapshot) before it expires: units refuse a stale one"),
+                       ("rotate", "a new key for a role; the root names it, signed by the old root keys")):
+        v = r.add_parser(verb, help=text)
+        v.add_argument("--repo", type=Path, required=True, help="the repository folder (the console's releases_dir)")
+        v.add_argument("--keys", type=Path, required=True, help="the folder of signing keys (PEM, mode 600)")
+        if verb == "init":
+            v.add_argument("--root-keys", type=int, default=1, help="root keys to make (default 1)")
+            v.add_argument("--threshold", type=int, default=1, help="root keys needed to sign a new root (default 1)")
+        elif verb == "publish":
+            v.add_argument("model", type=Path, help="DIR/NAME, as defect-convert convert wrote it")
+            v.add_argument("--version", type=int, default=None, help="default: one more than the published")
+            v.add_argument("--no-h5", action="store_true", help="leave the Keras file out (no heatmaps on units)")
+        elif verb == "refresh":
+            v.add_argument("--days", type=float, default=None, help="timestamp validity (default 7)")
+        else:
+            v.add_argument("role", choices=("root", "targets", "snapshot", "timestamp"))
+        v.set_defaults(func=_cmd_release)
     return p
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.payloads import HEATMAP_METHODS
+from contract.settings import state_directory
 
 EXIT_BAD_INPUT = 2
 DEFAULT_MODEL = "mobilenetv2"
@@ -207,6 +208,23 @@ def _cmd_verify_model(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_models_update(a: argparse.Namespace) -> int:
+    """Exit 0 when the release is installed and proven here, 2 (one line, the models folder as it was) when not."""
+    from edge.releases import Releases
+
+    releases = Releases(a.repo, a.root, a.state, keep=a.keep)
+    if a.models_command == "rollback":
+        fetched, report = releases.rollback(a.name, a.models_dir, threads=a.threads)
+        print(f"{a.name}: rolled back to release {fetched.version} (kept here); {report.line()}")
+        return 0
+    fetched, report = releases.install(a.name, a.models_dir, a.version, threads=a.threads)
+    got = f"{fetched.downloaded_bytes / 1e6:.1f} MB downloaded" + (
+        f", {fetched.resumed_bytes / 1e6:.1f} MB resumed" if fetched.resumed_bytes else "")
+    print(f"{a.name}: release {fetched.version} verified ({len(fetched.files)} files, {got}) and installed; "
+          f"kept: {', '.join(map(str, releases.kept(a.name)))}; {report.line()}")
+    return 0
+
+
 def _cmd_models_add(a: argparse.Namespace) -> int:
     """Exit 0 when the model is installed and proven here, 2 (one line, nothing installed) when it is not."""
     from edge.modelstore import add
@@ -294,6 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--min-agreement", type=float, default=0.99,
                      help="refuse a model whose recorded agreement with Keras is lower (as model.min_agreement)")
     add.set_defaults(func=_cmd_models_add)
+    for verb, text in (("update", "fetch a model's release from the console's repository, verify it (TUF) and "
+                                  "install it, proven on this unit first"),
+                       ("rollback", "install the release kept here before the installed one (no network needed)")):
+        u = ma.add_parser(verb, help=text)
+        u.add_argument("name", help="the model's name")
+        if verb == "update":
+            u.add_argument("--version", type=int, default=None, help="this release (default: the newest)")
+        u.add_argument("--repo", default="http://localhost:8080/releases", help="the repository's URL (the "
+                       "console's /releases)")
+        u.add_argument("--root", type=Path, default=Path("/etc/defect-edge/release-root.json"),
+                       help="the repository's root metadata, trusted as given when the unit was installed")
+        u.add_argument("--state", type=Path, default=state_directory(Path("/var/lib/defect-edge")) / "releases",
+                       help="where fetched releases, partial downloads and trusted metadata are kept")
+        u.add_argument("--keep", type=int, default=3, help="releases kept for a rollback (default 3)")
+        u.add_argument("--models-dir", type=Path, default=default_models_dir())
+        u.add_argument("--threads", type=int, default=None, help="inference threads for the proof")
+        u.set_defaults(func=_cmd_models_update)
     e = sub.add_parser("export-feedback", help="write operator-corrected frames as good/ and defect/ for retraining")
     e.add_argument("out", type=Path)
     e.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"))

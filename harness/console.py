@@ -23,7 +23,8 @@ PASSWORD = "correct-horse-battery"  # every test user's password
 
 class ConsoleProc:
     def __init__(self, work: Path, broker_port: int, *, instance: str = "console1", db_url: str = "",
-                 users: dict[str, str] | None = None, models_dir: Path | None = None, **sections: dict[str, Any]):
+                 users: dict[str, str] | None = None, models_dir: Path | None = None, releases_dir: Path | None = None,
+                 **sections: dict[str, Any]):
         work.mkdir(parents=True, exist_ok=True)
         self.work, self.port = work, 0
         self.cfg: dict[str, Any] = {
@@ -35,6 +36,8 @@ class ConsoleProc:
         }
         if models_dir is not None:
             self.cfg["models_dir"] = str(models_dir)
+        if releases_dir is not None:
+            self.cfg["releases_dir"] = str(releases_dir)
         for k, v in sections.items():
             self.cfg.setdefault(k, {}).update(v)
         self.config = self._write_config()
