@@ -115,8 +115,12 @@ class Status(Message):
 
     # another process connected as this unit since it started (two units with one device id): what it said of itself
     twin: str | None = Field(default=None, max_length=200)
+    # a release on its way (docs/releases.md): name, version, state (offered, downloading, verified, shadow, promoted;
+    # failed, rejected, rolled_back) with its reason, and the shadow run's figures
+    release: dict[str, Any] | None = None
 
-    omit_if_none = frozenset({"model_refused", "framing", "familiarity", "decision", "parts", "instance_id", "twin"})
+    omit_if_none = frozenset({"model_refused", "framing", "familiarity", "decision", "parts", "instance_id", "twin",
+                              "release"})
 
 
 class Result(Message):
@@ -355,6 +359,25 @@ class LearnBeltArgs(CommandArgs):
     """Presence learns the empty belt again from the next frames (after the light or the camera was changed)."""
 
 
+class ReleaseArgs(CommandArgs):
+    """Fetch a model's release from the repository (the newest, or ``version``), prove it here, run it in shadow."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: int | None = Field(default=None, ge=1)
+
+
+class PromoteArgs(CommandArgs):
+    """The candidate in shadow becomes the active model (installed, swapped in, watched)."""
+
+
+class RejectArgs(CommandArgs):
+    """The candidate is dropped; the active model was never touched."""
+
+
+class RollbackArgs(CommandArgs):
+    """The model a promotion replaced comes back, in memory at once and then on disk."""
+
+
 class FeedbackArgs(CommandArgs):
     frame_id: str = Field(min_length=1, max_length=128)
     label: Literal["good", "defective"]  # what the part really was
@@ -368,7 +391,9 @@ class GradcamArgs(CommandArgs):
 
 COMMAND_ARGS: dict[Command, type[CommandArgs]] = {"model": ModelArgs, "threshold": ThresholdArgs,
                                                "trigger": TriggerArgs, "feedback": FeedbackArgs,
-                                               "gradcam": GradcamArgs, "learn_belt": LearnBeltArgs}
+                                               "gradcam": GradcamArgs, "learn_belt": LearnBeltArgs,
+                                               "release": ReleaseArgs, "promote": PromoteArgs, "reject": RejectArgs,
+                                               "rollback": RollbackArgs}
 
 
 def parse_command(name: str, payload: bytes | bytearray) -> CommandArgs:

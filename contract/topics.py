@@ -29,7 +29,8 @@ CONSOLE_PREFIX = "defect-console"
 
 # The names a unit answers on cmd/<name>, and the kinds of alert it raises: here once. Their payloads' models are in
 # contract/payloads.py, keyed by these names.
-Command = Literal["gradcam", "model", "threshold", "feedback", "trigger", "learn_belt"]
+Command = Literal["gradcam", "model", "threshold", "feedback", "trigger", "learn_belt", "release", "promote", "reject",
+                  "rollback"]
 COMMANDS: tuple[Command, ...] = get_args(Command)
 AlertKind = Literal["defect", "low_confidence", "camera_offline", "camera_back", "model_error", "framing",
                     "unfamiliar_input"]

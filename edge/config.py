@@ -100,6 +100,25 @@ class ModelConfig(Section):
     min_agreement: float = Field(default=0.99, ge=0, le=1)
 
 
+class ReleasesConfig(Section):
+    """Model releases from the console's repository (docs/releases.md): ``cmd/release``, shadow, promotion."""
+
+    url: str = ""  # the repository, e.g. "http://console.plant:8080/releases"; "": this unit takes no releases
+    root_file: Path = Path("/etc/defect-edge/release-root.json")  # the repository's root metadata, trusted as given
+    keep: int = Field(default=3, ge=1, le=20)  # releases kept on the unit for a rollback
+    shadow_share: float = Field(default=0.25, ge=0, le=1)  # of the live frames the candidate also judges in shadow
+    watch_results: int = Field(default=200, ge=10)  # after a promotion: results watched, the old model kept loaded
+    latency_factor: float = Field(default=2.0, gt=1)  # roll back when inference p95 exceeds the shadow's so many times
+    ng_rate_delta: float = Field(default=0.2, gt=0, le=1)  # roll back when the defective rate departs this far
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (TUF makes the transport's trust unneeded)")
+        return v.rstrip("/")
+
+
 class InferenceConfig(Section):
     mode: Literal["continuous", "on_demand"] = "continuous"
     target_fps: float = Field(default=0.0, ge=0)  # 0 = as fast as frames come
@@ -217,6 +236,7 @@ class EdgeConfig(Section):
     mqtt: MqttConfig = MqttConfig()
     camera: CameraConfig
     model: ModelConfig = ModelConfig()
+    releases: ReleasesConfig = ReleasesConfig()
     inference: InferenceConfig = InferenceConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -1,5 +1,6 @@
 """What the unit does when commanded (``cmd/model``, ``threshold``, ``trigger``, ``feedback``, ``gradcam``,
-``learn_belt``).
+``learn_belt``, and a release's ``release``, ``promote``, ``reject``, ``rollback``, which :mod:`edge.rollout`
+carries out).
 
 Each handler runs on paho's network thread, returns the reply's ``result`` or raises :class:`CommandError` with a
 message for the sender; :mod:`edge.mqtt.commands` parses, routes and answers. A model swap is one reference
@@ -20,6 +21,10 @@ from contract.payloads import (
     GradcamArgs,
     LearnBeltArgs,
     ModelArgs,
+    PromoteArgs,
+    RejectArgs,
+    ReleaseArgs,
+    RollbackArgs,
     ThresholdArgs,
     TriggerArgs,
 )
@@ -31,6 +36,7 @@ from edge.history import History
 from edge.pipeline import Pipeline
 from edge.policy import DecisionPolicy
 from edge.ringbuffer import Buffered, FrameRing
+from edge.rollout import Rollout, RolloutError
 
 
 class Control:
@@ -39,8 +45,10 @@ class Control:
     ``changed`` republishes the retained status. ``model_refused`` is the last model refused, and why."""
 
     def __init__(self, pipeline: Pipeline, *, ring: FrameRing, history: History, policy: DecisionPolicy,
-                 gradcam: GradcamService | None, load: Callable[[str], Classifier], changed: Callable[[], None]):
+                 gradcam: GradcamService | None, load: Callable[[str], Classifier], changed: Callable[[], None],
+                 rollout: Rollout):
         self.pipeline, self.ring, self.history, self.policy, self.gradcam = pipeline, ring, history, policy, gradcam
+        self.rollout = rollout
         self._load, self._changed = load, changed
         self.swap_lock = threading.Lock()  # one model or decision change at a time
         self.model_refused: str | None = None
@@ -119,3 +127,21 @@ class Control:
             raise CommandError("this unit does not use presence (parts.presence = false): there is no belt to learn")
         presence.asked = "asked by cmd/learn_belt"
         return {"learning": True, "frames": presence.s.learn_frames}
+
+    def _rollout(self, step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return step()
+        except RolloutError as e:
+            raise CommandError(str(e)) from None
+
+    def cmd_release(self, args: ReleaseArgs) -> dict[str, Any]:
+        return self._rollout(lambda: self.rollout.offer(args.name, args.version))
+
+    def cmd_promote(self, args: PromoteArgs) -> dict[str, Any]:
+        return self._rollout(self.rollout.promote)
+
+    def cmd_reject(self, args: RejectArgs) -> dict[str, Any]:
+        return self._rollout(self.rollout.reject)
+
+    def cmd_rollback(self, args: RollbackArgs) -> dict[str, Any]:
+        return self._rollout(self.rollout.rollback)

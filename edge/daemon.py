@@ -32,7 +32,7 @@ import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
-from core.classifier import Classifier
+from core.classifier import Classifier, Prediction
 from core.framing import Figures, FramingWatch, figures
 from core.images import ImageError, boxed, encode_jpeg
 from core.models import manifest_path
@@ -54,7 +54,10 @@ from edge.mqtt.outbox import Outbox
 from edge.parts import Part, PartIds, PartSettings, PartVerdict, deciding_frame, missed
 from edge.pipeline import Pipeline, Result
 from edge.policy import DecisionPolicy
+from edge.releases import Releases
 from edge.ringbuffer import Buffered, FrameRing
+from edge.rollout import Rollout, Watch
+from edge.shadow import Offered
 from edge.sources import Camera
 from edge.systemd import Notifier
 
@@ -122,8 +125,17 @@ class Daemon:
                                       request_timeout_s=g.request_timeout_s, alpha=g.alpha,
                                       jpeg_quality=g.jpeg_quality, layers=tuple(g.layers),
                                       duty_cycle=g.duty_cycle) if g.enabled else None
+        r = cfg.releases
+        self.rollout = Rollout(
+            Releases(r.url, r.root_file, state / "releases", keep=r.keep) if r.url else None, cfg.model.models_dir,
+            load=self.load_manifest, active=lambda: self.pipeline.classifier, swap=self._swap, share=r.shadow_share,
+            watch=Watch(watch_results=r.watch_results, latency_factor=r.latency_factor,
+                        ng_rate_delta=r.ng_rate_delta),
+            changed=self.publish_status, event=self.history.event, on_disagree=self._disagreed,
+            frame_errors=lambda: self.pipeline.stats.frame_errors)
         self.control = Control(self.pipeline, ring=self.ring, history=self.history, policy=self.policy,
-                               gradcam=self.gradcam, load=self.load_classifier, changed=self.publish_status)
+                               gradcam=self.gradcam, load=self.load_classifier, changed=self.publish_status,
+                               rollout=self.rollout)
         self.router = CommandRouter(cfg.mqtt.prefix, cfg.device.id, self.control, self._reply)
         self.link = MqttLink(cfg, self.outbox, on_command=self.router.handle, status=self.status_payload,
                              discovery=self._discovery, instance=(self.instance_id, self.started_at))
@@ -143,8 +155,13 @@ class Daemon:
 
     # -- model -----------------------------------------------------------------------------------------------
     def load_classifier(self, name: str) -> Classifier:
+        return self.load_manifest(manifest_path(self.cfg.model.models_dir, name))
+
+    def load_manifest(self, path: Path) -> Classifier:
+        """A model as this unit runs it, parity re-proven here first (from the models folder, or a fetched
+        release's own folder before it is installed)."""
         m = self.cfg.model
-        clf = Classifier(manifest_path(m.models_dir, name), num_threads=m.threads, delegate=m.delegate,
+        clf = Classifier(path, num_threads=m.threads, delegate=m.delegate,
                          roi=self.cfg.camera.region(), frame_order=self.camera.frame_order)
         problem = recorded_parity_problem(clf.manifest, m.min_agreement)
         if problem:
@@ -159,6 +176,25 @@ class Daemon:
     @property
     def classifier(self) -> Classifier:
         return self.pipeline.classifier
+
+    def _swap(self, new: Classifier) -> Classifier:
+        """A promotion's or a rollback's swap: one reference assignment, as ``cmd/model`` does."""
+        with self.control.swap_lock:
+            old = self.pipeline.classifier
+            self.pipeline.classifier = new
+        self.history.event("model", old=old.name, new=new.name, sha256=new.manifest.tflite.sha256)
+        return old
+
+    def _disagreed(self, seen: Offered, candidate: Prediction) -> None:
+        """A frame the candidate in shadow calls otherwise than the active model: its snapshot goes to the console's
+        review queue, so the reviewed truth of exactly these calls can judge the promotion. Handed to the publisher,
+        after the frame's own result (which puts the frame in the ring)."""
+        def send() -> None:
+            buffered = self.ring.get(seen.frame_id)
+            if buffered is not None:
+                self._snapshot(buffered, seen.image, "sample")
+
+        self._hand(send)
 
     # -- messages --------------------------------------------------------------------------------------------
     def status_payload(self) -> bytes:
@@ -181,7 +217,8 @@ class Daemon:
             familiarity=None if clf.ood_threshold is None else {
                 "threshold": clf.ood_threshold, "unfamiliar": self.unfamiliar.unfamiliar,
                 "streak": self.unfamiliar.length},
-            decision=self.policy.sources(man.decision), parts=self._parts_status(), twin=self.link.twin))
+            decision=self.policy.sources(man.decision), parts=self._parts_status(), twin=self.link.twin,
+            release=self.rollout.status()))
 
     def _parts_status(self) -> dict[str, Any] | None:
         pipeline = self.pipeline
@@ -275,6 +312,7 @@ class Daemon:
         replayed file's bytes rather than its pixels (a batch at 460 fps held 6 MB of 300x300 pixels)."""
         buffered = Buffered.of(r.frame_id, r.frame, self.camera.frame_order, r.prediction, r.crop)
         self._hand(partial(self._publish_result, buffered, r.timings_ms, r.part_id, self._model_ref()))
+        self.rollout.on_result(r.frame_id, r.frame.image, r.crop, r.prediction)
 
     def _publish_result(self, buffered: Buffered, timings_ms: dict[str, float], part_id: str | None,
                         model: payloads.ModelRef) -> None:
@@ -454,9 +492,12 @@ class Daemon:
                     named = name_os_threads()
                 self.health.watch_camera()
                 self.health.watch_frame_errors()
+                self.rollout.check()
                 if time.monotonic() >= next_metrics:
                     next_metrics += interval
                     self._metrics()
+                    if self.rollout.shadow is not None:  # its figures grow: the retained status keeps up with them
+                        self.publish_status()
                     self.history.flush()
                     self.history.prune()
             except Exception:  # housekeeping must never die: log and carry on next tick
@@ -525,6 +566,7 @@ class Daemon:
                 interface.stop()
             if self.gradcam:
                 self.gradcam.stop()
+            self.rollout.stop()
             self.history.event("stop", frames=self._published_results)
             self.history.close()
             self.link.stop(flush_s=max(0.5, deadline - time.monotonic() - 1.0))

@@ -10,7 +10,7 @@ is refused). So the transport need not be trusted: plain HTTP from the console, 
 Before downloading, the unit checks its free disk. A download cut off (a restart, the network gone) resumes where it
 stopped: targets are content-addressed (their sha256 is in the URL), so a partial file kept under the state folder is
 continued with an HTTP Range request, and thrown away if the whole then fails its hash. The fetched release is kept in
-``<state>/releases/NAME/VERSION/``; it goes into the models folder through :func:`edge.modelstore.add` (every file
+``<state>/models/NAME/VERSION/``; it goes into the models folder through :func:`edge.modelstore.add` (every file
 checked, parity re-proven here, the manifest moved last), and the newest ``keep`` releases stay for a rollback.
 """
 
@@ -122,14 +122,19 @@ class ResumingFetcher(FetcherInterface):
 class Fetched:
     name: str
     version: int
-    folder: Path  # <state>/releases/NAME/VERSION, holding NAME.json and the rest
+    folder: Path  # <state>/models/NAME/VERSION, holding NAME.json and the rest
     files: list[str]
     downloaded_bytes: int
     resumed_bytes: int
 
     @property
     def source(self) -> Path:
+        """DIR/NAME, as ``models add`` takes it."""
         return self.folder / self.name
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / f"{self.name}.json"
 
 
 def _refused(e: Exception) -> str:
@@ -193,13 +198,13 @@ class Releases:
         self.fetcher.part_of(url).unlink(missing_ok=True)
 
     def fetch(self, name: str, version: int | None = None) -> Fetched:
-        """The release (the newest, or ``version``), every file verified, in ``<state>/releases/NAME/VERSION``."""
+        """The release (the newest, or ``version``), every file verified, in ``<state>/models/NAME/VERSION``."""
         if not name or "/" in name or name.startswith("."):
             raise ReleaseError(f"{name!r} is not a model name")
         u = self._updater()
         pointer = f"models/{name}/latest.json" if version is None else f"models/{name}/{version}/release.json"
         listing_info = self._target(u, pointer)
-        work = self.state / "releases" / name
+        work = self.state / "models" / name
         work.mkdir(parents=True, exist_ok=True)
         listing_path = work / ".listing.json"
         self._download(u, listing_info, listing_path)
@@ -231,7 +236,7 @@ class Releases:
 
     def kept(self, name: str) -> list[int]:
         """The complete releases of ``name`` kept here, newest first."""
-        folder = self.state / "releases" / name
+        folder = self.state / "models" / name
         if not folder.is_dir():
             return []
         return sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / ".complete").is_file()),
@@ -239,12 +244,12 @@ class Releases:
 
     def installed(self, name: str) -> int | None:
         """The release of ``name`` last installed from here, or None."""
-        marker = self.state / "releases" / name / "installed"
+        marker = self.state / "models" / name / "installed"
         return int(marker.read_text()) if marker.is_file() else None
 
     def _put(self, fetched: Fetched, models_dir: Path, threads: int | None, min_agreement: float) -> VerifyReport:
         report = add(fetched.source, models_dir, num_threads=threads, min_agreement=min_agreement)
-        marker = self.state / "releases" / fetched.name / "installed"
+        marker = self.state / "models" / fetched.name / "installed"
         marker.with_suffix(".tmp").write_text(str(fetched.version))
         marker.with_suffix(".tmp").replace(marker)
         return report
@@ -256,7 +261,7 @@ class Releases:
         fetched = self.fetch(name, version)
         report = self._put(fetched, models_dir, threads, min_agreement)
         for old in self.kept(name)[self.keep:]:
-            shutil.rmtree(self.state / "releases" / name / str(old), ignore_errors=True)
+            shutil.rmtree(self.state / "models" / name / str(old), ignore_errors=True)
         return fetched, report
 
     def rollback(self, name: str, models_dir: Path, *, threads: int | None = None,
@@ -268,7 +273,7 @@ class Releases:
         if not older:
             raise ReleaseError(f"{name}: no release kept here older than the installed {current}; kept: "
                                f"{', '.join(map(str, self.kept(name))) or 'none'}")
-        folder = self.state / "releases" / name / str(older[0])
+        folder = self.state / "models" / name / str(older[0])
         doc = json.loads((folder / ".complete").read_text())
         fetched = Fetched(name, older[0], folder, doc["files"], 0, 0)
         return fetched, self._put(fetched, models_dir, threads, min_agreement)

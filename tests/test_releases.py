@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,31 +21,15 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 
 from converter import release
-from core import manifest as mf
-from edge.modelstore import files_of
 from edge.releases import ReleaseError, Releases
 from harness import REPO
 from harness.broker import Broker
 from harness.console import ConsoleProc
+from harness.releases import model_copy
 from harness.wait import until
 
 pytestmark = pytest.mark.processes
 MODEL = "mobilenetv2"
-
-
-def model_copy(folder: Path, stamp: str) -> Path:
-    """The committed MobileNetV2 without its .h5, its manifest stamped so each version differs."""
-    src = REPO / "models" / f"{MODEL}.json"
-    folder.mkdir(parents=True)
-    for f in files_of(src, mf.load(src)):
-        if f.suffix == ".h5":
-            continue
-        (shutil.copytree if f.is_dir() else shutil.copy2)(f, folder / f.name)
-    doc = json.loads((folder / f"{MODEL}.json").read_text())
-    doc["created_at"] = stamp
-    doc["source"]["path"] = "none.h5"  # no Keras file in these releases: heatmaps are not asked for here
-    (folder / f"{MODEL}.json").write_text(json.dumps(doc, indent=1))
-    return folder / MODEL
 
 
 @pytest.fixture
@@ -82,7 +65,7 @@ def test_a_unit_takes_releases_keeps_two_and_rolls_back_with_the_repository_gone
         assert r.returncode == 0 and f"release {n} verified" in r.stdout, r.stdout + r.stderr
     assert json.loads((unit / "models" / f"{MODEL}.json").read_text())["created_at"] == "2026-12-03T00:00:00Z"
     assert "kept: 3, 2;" in r.stdout, "the newest two, for a rollback"
-    assert not (unit / "state" / "releases" / MODEL / "1").exists()
+    assert not (unit / "state" / "models" / MODEL / "1").exists()
     console.kill()
     r = update(url, repo, unit, verb="rollback")
     assert r.returncode == 0 and "rolled back to release 2" in r.stdout, r.stdout + r.stderr

@@ -114,12 +114,12 @@ def test_the_relay_mails_an_alert_with_its_evidence(tmp_path: Path, broker: Brok
         smtp.stop()
         pub.close()
     rcpts, mail = smtp.sink.mails[0]
-    assert rcpts == ["lead@plant.example"] and mail["Subject"] == "[defect] line3-a: defective (p=0.930)"
+    assert rcpts == ["lead@plant.example"] and mail["Subject"] == "line3-a: defective part (sure, p 0.930)"
     status = [payloads.read(payloads.RelayStatus, p, device_id=cfg.id) for t, p, _ in pub.messages
               if t.endswith(("/status", "/metrics"))][-1]  # the contract's model, no hand-built dict
     assert status.counters["rejected_not_json"] == 1 and status.mqtt.reconnects >= 0
-    assert sorted(p.get_filename() for p in mail.iter_attachments()) == [f"{frame}.gradcam.jpg",
-                                                                         f"{frame}.snapshot.jpg"]
+    assert sorted(p.get_filename() for p in mail.walk() if p.get_content_maintype() == "image") == [
+        f"{frame}.gradcam.jpg", f"{frame}.snapshot.jpg"]  # inline, in the HTML part's multipart/related
 
 
 def test_relay_check_config_names_a_bad_key(tmp_path: Path, capsys: Any) -> None:

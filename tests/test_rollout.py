@@ -1,0 +1,130 @@
+"""A release on a running unit, commanded over MQTT as the console or an engineer would: fetched from a real console
+process's repository, run in shadow on live frames of casting photos, promoted, and rolled back by the unit itself
+when its rate of defective calls departs from what its shadow run measured; a candidate that fails its parity proof
+never touches the active model."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converter import release
+from harness.broker import Broker, Collector
+from harness.console import ConsoleProc
+from harness.daemon import BASE, Daemon, config
+from harness.data import casting_sample, link_into
+from harness.releases import break_verification, model_copy
+
+pytestmark = pytest.mark.processes
+MODEL = "mobilenetv2"
+
+
+@pytest.fixture
+def line(tmp_path: Path, broker: Broker, casting: Path, daemons: list[Daemon]
+         ) -> Iterator[tuple[release.Repo, Daemon, Collector, Path]]:
+    repo = release.init(tmp_path / "repo", tmp_path / "keys")
+    console = ConsoleProc(tmp_path / "console", broker.port, releases_dir=repo.path).start()
+    models = model_copy(tmp_path / "models", "active").parent
+    c = Collector(broker.port, f"{BASE}/#")
+    d = Daemon(tmp_path / "unit", config(
+        tmp_path, broker.port, models, model={"name": MODEL},
+        camera={"source": str(link_into(casting_sample(40), tmp_path / "photos")), "fps": 10, "loop": True},
+        releases={"url": f"{console.url}/releases", "root_file": str(repo.metadata / "1.root.json"),
+                  "shadow_share": 0.5, "watch_results": 400},
+        alerts={"on_defect": False, "on_low_confidence": False, "on_unfamiliar": False}))
+    daemons.append(d.start())
+    try:
+        assert c.wait(lambda m: any(t.endswith("/result") for t, _, _ in m), 60), d.log()
+        yield repo, d, c, models
+    finally:
+        c.close()
+        console.kill()
+
+
+def command(c: Collector, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    before = len(c.on(f"/cmd/{name}/reply"))
+    c.publish(f"{BASE}/cmd/{name}", json.dumps(body))
+    assert c.wait(lambda m: len([1 for t, _, _ in m if t.endswith(f"/cmd/{name}/reply")]) > before, 30)
+    reply: dict[str, Any] = json.loads(c.on(f"/cmd/{name}/reply")[before])
+    return reply
+
+
+def release_status(c: Collector) -> dict[str, Any]:
+    statuses = c.on("/status")
+    return json.loads(statuses[-1]).get("release") or {} if statuses else {}
+
+
+def wait_state(c: Collector, d: Daemon, state: str, timeout: float = 120) -> dict[str, Any]:
+    assert c.wait(lambda m: release_status(c).get("state") == state, timeout), (release_status(c), d.log()[-3000:])
+    return release_status(c)
+
+
+def test_shadow_promote_and_a_rollback_the_unit_decides_itself(line: tuple[release.Repo, Daemon, Collector, Path],
+                                                                tmp_path: Path) -> None:
+    repo, d, c, models = line
+    release.publish(repo, model_copy(tmp_path / "v1", "release 1"))
+    r = command(c, "release", {"name": MODEL})
+    assert r["ok"] and r["result"]["state"] == "offered", r
+    wait_state(c, d, "shadow")
+
+    def shadow() -> dict[str, Any]:  # republished with each metrics beat while the shadow runs
+        return release_status(c).get("shadow") or {}
+
+    assert c.wait(lambda m: (shadow().get("compared") or 0) >= 20, 60), release_status(c)
+    s = shadow()
+    assert s["compared"] >= 20 and s["errors"] == 0, s
+    assert s["agreement"] == 1.0 and s["dp"]["max_abs"] == 0.0, "the same model on the same pixels agrees exactly"
+    assert s["inference_ms"]["p50"] > 0 and 0.3 < s["compared"] / s["offered"] <= 0.55, s
+    assert json.loads((models / f"{MODEL}.json").read_text())["created_at"] == "active", "shadow touches nothing"
+
+    r = command(c, "promote", {})
+    assert r["ok"] and r["result"]["state"] == "promoted", r
+    assert json.loads((models / f"{MODEL}.json").read_text())["created_at"] == "release 1"
+    # The line changes under the promoted model: its calls depart from what its shadow run measured.
+    ng = s["ng_rate"]
+    asked = time.time()
+    assert command(c, "threshold", {"threshold": 1.0 if ng >= 0.5 else 0.0})["ok"]
+    rolled = wait_state(c, d, "rolled_back", 60)
+    assert "against" in rolled["reason"] and "in its shadow run" in rolled["reason"], rolled
+    assert rolled["since"] - asked < 30
+    assert json.loads((models / f"{MODEL}.json").read_text())["created_at"] == "active", "the old files are back"
+    assert command(c, "threshold", {"reset": True})["ok"]
+
+    # A release that fails its parity proof here is refused; the active model was never touched.
+    broken = model_copy(tmp_path / "v2", "release 2")
+    break_verification(broken)
+    release.publish(repo, broken)
+    before = json.loads(c.on("/status")[-1])["model"]["sha256"]
+    assert command(c, "release", {"name": MODEL})["ok"]
+    failed = wait_state(c, d, "failed")
+    assert failed["version"] == 2 and "FAILED" in failed["reason"], failed
+    assert json.loads(c.on("/status")[-1])["model"]["sha256"] == before
+    assert json.loads((models / f"{MODEL}.json").read_text())["created_at"] == "active"
+    for name in ("promote", "rollback"):
+        r = command(c, name, {})
+        assert not r["ok"] and "nothing to" in r["error"], r
+    assert d.alive()
+
+
+def test_a_different_candidate_sends_its_disagreements_to_review_and_can_be_rejected(
+        line: tuple[release.Repo, Daemon, Collector, Path], tmp_path: Path) -> None:
+    repo, d, c, models = line
+    release.publish(repo, model_copy(tmp_path / "cnn", "cnn 1", name="cnn"))
+    assert command(c, "release", {"name": "cnn"})["ok"]
+    wait_state(c, d, "shadow")
+    assert c.wait(lambda m: len((release_status(c).get("shadow") or {}).get("disagreements") or []) >= 3, 90), \
+        release_status(c)
+    s = release_status(c)["shadow"]
+    assert s["agreement"] < 1.0 and s["dp"]["max_abs"] > 0.0, s
+    snapshots = {t.rsplit("/", 1)[1] for t, _, _ in c.messages if "/snapshot/" in t}
+    assert set(s["disagreements"]) <= snapshots, "each disagreement's snapshot went out, for the review queue"
+    r = command(c, "reject", {})
+    assert r["ok"] and r["result"]["state"] == "rejected"
+    assert release_status(c)["state"] == "rejected" and release_status(c)["shadow"]["compared"] >= s["compared"]
+    assert json.loads(c.on("/status")[-1])["model"]["name"] == MODEL
+    assert not (models / "cnn.json").exists(), "a rejected candidate was never installed"
