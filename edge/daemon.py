@@ -157,11 +157,11 @@ class Daemon:
     def load_classifier(self, name: str) -> Classifier:
         return self.load_manifest(manifest_path(self.cfg.model.models_dir, name))
 
-    def load_manifest(self, path: Path) -> Classifier:
-        """A model as this unit runs it, parity re-proven here first (from the models folder, or a fetched
-        release's own folder before it is installed)."""
+    def load_manifest(self, path: Path, threads: int | None = None) -> Classifier:
+        """A model as this unit runs it (on ``threads``, default the configured), parity re-proven here first
+        (from the models folder, or a fetched release's own folder before it is installed)."""
         m = self.cfg.model
-        clf = Classifier(path, num_threads=m.threads, delegate=m.delegate,
+        clf = Classifier(path, num_threads=threads or m.threads, delegate=m.delegate,
                          roi=self.cfg.camera.region(), frame_order=self.camera.frame_order)
         problem = recorded_parity_problem(clf.manifest, m.min_agreement)
         if problem:

@@ -93,6 +93,7 @@ class ResumingFetcher(FetcherInterface):
         return self._resume(r, part, have)
 
     def _stream(self, r: urllib3.BaseHTTPResponse, sink: Any) -> Iterator[bytes]:
+        complete = False
         try:
             for chunk in r.stream(CHUNK):
                 if sink is not None:
@@ -100,11 +101,14 @@ class ResumingFetcher(FetcherInterface):
                     sink.flush()
                 self.downloaded_bytes += len(chunk)
                 yield chunk
+            complete = True
         except urllib3.exceptions.TimeoutError as e:
             raise tuf_errors.SlowRetrievalError(str(e)) from e
         except urllib3.exceptions.HTTPError as e:
             raise tuf_errors.DownloadError(str(e)) from e
         finally:
+            if not complete:  # cut off with its body half read: the connection must not serve the next request
+                r.close()
             r.release_conn()
 
     def _resume(self, r: urllib3.BaseHTTPResponse, part: Path, have: int) -> Iterator[bytes]:

@@ -7,9 +7,10 @@ touched), ``rejected`` (an engineer said no), ``rolled_back`` (with the reason: 
 unit saw). Each change is published at once and kept in the history.
 
 - ``cmd/release {"name", "version"}`` fetches the release (:class:`edge.releases.Releases`: TUF-verified), loads it
-  from where it was fetched (the models folder is not touched yet), re-proves its parity on this unit and starts
-  its shadow (:class:`edge.shadow.Shadow`).
-- ``cmd/promote`` installs it into the models folder (the files it replaces kept aside) and swaps it in; the model it
+  from where it was fetched (the models folder is not touched yet) on one inference thread, re-proves its parity on
+  this unit and starts its shadow (:class:`edge.shadow.Shadow`).
+- ``cmd/promote`` installs it into the models folder (the files it replaces kept aside), loads it from there on the
+  unit's threads (parity proven again) and swaps it in; the model it
   replaced stays loaded for the next ``watch_results`` results, which are watched: frames it fails on, an inference
   p95 beyond ``latency_factor`` times the shadow's, or a rate of defective calls further than
   ``ng_rate_delta`` from the shadow's each roll it back at once, in memory, and then on disk.
@@ -52,7 +53,7 @@ class Watch:
 
 
 class Rollout:
-    def __init__(self, releases: Releases | None, models_dir: Path, *, load: Callable[[Path], Classifier],
+    def __init__(self, releases: Releases | None, models_dir: Path, *, load: Callable[[Path, int | None], Classifier],
                  active: Callable[[], Classifier], swap: Callable[[Classifier], Classifier], share: float,
                  watch: Watch, changed: Callable[[], None], event: Callable[..., None],
                  on_disagree: Callable[[Offered, Prediction], None], frame_errors: Callable[[], int]):
@@ -111,7 +112,9 @@ class Rollout:
             self._set("downloading")
             fetched = self.releases.fetch(self.name, self.version)
             self.version = fetched.version
-            candidate = self._load(fetched.manifest)  # parity re-proven on this unit, or refused
+            # Parity re-proven on this unit, or refused; on one thread: the shadow is background work, and on every
+            # core it cost the line 23 % of its rate where one thread cost 13 % (bench/rollout.py).
+            candidate = self._load(fetched.manifest, 1)
         except USER_ERRORS as e:
             with self.lock:
                 self._set("failed", str(e))
@@ -153,11 +156,12 @@ class Rollout:
             aside = self._aside(name)
             try:
                 add(self.fetched.source, self.models_dir)
+                active = self._load(self.models_dir / f"{name}.json", None)  # as installed, on the unit's threads
             except USER_ERRORS as e:
                 self._set("failed", f"not installed: {e}")
                 raise RolloutError(f"not installed: {e}") from None
             self._errors_at = self._frame_errors()
-            self.previous = self._swap(self.candidate)
+            self.previous = self._swap(active)
             self._watched = []
             self._aside_path = aside
             self._set("promoted")

@@ -3,10 +3,13 @@
 The inference loop offers each result (:meth:`Shadow.offer`, a few microseconds); a share of them (``share``, spread
 evenly, not random) go to a thread of their own at a lower CPU priority (nice 10), which runs the candidate on the
 same pixels and the same crop and compares: the two models' labels, the difference of their p_defect, the candidate's
-own latency and out-of-distribution score, its rate of defective calls. A frame that arrives while the thread is
-still busy is skipped and counted: the shadow never slows the line it watches. Frames where the two disagree are
-handed to ``on_disagree`` (the daemon sends their snapshot to the console's review queue), so the reviewed truth of
-exactly the calls that would change can decide the promotion.
+own latency and out-of-distribution score, its rate of defective calls.
+
+The thread works at most ``duty_cycle`` of one core (a quarter: an eighth of a two-core unit, whatever the line's
+rate). A frame that arrives while it is busy or resting is skipped and counted: the shadow takes what the line
+leaves, and a fast line gets a smaller share compared than asked (``compared`` against ``offered`` says how much).
+Frames where the two disagree are handed to ``on_disagree`` (the daemon sends their snapshot to the console's review
+queue), so the reviewed truth of exactly the calls that would change can decide the promotion.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +47,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class Shadow:
-    def __init__(self, candidate: Classifier, share: float, on_disagree: Callable[[Offered, Prediction], None]):
+    def __init__(self, candidate: Classifier, share: float, on_disagree: Callable[[Offered, Prediction], None], *,
+                 duty_cycle: float = 0.25):
         self.candidate = candidate
         self.share = share
+        self.duty_cycle = duty_cycle
         self.on_disagree = on_disagree
         self.offered = 0
         self.skipped = 0  # sampled while the shadow thread was still busy
@@ -88,12 +94,17 @@ class Shadow:
                     return
                 item, self._slot = self._slot, None
             assert item is not None
+            t0 = time.perf_counter()
             try:
                 p = self.candidate.classify(item.image, box=item.crop)
             except (FrameError, ValueError, RuntimeError) as e:
                 self.errors += 1
                 self.last_error = str(e)[:200]
                 continue
+            finally:  # rest as long as it worked, and more: at most ``duty_cycle`` of one core, however fast the line
+                busy = time.perf_counter() - t0
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stop, busy * (1.0 / self.duty_cycle - 1.0))
             agree = p.defective == item.active.defective
             self._compared.append((agree, p.p_defect - item.active.p_defect, p.timings_ms.get("inference", 0.0),
                                    p.ood, p.defective))

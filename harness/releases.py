@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from securesystemslib.signer import CryptoSigner
+
+from converter import release
 from core import manifest as mf
 from edge.modelstore import files_of
 from harness import REPO
@@ -40,3 +45,31 @@ def break_verification(model: Path) -> None:
     doc["verification"]["sha256"] = mf.sha256_file(vs)
     doc["verification"]["size_bytes"] = vs.stat().st_size
     manifest.write_text(json.dumps(doc, indent=1))
+
+
+@contextmanager
+def flipped_byte(path: Path) -> Iterator[None]:
+    """One bit of ``path`` flipped in its middle while inside, as a disk or a wire might; put back after."""
+    good = path.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x01
+    path.write_bytes(bytes(bad))
+    try:
+        yield
+    finally:
+        path.write_bytes(good)
+
+
+@contextmanager
+def forged_timestamp(repo: release.Repo) -> Iterator[None]:
+    """A newer timestamp signed by a key the repository's root does not name, while inside."""
+    saved = (repo.metadata / "timestamp.json").read_bytes()
+    forged = repo.load("timestamp")
+    forged.signed.version += 1
+    forged.signatures.clear()
+    forged.sign(CryptoSigner.generate_ed25519())
+    repo.write(forged, "timestamp")
+    try:
+        yield
+    finally:
+        (repo.metadata / "timestamp.json").write_bytes(saved)

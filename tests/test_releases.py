@@ -18,14 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from securesystemslib.signer import CryptoSigner
 
 from converter import release
 from edge.releases import ReleaseError, Releases
 from harness import REPO
 from harness.broker import Broker
 from harness.console import ConsoleProc
-from harness.releases import model_copy
+from harness.releases import flipped_byte, forged_timestamp, model_copy
 from harness.wait import until
 
 pytestmark = pytest.mark.processes
@@ -99,23 +98,13 @@ def test_every_tampering_is_refused_and_leaves_the_unit_as_it_was(plant: tuple[r
 
     # A flipped byte in a published file.
     release.publish(repo, model_copy(tmp / "v2", "2026-12-02T00:00:00Z"))
-    tflite = next((repo.path / "targets" / f"models/{MODEL}/2").glob(f"*.{MODEL}.tflite"))
-    data = bytearray(tflite.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    tflite.write_bytes(bytes(data))
-    refused(unit("flipped"), "length or sha256 is not the signed one")
-    data[len(data) // 2] ^= 0x01
-    tflite.write_bytes(bytes(data))
+    with flipped_byte(next((repo.path / "targets" / f"models/{MODEL}/2").glob(f"*.{MODEL}.tflite"))):
+        refused(unit("flipped"), "length or sha256 is not the signed one")
 
     # Metadata signed by a key the root does not name.
     saved = (repo.metadata / "timestamp.json").read_bytes()
-    forged = repo.load("timestamp")
-    forged.signed.version += 1
-    forged.signatures.clear()
-    forged.sign(CryptoSigner.generate_ed25519())
-    repo.write(forged, "timestamp")
-    refused(unit("forged"), "not signed by the keys the trusted root names")
-    (repo.metadata / "timestamp.json").write_bytes(saved)
+    with forged_timestamp(repo):
+        refused(unit("forged"), "not signed by the keys the trusted root names")
 
     # An older version replayed to a unit that has seen a newer one.
     good.install(MODEL, tmp / "good" / "models")
