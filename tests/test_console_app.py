@@ -424,3 +424,45 @@ def test_the_audit_pages_filters_and_says_a_late_feedback_neutrally(app: tuple[T
     assert second.count("<td>feedback") == 50 and "newer</a>" in second
     only = client.get("/audit", params={"who": "op", "action": "feedback"}).text
     assert only.count("<td>feedback") == 75 and "<td>lead</td>" not in only
+
+
+def test_a_units_release_shows_with_its_shadow_and_the_engineer_commands_it(
+        app: tuple[TestClient, list[tuple[str, bytes]]]) -> None:
+    """The unit page shows the release on its way (state, reason, the shadow's figures, its disagreements linked to
+    their review) and an engineer's release/promote/reject/rollback go to the unit as the contract types them."""
+    import json
+
+    from console.store import db, writer
+
+    client, sent = app
+    engine = db.engine_for(client.app.state.web.cfg.database_url())  # type: ignore[attr-defined]
+    status = payloads.Status(
+        device_id="u1", software_version="t", started_at="2026-12-05T06:00:00Z", uptime_s=1, mode="continuous",
+        model=payloads.StatusModel(name="casting", quantization="int8", sha256="a" * 64),
+        camera=payloads.CameraState(state="streaming"), gradcam={"state": "idle"},
+        release={"name": "casting", "version": 4, "state": "shadow", "since": 1.0,
+                 "reason": "<script>alert(1)</script>",
+                 "shadow": {"share": 0.25, "offered": 400, "compared": 97, "skipped_busy": 3, "errors": 0,
+                            "agreement": 0.9588, "dp": {"mean": 0.01, "p5": -0.2, "p50": 0.0, "p95": 0.3,
+                                                        "max_abs": 0.71},
+                            "inference_ms": {"p50": 4.2, "p95": 5.9}, "ng_rate": 0.12, "ood": None,
+                            "disagreements": ["u1-1-000000007", "u1-1-000000042"]}})
+    writer.write(engine, [writer.Item("status", "u1", 2.0, raw=payloads.dumps(status))])
+    token = login(client, "eng")
+    page = client.get("/units/u1").text
+    assert 'class="release-state shadow">shadow<' in page and "97 frames compared of 400 offered" in page
+    assert "95.9% of its calls" in page and "largest 0.71" in page
+    assert '<a href="/review?unit=u1&amp;frame=u1-1-000000042">' in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
+    for name, form in (("release", {"name": "casting", "version": "5"}), ("promote", {}), ("reject", {}),
+                       ("rollback", {})):
+        r = client.post(f"/units/u1/commands/{name}", data={"csrf": token, **form})
+        assert r.status_code == 200 and "refused" not in r.text, r.text
+    published = {t.rsplit("/", 1)[1]: json.loads(p) for t, p in sent if "/cmd/" in t}
+    assert published["release"]["name"] == "casting" and published["release"]["version"] == 5
+    assert set(published) >= {"release", "promote", "reject", "rollback"}
+    r = client.post("/units/u1/commands/release", data={"csrf": token, "name": "../etc", "version": "x"})
+    assert "casting" not in r.text and ("name" in r.text or "version" in r.text)
+    assert len([t for t, _ in sent if t.endswith("/cmd/release")]) == 1, "a refused one is not sent"
+    login(client, "view")
+    assert "Fetch and shadow" not in client.get("/units/u1").text, "the buttons are the engineer's"

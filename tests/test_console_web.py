@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -408,7 +409,13 @@ def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, cons
     pub = sim(broker)
     unit = SimUnit(pub.client, "line7")
     unit.online()
-    unit.status()
+    unit.status(release={"name": "casting", "version": 4, "state": "shadow", "since": time.time() - 300,
+                         "shadow": {"share": 0.25, "offered": 1210, "compared": 301, "skipped_busy": 1, "errors": 0,
+                                    "agreement": 0.9668, "dp": {"mean": -0.004, "p5": -0.12, "p50": 0.0,
+                                                                "p95": 0.09, "max_abs": 0.62},
+                                    "inference_ms": {"p50": 4.1, "p95": 5.3}, "ng_rate": 0.087,
+                                    "ood": {"mean": 0.61, "unfamiliar": 2},
+                                    "disagreements": [f"line7-1795660000-{i:09d}" for i in (12, 57, 230)]}})
     unit.metrics(12.0)
     for verdict in ["ok"] * 9 + ["ng", "ok", "unsure", "ng", "ok", "missed", "ok"]:
         part = unit.part(verdict)

@@ -85,9 +85,9 @@ def command_args(form: dict[str, str]) -> dict[str, Any]:
     for key, value in form.items():
         if key == "csrf" or value == "":
             continue
-        if key in ("threshold",):
+        if key in ("threshold", "version"):
             try:
-                out[key] = float(value)
+                out[key] = float(value) if key == "threshold" else int(value)
             except ValueError:
                 out[key] = value  # the schema says what is wrong with it
         elif key in ("band_lo", "band_hi"):
