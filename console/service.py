@@ -12,14 +12,16 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
+from console import commands
 from console.app import Services, create_app
 from console.config import ConsoleConfig
 from console.ingest import Historian
 from console.live import LiveFeed, LiveHub
-from console.store import db, retention
+from console.store import db, retention, rollouts
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,20 @@ def run(cfg: ConsoleConfig) -> int:
             except Exception:  # pruning must never end the console: say it and try again next minute
                 log.exception("pruning failed")
 
+    def rolling() -> None:  # the rollouts' driver: what the units reported, and the commands their waves need
+        def send(device_id: str, name: str, args: dict[str, Any], who: str) -> None:
+            commands.send(engine, publish, cfg.mqtt.edge_prefix, who, device_id, name, args)
+
+        while not stop.wait(2.0):
+            try:
+                rollouts.step(engine, send)
+            except Exception:  # a rollout must never end the console: say it and try again
+                log.exception("rollouts: a step failed")
+
     historian.start()
     feed.start()
     threading.Thread(target=housekeeping, name="housekeeping", daemon=True).start()
+    threading.Thread(target=rolling, name="rollouts", daemon=True).start()
     w = cfg.web
     log.info("console %s: schema %s on %s, web on %s:%d", cfg.id, revision, engine.dialect.name, w.host, w.port)
     server = _Server(uvicorn.Config(app, host=w.host, port=w.port, log_level="warning", access_log=False,

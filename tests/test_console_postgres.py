@@ -37,7 +37,7 @@ def postgres() -> Iterator[Postgres]:
 
 def test_the_migrations_build_the_same_schema_on_postgresql(postgres: Postgres) -> None:
     engine = db.engine_for(postgres.url)
-    assert db.migrate(engine) == "0005"
+    assert db.migrate(engine) == "0006"
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), s.metadata) == []
     engine.dispose()

@@ -25,7 +25,7 @@ SHA = "5" * 64
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     e = db.engine_for(f"sqlite:///{tmp_path / 'console.db'}")
-    assert db.migrate(e) == "0005"
+    assert db.migrate(e) == "0006"
     return e
 
 
@@ -41,7 +41,7 @@ def result_item(device: str, n: int, p: float, ts: float) -> writer.Item:
 def test_the_migrations_build_the_schema_the_queries_use(engine: Engine) -> None:
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), s.metadata) == []
-    assert db.migrate(engine) == "0005", "a second start migrates nothing"
+    assert db.migrate(engine) == "0006", "a second start migrates nothing"
 
 
 def test_a_redelivered_batch_changes_nothing_and_aggregates_count_once(engine: Engine) -> None:

@@ -423,10 +423,18 @@ def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, cons
             unit.alert(part.frame_id, p_defect=part.p_defect or 0.9, part_id=part.part_id)
     page = login(browser, console, "admin")
     page.locator('tr[data-unit="line7"] [data-defective]', has_text="of 16 parts").wait_for(timeout=15_000)
+    page.goto(f"{console.url}/rollouts")  # a rollout started from its form: the canary is asked at once
+    page.fill("input[name=model]", "casting")
+    page.fill("input[name=units]", "line*")
+    page.click("form.rollout-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/rollouts/[0-9a-f]+$"))
+    rollout = page.url.removeprefix(console.url)
+    assert pub.wait(lambda m: any(t.endswith("/line7/cmd/release") for t, _, _ in m), 15), "the canary is asked"
     for width, height, name in ((390, 844, "phone"), (1280, 860, "desktop")):
         page.set_viewport_size({"width": width, "height": height})
         for path, shot_name in (("/", "fleet"), ("/units/line7", "unit"), ("/reports?by=shift", "reports"),
-                                ("/review", "review"), ("/alerts", "alerts")):
+                                ("/review", "review"), ("/alerts", "alerts"), ("/rollouts", "rollouts"),
+                                (rollout, "rollout")):
             page.goto(f"{console.url}{path}")
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{path} at {width} px is {overflow} px too wide"

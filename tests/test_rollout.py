@@ -6,6 +6,7 @@ never touches the active model."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,70 @@ def test_a_different_candidate_sends_its_disagreements_to_review_and_can_be_reje
     assert release_status(c)["state"] == "rejected" and release_status(c)["shadow"]["compared"] >= s["compared"]
     assert json.loads(c.on("/status")[-1])["model"]["name"] == MODEL
     assert not (models / "cnn.json").exists(), "a rejected candidate was never installed"
+
+
+def test_a_rollout_goes_from_the_canary_to_the_fleet_with_its_disagreements_in_review(
+        tmp_path: Path, broker: Broker, casting: Path, daemons: list[Daemon], browser: Any) -> None:
+    """Three real units running MobileNetV2 on casting photos, a rollout of another model (the CNN) started from
+    the console's page: the canary first, then the other two, each fetched, proven, shadowed and promoted by the
+    gates; the frames where the candidate disagreed are in the review queue. Screenshots: rollout-fleet-*.png."""
+    from harness.browser import DESKTOP, PHONE, shot
+    from harness.console import PASSWORD
+
+    repo = release.init(tmp_path / "repo", tmp_path / "keys")
+    release.publish(repo, model_copy(tmp_path / "cnn", "cnn 1", name="cnn"))
+    console = ConsoleProc(tmp_path / "console", broker.port, releases_dir=repo.path).start()
+    photos = link_into(casting_sample(30), tmp_path / "photos")
+    try:
+        for i in range(3):
+            unit = tmp_path / f"unit{i}"
+            models = model_copy(unit / "models", "active").parent
+            cfg = config(unit, broker.port, models, device={"id": f"press{i}"}, model={"name": MODEL},
+                         camera={"source": str(photos), "fps": 4, "loop": True},
+                         releases={"url": f"{console.url}/releases", "root_file": str(repo.metadata / "1.root.json"),
+                                   "shadow_share": 1.0, "watch_results": 10},
+                         alerts={"on_defect": False, "on_low_confidence": False, "on_unfamiliar": False})
+            daemons.append(Daemon(unit / "d", cfg).start())
+        page = browser.new_page(viewport=DESKTOP)
+        page.goto(f"{console.url}/rollouts")
+        page.fill("input[name=name]", "eng")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{console.url}/rollouts")
+        page.goto(f"{console.url}/")  # the console has heard of all three before a rollout picks them
+        for i in range(3):
+            page.locator(f'tr[data-unit="press{i}"]').wait_for(timeout=120_000)
+        page.goto(f"{console.url}/rollouts")
+        page.fill("input[name=model]", "cnn")
+        page.fill("input[name=units]", "press*")
+        page.fill("input[name=min_compared]", "8")
+        page.fill("input[name=min_agreement]", "0")
+        page.click("form.rollout-form button[type=submit]")
+        page.wait_for_url(re.compile(r"/rollouts/[0-9a-f]+$"))
+        url = page.url
+
+        def state() -> str:
+            page.goto(url)
+            return str(page.locator("#rollout-state").inner_text())
+
+        deadline = time.monotonic() + 240
+        seen: set[str] = set()
+        while state() not in ("done", "aborted") and time.monotonic() < deadline:
+            rows = {r.get_attribute("data-unit"): r.inner_text() for r in page.locator("#rollout-units tbody tr").all()}
+            if "shadow" in rows.get("press0", "") and "waiting" in rows.get("press2", ""):
+                seen.add("canary in shadow, the fleet waiting")
+                shot(page, "rollout-fleet-canary-desktop")
+            time.sleep(1.0)
+        assert state() == "done", (page.content()[-3000:], console.log()[-2000:])
+        assert seen, "the canary went first"
+        for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+            page.set_viewport_size(viewport)
+            page.goto(url)
+            shot(page, f"rollout-fleet-done-{width}")
+        assert page.locator("#rollout-units tbody tr").count() == 3
+        assert page.locator(".release-state.promoted").count() == 3
+        page.goto(f"{console.url}/review?unit=press0&kind=sample")
+        assert page.locator("#current").count() == 1, "the canary's disagreements are in the review queue"
+        shot(page, "rollout-fleet-review-phone")
+    finally:
+        console.kill()

@@ -212,3 +212,33 @@ reviews = Table(  # a person's verdict on a unit's call: the console's half of t
     Column("ts", Float, nullable=False, index=True),
     Column("feedback_request_id", String(128), nullable=True),  # cmd/feedback to the unit; its reply is in commands
 )
+
+rollouts = Table(  # a release sent to a set of units in waves, a canary first (console/store/rollouts.py)
+    "rollouts", metadata,
+    Column("id", String(16), primary_key=True),
+    Column("model", String(100), nullable=False),
+    Column("version", Integer, nullable=True),  # None: the newest when each unit fetches it
+    Column("units", String(200), nullable=False),  # glob patterns on device ids, comma-separated
+    Column("canary", Integer, nullable=False),  # units in the first wave
+    Column("factor", Float, nullable=False),  # each wave this many times the one before
+    Column("auto_promote", Boolean, nullable=False),  # promote by the gates below, or wait for an engineer
+    Column("min_compared", Integer, nullable=False),  # gate: frames the shadow compared
+    Column("min_agreement", Float, nullable=False),  # gate: its agreement with the active model
+    Column("state", String(16), nullable=False),  # running | done | aborted
+    Column("reason", Text, nullable=False, default=""),
+    Column("wave", Integer, nullable=False),  # the wave under way (0: the canary)
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+rollout_units = Table(  # each unit of a rollout: its wave, and its release's state as the unit last reported it
+    "rollout_units", metadata,
+    Column("rollout_id", String(16), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Column("wave", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # waiting | sent | (the unit's) ... | promote_sent | promoted
+    Column("reason", Text, nullable=False, default=""),
+    Column("shadow", Text, nullable=True),  # the unit's last shadow figures (JSON)
+    Column("updated_at", Float, nullable=False),
+)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -21,13 +20,12 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
-from console import auth
+from console import auth, commands
 from console.auth import Role, User
 from console.config import ConsoleConfig
 from console.inspect import Inspector
 from console.live import LiveHub
 from console.store import queries
-from contract import topics
 from contract.payloads import HEATMAP_METHODS
 
 MAX_PAGE = 100_000  # a page number beyond it is refused (a 30-digit one overflowed the database's integer: a 500)
@@ -91,10 +89,8 @@ class Web:
 
     def send(self, user: User, device_id: str, name: str, args: dict[str, Any], review_of: str | None = None) -> str:
         """Publish a command through the broker, audited with who sent it; its reply lands in the same row."""
-        request_id = queries.record_command(self.engine, user.name, device_id, name, args, review_of=review_of)
-        self.svc.publish(f"{self.cfg.mqtt.edge_prefix}/{device_id}/{topics.CMD}/{name}",
-                         json.dumps({**args, "request_id": request_id}).encode())
-        return request_id
+        return commands.send(self.engine, self.svc.publish, self.cfg.mqtt.edge_prefix, user.name, device_id, name,
+                             args, review_of)
 
 
 def web_of(request: Request) -> Web:
