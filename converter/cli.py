@@ -47,7 +47,33 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrain(a: argparse.Namespace) -> int:
+    from converter.retrain import RetrainSettings, retrain
+
+    if not a.init_from.is_file():
+        raise UserError(f"{a.init_from}: no such model file")
+    out = a.out or a.init_from.with_name(f"{a.init_from.stem}.retrained.h5")
+    _writable_dir(out.parent)
+    try:
+        r = retrain(a.data, a.init_from, out, RetrainSettings(
+            epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.learning_rate or 1e-4,
+            patience=a.patience, val_split=a.val_split, seed=a.seed, limit=a.limit))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    o, n = r["eval"]["old"], r["eval"]["new"]
+    print(f"saved {out}: {r['verdict'].upper()} than {a.init_from.name} on the {r['images']['eval']} newest "
+          f"reviewed items: accuracy {o['accuracy']:.4f} -> {n['accuracy']:.4f}, defect recall "
+          f"{o['recall_defect']:.4f} -> {n['recall_defect']:.4f}, false rejects {o['false_reject']:.4f} -> "
+          f"{n['false_reject']:.4f}; their calls differ on {len(r['differ'])} (report: "
+          f"{out.with_suffix('')}.retrain.md)")
+    return 0
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
+    if a.init_from is not None:
+        return _cmd_retrain(a)
+    if a.arch is None:
+        raise UserError("give --arch to train a reference architecture, or --init-from NAME.h5 to fine-tune yours")
     from converter.dataset import open_folder
     from converter.train import TrainSettings, train
 
@@ -60,7 +86,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     _writable_dir(out.parent)
     folder = open_folder(a.data)
     settings = TrainSettings(arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, val_split=a.val_split,
-                             learning_rate=a.learning_rate, patience=a.patience, seed=a.seed, limit=a.limit,
+                             learning_rate=a.learning_rate or 1e-3, patience=a.patience, seed=a.seed, limit=a.limit,
                              weights=a.weights)
     r = train(folder, out, settings)
     v = r["validation"]
@@ -207,12 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a reference architecture on a folder with good/ and defect/")
     t.add_argument("data", type=Path, help="folder with good/ and defect/ subfolders")
-    t.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
+    t.add_argument("--arch", choices=sorted(ARCHITECTURES), help="a reference architecture to train from scratch")
+    t.add_argument("--init-from", type=Path, metavar="NAME.h5",
+                   help="fine-tune this model instead (its architecture, input convention, output and Grad-CAM layer "
+                   "kept) on DATA, the console's export: trained on DATA/train, judged against it on DATA/eval")
     t.add_argument("--out", type=Path, help="output .h5 (default models/ARCH.h5)")
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--val-split", type=float, default=0.2)
-    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--learning-rate", type=float, default=None, help="default 1e-3; 1e-4 with --init-from")
     t.add_argument("--patience", type=int, default=4, help="early stopping patience in epochs")
     t.add_argument("--limit", type=int, help="use at most this many images (both classes, evenly)")
     t.add_argument("--weights", type=Path, help="local ImageNet no-top weights file for the backbone")

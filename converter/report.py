@@ -64,6 +64,31 @@ def training_markdown(r: dict[str, Any]) -> str:
     ])
 
 
+def retrain_markdown(r: dict[str, Any]) -> str:
+    """The old model against the new on the held-out reviewed items, with the items where they differ."""
+    o, n = r["eval"]["old"], r["eval"]["new"]
+    rows = [(k, o[k], n[k]) for k in ("accuracy", "recall_defect", "false_reject", "precision_defect", "roc_auc")]
+    return "\n".join([
+        f"# Retraining: {Path(r['new']).name} from {Path(r['old']).name}: **{r['verdict']}**",
+        "",
+        f"Data: `{r['data']}`; fine-tuned on {r['images']['train']} reviewed images ({r['images']['validation']} "
+        f"for early stopping), {r['epochs_run']} epochs in {r['seconds']} s; input as {r['convention']}. Judged on "
+        f"the {r['images']['eval']} newest reviewed items, held out.",
+        "",
+        "| held out | old | new |",
+        "|---|---|---|",
+        *[f"| {k} | {_fmt(a)} | {_fmt(b)} |" for k, a, b in rows],
+        f"| agreement of their calls | {_fmt(r['agreement'])} | |",
+        "",
+        f"Items where their calls differ ({len(r['differ'])}):",
+        "",
+        "| file | truth | p old | p new |",
+        "|---|---|---|---|",
+        *[f"| {d['file']} | {d['truth']} | {d['p_old']:.3f} | {d['p_new']:.3f} |" for d in r["differ"][:100]],
+        "",
+    ])
+
+
 def parity_png(p_keras: np.ndarray, p_tflite: np.ndarray, labels: np.ndarray, threshold: float, path: Path,
                *, title: str) -> None:
     plt = _pyplot()

@@ -47,8 +47,10 @@ def input_spec(arch: str) -> InputSpec:
     return InputSpec(height=size, width=size, dtype="float32", pixel_scaling=PIXEL_SCALING)
 
 
-def _dataset(tf: Any, pixels: np.ndarray, labels: np.ndarray, *, batch: int, augment: bool, seed: int) -> Any:
-    factor, offset = pixel_affine(PIXEL_SCALING)
+def dataset(tf: Any, pixels: np.ndarray, labels: np.ndarray, *, batch: int, augment: bool, seed: int,
+            scaling: PixelScaling = PIXEL_SCALING) -> Any:
+    """A tf.data pipeline of uint8 pixels scaled as the model reads them, augmented as top-view parts allow."""
+    factor, offset = pixel_affine(scaling)
     ds = tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.float32)[:, None]))
     if augment:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
@@ -65,28 +67,35 @@ def _dataset(tf: Any, pixels: np.ndarray, labels: np.ndarray, *, batch: int, aug
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
 
 
+def split(folder: LabelledFolder, pre: Preprocessor, val_split: float, seed: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, float]]:
+    """The folder's pixels at the model's size and labels, a stratified training and validation split, and balanced
+    class weights (each class counts as if the line produced both equally); ValueError for a split lacking a class."""
+    pixels, labels = folder.pixels(pre)
+    train_idx, val_idx = stratified_split(labels, val_split, seed)
+    counts = np.bincount(labels[train_idx], minlength=2)
+    if counts.min() == 0:
+        raise ValueError(f"{folder.root}: the training split has no {'good' if counts[0] == 0 else 'defect'} image")
+    return pixels, labels, train_idx, val_idx, {c: float(len(train_idx) / (2 * counts[c])) for c in (0, 1)}
+
+
 def train(folder: LabelledFolder, out_h5: Path, settings: TrainSettings) -> dict[str, Any]:
     """Train, save ``out_h5`` (legacy HDF5) and its report beside it; return the report."""
     tf, keras = tf_keras()
     keras.utils.set_random_seed(settings.seed)
     folder = folder.sample(settings.limit, settings.seed)
-    pre = Preprocessor(input_spec(settings.arch))
     t0 = time.perf_counter()
-    pixels, labels = folder.pixels(pre)
-    train_idx, val_idx = stratified_split(labels, settings.val_split, settings.seed)
+    pixels, labels, train_idx, val_idx, class_weight = split(folder, Preprocessor(input_spec(settings.arch)),
+                                                             settings.val_split, settings.seed)
     counts = np.bincount(labels[train_idx], minlength=2)
-    if counts.min() == 0:
-        raise ValueError(f"{folder.root}: the training split has no {'good' if counts[0] == 0 else 'defect'} image")
-    # Balanced class weights: each class contributes as if the line produced both equally.
-    class_weight = {c: float(len(train_idx) / (2 * counts[c])) for c in (0, 1)}
     print(f"training {settings.arch} on {len(train_idx)} images ({counts[0]} good, {counts[1]} defect), "
           f"validating on {len(val_idx)}; {len(folder.skipped)} unreadable skipped", file=sys.stderr)
     model = build(settings.arch, weights=settings.weights)
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc"), "accuracy"])
-    train_ds = _dataset(tf, pixels[train_idx], labels[train_idx], batch=settings.batch_size, augment=True,
+    train_ds = dataset(tf, pixels[train_idx], labels[train_idx], batch=settings.batch_size, augment=True,
                         seed=settings.seed)
-    val_ds = _dataset(tf, pixels[val_idx], labels[val_idx], batch=settings.batch_size, augment=False,
+    val_ds = dataset(tf, pixels[val_idx], labels[val_idx], batch=settings.batch_size, augment=False,
                       seed=settings.seed)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True)
     history = model.fit(train_ds, validation_data=val_ds, epochs=settings.epochs, class_weight=class_weight,
