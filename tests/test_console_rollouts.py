@@ -156,3 +156,45 @@ def test_the_pages_start_show_and_abort_a_rollout_for_engineers_only(
     page = client.get(f"/rollouts/{rid}").text
     assert 'id="rollout-state">aborted<' in page and "aborted by eng" in page and "Abort (no" not in page
     assert "aborted by eng" in client.get("/rollouts").text
+
+
+def test_the_reviewed_truth_of_the_disagreements_gates_a_promotion(
+        world: tuple[Engine, Sent, config.ConsoleConfig]) -> None:
+    """The candidate is promoted only when enough of the frames where it called otherwise than the active model were
+    reviewed, and it was right on at least as many of them; disagreements a unit stopped listing still count."""
+    from console.store import schema as s
+
+    engine, sent, _ = world
+
+    def send(device: str, name: str, args: dict[str, Any], who: str) -> None:
+        sent.append((device, name, args, who))
+
+    def reviewed(frame: str, predicted: str, truth: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(s.reviews.insert().values(device_id="u1", frame_id=frame, verdict="x", truth=truth,
+                                                   predicted=predicted, note="", user="lead", ts=50.0))
+
+    rid = rollouts.create(engine, model="casting", version=None, units="u1", canary=1, factor=1.0, auto_promote=True,
+                          min_compared=1, min_agreement=0.0, min_reviewed=2, user="eng", now=10.0)
+    rollouts.step(engine, send, 11.0)
+    first = {**shadow(50, 0.9), "disagreements": ["f1", "f2"]}
+    status(engine, "u1", {"name": "casting", "state": "shadow", "since": 12.0, "shadow": first})
+    rollouts.step(engine, send, 13.0)
+    later = {**shadow(80, 0.9), "disagreements": ["f3"]}  # f1 and f2 have rotated out of the unit's list
+    status(engine, "u1", {"name": "casting", "state": "shadow", "since": 12.0, "shadow": later})
+    rollouts.step(engine, send, 14.0)
+    assert [n for _, n, _, _ in sent] == ["release"], "no review yet"
+    reviewed("f1", "good", "good")  # the active model was right
+    rollouts.step(engine, send, 15.0)
+    assert [n for _, n, _, _ in sent] == ["release"], "one reviewed of the two asked"
+    reviewed("f3", "good", "good")
+    rollouts.step(engine, send, 16.0)
+    assert [n for _, n, _, _ in sent] == ["release"], "the active model right on both: the candidate is not better"
+    reviewed("f2", "good", "defective")  # the candidate was right
+    with engine.begin() as conn:
+        conn.execute(s.reviews.delete().where(s.reviews.c.frame_id == "f3"))
+    rollouts.step(engine, send, 17.0)
+    assert [n for _, n, _, _ in sent] == ["release", "promote"]
+    unit = rollouts.get(engine, rid)["members"][0]
+    assert unit["shadow"]["disagreements"] == ["f1", "f2", "f3"]
+    assert unit["truth"] == {"reviewed": 2, "active_right": 1, "candidate_right": 1}

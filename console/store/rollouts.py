@@ -38,7 +38,8 @@ def waves(count: int, canary: int, factor: float) -> list[int]:
 
 
 def create(engine: Engine, *, model: str, version: int | None, units: str, canary: int, factor: float,
-           auto_promote: bool, min_compared: int, min_agreement: float, user: str, now: float | None = None) -> str:
+           auto_promote: bool, min_compared: int, min_agreement: float, user: str, min_reviewed: int = 0,
+           now: float | None = None) -> str:
     """A new rollout to the known units matching ``units``; ValueError when none does."""
     now = time.time() if now is None else now
     patterns = [p.strip() for p in units.split(",") if p.strip()]
@@ -50,7 +51,8 @@ def create(engine: Engine, *, model: str, version: int | None, units: str, canar
         rollout_id = secrets.token_hex(6)
         conn.execute(s.rollouts.insert().values(
             id=rollout_id, model=model, version=version, units=",".join(patterns), canary=canary, factor=factor,
-            auto_promote=auto_promote, min_compared=min_compared, min_agreement=min_agreement, state="running",
+            auto_promote=auto_promote, min_compared=min_compared, min_agreement=min_agreement,
+            min_reviewed=min_reviewed, state="running",
             reason="", wave=0, created_by=user, created_at=now, updated_at=now))
         rows, start = [], 0
         for wave, size in enumerate(waves(len(chosen), canary, factor)):
@@ -75,6 +77,8 @@ def get(engine: Engine, rollout_id: str) -> dict[str, Any] | None:
         u = s.rollout_units.c
         units = [{**row, "shadow": json.loads(row["shadow"]) if row["shadow"] else None} for row in conn.execute(
             select(s.rollout_units).where(u.rollout_id == rollout_id).order_by(u.wave, u.device_id)).mappings()]
+    for x in units:
+        x["truth"] = reviewed_disagreements(engine, x["device_id"], (x["shadow"] or {}).get("disagreements") or [])
     return {**r, "members": units, "waves": max((x["wave"] for x in units), default=0) + 1}
 
 
@@ -104,10 +108,30 @@ def _reported(status: dict[str, Any], r: dict[str, Any]) -> dict[str, Any] | Non
     return rel
 
 
-def _passes(shadow: dict[str, Any] | None, r: dict[str, Any]) -> bool:
+def reviewed_disagreements(engine: Engine, device_id: str, frames: list[str]) -> dict[str, int]:
+    """Of the frames where the candidate called otherwise than the active model, those reviewed with a truth: how
+    many the active model called right, and how many the candidate did (it called the opposite)."""
+    if not frames:
+        return {"reviewed": 0, "active_right": 0, "candidate_right": 0}
+    r = s.reviews.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(r.truth, r.predicted).where(r.device_id == device_id)
+                            .where(r.frame_id.in_(frames)).where(r.truth.is_not(None))).all()
+    active = sum(1 for truth, predicted in rows if truth == predicted)
+    return {"reviewed": len(rows), "active_right": active, "candidate_right": len(rows) - active}
+
+
+def _passes(engine: Engine, device_id: str, shadow: dict[str, Any] | None, r: dict[str, Any]) -> bool:
+    """The gates: frames compared, agreement, no error; and, when asked, reviewed truth on the disagreements no worse
+    for the candidate than for the active model."""
     sh = shadow or {}
-    return (sh.get("compared") or 0) >= r["min_compared"] and (sh.get("agreement") or 0.0) >= r["min_agreement"] \
-        and not sh.get("errors")
+    if (sh.get("compared") or 0) < r["min_compared"] or (sh.get("agreement") or 0.0) < r["min_agreement"] \
+            or sh.get("errors"):
+        return False
+    if not r["min_reviewed"]:
+        return True
+    truth = reviewed_disagreements(engine, device_id, list(sh.get("disagreements") or []))
+    return truth["reviewed"] >= r["min_reviewed"] and truth["candidate_right"] >= truth["active_right"]
 
 
 def step(engine: Engine, send: Send, now: float | None = None) -> None:
@@ -153,7 +177,7 @@ def _step_one(engine: Engine, r: dict[str, Any], send: Send, now: float) -> None
         if x["state"] == "promote_sent" and state == "shadow":
             continue  # the promotion is on its way
         _record(engine, x, state, reason, shadow, now)
-        if state == "shadow" and r["auto_promote"] and _passes(shadow, r) and \
+        if state == "shadow" and r["auto_promote"] and _passes(engine, device, merged(x, shadow), r) and \
                 _claim(engine, r["id"], device, "shadow", "promote_sent", now):
             send(device, "promote", {}, who)
     if settled == len(wave):
@@ -165,9 +189,19 @@ def _step_one(engine: Engine, r: dict[str, Any], send: Send, now: float) -> None
                                  updated_at=now))
 
 
+def merged(x: dict[str, Any], shadow: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The unit's latest shadow figures, with every disagreement it ever reported (a unit lists its last 20; the
+    reviews of older ones still count)."""
+    if not shadow:
+        return shadow
+    before = json.loads(x["shadow"]).get("disagreements", []) if x.get("shadow") else []
+    seen = list(dict.fromkeys([*before, *(shadow.get("disagreements") or [])]))[-500:]
+    return {**shadow, "disagreements": seen}
+
+
 def _record(engine: Engine, x: dict[str, Any], state: str, reason: str, shadow: Any, now: float) -> None:
     """Keep what the unit reported, when it changed."""
-    figures = json.dumps(shadow) if shadow else None
+    figures = json.dumps(merged(x, shadow)) if shadow else None
     if (x["state"], x["reason"], x["shadow"]) == (state, reason[:500], figures):
         return
     u = s.rollout_units.c

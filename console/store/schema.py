@@ -224,6 +224,9 @@ rollouts = Table(  # a release sent to a set of units in waves, a canary first (
     Column("auto_promote", Boolean, nullable=False),  # promote by the gates below, or wait for an engineer
     Column("min_compared", Integer, nullable=False),  # gate: frames the shadow compared
     Column("min_agreement", Float, nullable=False),  # gate: its agreement with the active model
+    # gate: of its disagreements with the active model, this many reviewed in the console, and the candidate right on
+    # at least as many as the active model (0: no review needed)
+    Column("min_reviewed", Integer, nullable=False, default=0),
     Column("state", String(16), nullable=False),  # running | done | aborted
     Column("reason", Text, nullable=False, default=""),
     Column("wave", Integer, nullable=False),  # the wave under way (0: the canary)

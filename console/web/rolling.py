@@ -51,7 +51,8 @@ async def start(request: Request, posted: PostedEngineer) -> Response:
                 "canary": int(_number(form, "canary", 1, 1, 1000)), "factor": _number(form, "factor", 2.0, 1.0, 100),
                 "auto_promote": form.get("auto_promote") == "1",
                 "min_compared": int(_number(form, "min_compared", 50, 0, 1e6)),
-                "min_agreement": _number(form, "min_agreement", 0.98, 0.0, 1.0)}
+                "min_agreement": _number(form, "min_agreement", 0.98, 0.0, 1.0),
+                "min_reviewed": int(_number(form, "min_reviewed", 0, 0, 500))}
         rollout_id = await asyncio.to_thread(lambda: rollouts.create(web.engine, **args, user=user.name))
     except (ValueError, ValidationError) as e:
         rows = await asyncio.to_thread(rollouts.listing, web.engine)
