@@ -47,7 +47,7 @@ def test_todays_files_are_taken_up_with_what_they_hold(tmp_path: Path) -> None:
     assert len(Outbox(state, max_bytes=1 << 20).pending()) == 1
 
     relay = tmp_path / "relay.db"
-    db = _unversioned(relay, *RELAY)
+    db = _unversioned(relay, RELAY[0])  # the relay before versions were kept: its first step
     db.execute("INSERT INTO alerts (dedup_key, device_id, kind, frame_id, payload, received) "
                "VALUES ('u1:defect:1', 'u1', 'defect', 'u1-1-000000001', '{}', 1.0)")
     db.close()
