@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from console import auth
-from console.web import admin, alerts, fleet, inspecting, reports, reviewing, rolling, sessions, stream
+from console.web import admin, alerts, fleet, inspecting, quick, reports, reviewing, rolling, sessions, stream
 from console.web.deps import NeedLogin, Services, Web, ago, fmt_time, pct, reply_text
 from contract.payloads import HEATMAP_METHODS
 
@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 ROUTERS = (sessions.router, fleet.router, alerts.router, stream.router, admin.router, reports.router,
-           reviewing.router, inspecting.router, rolling.router)
+           reviewing.router, inspecting.router, rolling.router, quick.router)
 
 
 def create_app(svc: Services) -> FastAPI:

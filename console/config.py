@@ -61,6 +61,8 @@ class WebConfig(Section):
     login_attempts_per_minute: int = Field(default=5, ge=1)  # per (user name, address); four times that per address
     max_upload_mb: float = Field(default=20.0, gt=0)
     shift_starts: list[str] = ["06:00", "14:00", "22:00"]  # the plant's time; the reports' shifts
+    # the relay's links.key_file: a defect's mail may then carry one-time "right" / "false alarm" links
+    mail_link_key_file: Path | None = None
     time_zone: TimeZone = ""  # the plant's (an IANA name, "Europe/Berlin"); "": the console machine's own
 
     @field_validator("shift_starts")

@@ -150,6 +150,13 @@ class StateConfig(Section):
     dir: Path = Field(default_factory=lambda: state_directory(Path("/var/lib/defect-relay")))
 
 
+class LinksConfig(Section):
+    """Signed one-time links in a defect's mail: "right" / "false alarm" recorded in the console from the mail."""
+
+    key_file: Path | None = None  # the key the console verifies them with (web.mail_link_key_file); None: no links
+    valid_h: float = Field(default=24.0, gt=0, le=24 * 14)  # a link works once, within this many hours
+
+
 class TemplatesConfig(Section):
     dir: Path | None = None  # a plant's templates: a file here replaces the shipped one of its name (docs/relay.md)
 
@@ -165,6 +172,7 @@ class RelayConfig(Section):
     limits: LimitsConfig = LimitsConfig()
     state: StateConfig = Field(default_factory=StateConfig)  # reads $STATE_DIRECTORY when loaded, not imported
     templates: TemplatesConfig = TemplatesConfig()
+    links: LinksConfig = LinksConfig()
     metrics_interval_s: float = Field(default=30.0, ge=1)
     console_url: str = ""  # "https://console.plant": mails link to the part's page there (a login is needed)
     time_zone: TimeZone = ""  # the plant's, for times in mails and route hours (an IANA name); "": this machine's

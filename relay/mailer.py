@@ -60,7 +60,7 @@ def alert_mail(cfg: RelayConfig, renderer: Renderer, alert: dict[str, Any], evid
                recipients: list[str], escalated_after_min: float | None = None) -> bytes:
     shown = [k for k in CAPTIONS if k in evidence]
     frame = alert.get("frame_id") or ""
-    return _compose(cfg, recipients, renderer.alert(alert, shown, escalated_after_min),
+    return _compose(cfg, recipients, renderer.alert(alert, shown, escalated_after_min, ", ".join(recipients)),
                     [(cid(k, frame), f"{frame}.{k}.jpg", evidence[k]) for k in shown])
 
 

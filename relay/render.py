@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
-from contract import topics
+from contract import links, topics
 from relay.config import ConfigError, RelayConfig
 
 HERE = Path(__file__).resolve().parent / "templates"
@@ -85,6 +85,14 @@ class Renderer:
     def __init__(self, cfg: RelayConfig):
         self.cfg = cfg
         self.zone: tzinfo | None = ZoneInfo(cfg.time_zone) if cfg.time_zone else None
+        self.link_key: bytes | None = None
+        if cfg.links.key_file is not None:
+            if not cfg.console_url:
+                raise ConfigError("links.key_file needs console_url: the links open the console")
+            try:
+                self.link_key = links.read_key(cfg.links.key_file)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"links.key_file: {e}") from None
         dirs = ([str(cfg.templates.dir)] if cfg.templates.dir else []) + [str(HERE)]
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(dirs), undefined=jinja2.StrictUndefined,
                                       autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
@@ -119,7 +127,16 @@ class Renderer:
         except (KeyError, TypeError, ValueError):
             return float(a.get("received") or 0.0)
 
-    def alert_facts(self, a: dict[str, Any], images: list[str], escalated_after_min: float | None) -> dict[str, Any]:
+    def quick(self, a: dict[str, Any], to: str) -> list[tuple[str, str]]:
+        """A defect's one-time links, (label, URL): its call right, or a false alarm (the part was good)."""
+        if self.link_key is None or a["kind"] != "defect" or not a.get("frame_id"):
+            return []
+        valid = self.cfg.links.valid_h * 3600
+        return [(label, self.link(f"/quick/{links.sign(self.link_key, a['device_id'], a['frame_id'], v, to, valid)}"))
+                for label, v in (("Right: defective", "right"), ("False alarm: it is good", "wrong_good"))]
+
+    def alert_facts(self, a: dict[str, Any], images: list[str], escalated_after_min: float | None,
+                    to: str = "") -> dict[str, Any]:
         headline, meaning = KINDS[a["kind"]]
         p, conf = a.get("p_defect"), a.get("confidence")
         since = a.get("since")
@@ -140,6 +157,7 @@ class Renderer:
             "images": [(cid(k, a.get("frame_id") or ""), CAPTIONS[k]) for k in CAPTIONS if k in images],
             "escalated_after_min": escalated_after_min, "ts": a.get("ts") or "",
             "waited": duration_words(escalated_after_min * 60) if escalated_after_min else "",
+            "quick": self.quick(a, to) if to else [], "quick_valid": duration_words(self.cfg.links.valid_h * 3600),
         }
 
     # -- mails ---------------------------------------------------------------------------------------------------
@@ -149,8 +167,10 @@ class Renderer:
     def _subject(self, name: str, facts: dict[str, Any]) -> str:
         return " ".join(self._render(name, facts).split())[:250]  # one line, whatever the template or the device
 
-    def alert(self, a: dict[str, Any], images: list[str], escalated_after_min: float | None = None) -> Rendered:
-        f = self.alert_facts(a, images, escalated_after_min)
+    def alert(self, a: dict[str, Any], images: list[str], escalated_after_min: float | None = None,
+              to: str = "") -> Rendered:
+        """``to``: the mail's recipients, named in its one-time links (and none without them)."""
+        f = self.alert_facts(a, images, escalated_after_min, to)
         return Rendered(self._subject("alert_subject.txt", f), self._render("alert.txt", f),
                         self._render("alert.html", f))
 
@@ -192,7 +212,7 @@ class Renderer:
                  "p_defect": 0.93, "confidence": 0.93, "threshold": 0.5, "model": "model", "since": now,
                  "offline_s": 240.0, "error": "error", "frame_errors": 3, "problems": ["problem"], "ood": 2.0,
                  "ood_threshold": 1.0, "part_id": "station1-1-000000001"}
-            facts = [self.alert_facts(a, list(CAPTIONS), None), self.alert_facts(a, [], 15.0)]
+            facts = [self.alert_facts(a, list(CAPTIONS), None, "lead@plant.example"), self.alert_facts(a, [], 15.0)]
             digest = self.digest_facts("station1", kind, [a, a], ["station1-1-000000001"])
             for name in TEMPLATES:
                 for f in [digest] if name.startswith("digest") else facts:

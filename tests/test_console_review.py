@@ -329,3 +329,41 @@ def test_a_link_from_a_mail_lands_on_its_part_after_the_login(
     announced = [json.loads(p) for t, p in sent if t == "defect-console/console1/reviewed"]
     assert [(a["unit"], a["frame_id"], a["verdict"], a["by"]) for a in announced] == [
         ("u1", "u1-1-000000007", "right", "op")]
+
+
+def test_a_mails_one_time_link_records_a_review_once_and_only_by_its_button(
+        world: tuple[TestClient, Engine, list[tuple[str, bytes]], config.ConsoleConfig], tmp_path: Path) -> None:
+    """Opening the link records nothing (mail scanners open links); the button records it in the name of the mail's
+    recipients, audited, tells the unit and the relay; a second use, a changed link and an expired one are refused
+    with a sentence, and a console without the key takes none."""
+    from contract import links
+
+    _, engine, sent, cfg = world
+    key_file = tmp_path / "mail_link_key"
+    key_file.write_text("k" * 64)
+    keyed = config.parse({"state": {"dir": str(cfg.state.dir)}, "web": {"mail_link_key_file": str(key_file)}})
+    client = TestClient(create_app(Services(keyed, engine, LiveHub(), lambda t, p: sent.append((t, p)))))
+    token = links.sign(key_file.read_bytes(), "u1", "u1-1-000000004", "wrong_good", "lead3@plant.example", 3600)
+    page = client.get(f"/quick/{token}")
+    assert page.status_code == 200 and "a false alarm: the part is good" in page.text
+    with engine.connect() as conn:
+        assert conn.execute(select(s.reviews)).first() is None, "opening the link records nothing"
+    done = client.post(f"/quick/{token}", data={"confirm": "1"})
+    assert done.status_code == 200 and 'id="quick-done"' in done.text
+    with engine.connect() as conn:
+        row = conn.execute(select(s.reviews)).mappings().one()
+        audit = conn.execute(select(s.audit).where(s.audit.c.action == "mail_review")).mappings().one()
+    assert (row["frame_id"], row["verdict"], row["truth"], row["user"]) == (
+        "u1-1-000000004", "wrong_good", "good", "mail to lead3@plant.example")
+    assert audit["user"] == "mail to lead3@plant.example"
+    topics_sent = [t for t, _ in sent]
+    assert "defect-console/console1/reviewed" in topics_sent and "defect-edge/u1/cmd/feedback" in topics_sent
+    again = client.post(f"/quick/{token}", data={"confirm": "1"})
+    assert again.status_code == 409 and "used already" in again.text
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert client.get(f"/quick/{forged}").status_code == 400
+    old = links.sign(key_file.read_bytes(), "u1", "u1-1-000000005", "right", "x@plant.example", 1, now=1.0)
+    r = client.get(f"/quick/{old}")
+    assert r.status_code == 400 and "expired" in r.text
+    plain = TestClient(create_app(Services(cfg, engine, LiveHub(), lambda t, p: None)))
+    assert plain.get(f"/quick/{token}").status_code == 404

@@ -7,6 +7,7 @@ import base64
 import email
 import email.policy
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -237,3 +238,30 @@ def test_channels_carry_the_words_and_the_picture_through_apprise() -> None:
         srv.server_close()
     with pytest.raises(mailer.TransientError, match="json:// notification failed"):
         notify.send(f"json://{srv.where}/hook", queued, timeout_s=2)
+
+
+def test_a_defects_mail_carries_one_time_links_when_the_plant_gives_a_key(tmp_path: Path) -> None:
+    from contract import links
+
+    key_file = tmp_path / "key"
+    key_file.write_text("s" * 64)
+    cfg = cfg_of(tmp_path, [{"recipients": ["lead@plant.example"]}], links={"key_file": str(key_file)})
+    a = {"device_id": "line3-a", "kind": "defect", "frame_id": "line3-a-1-000000001", "dedup_key": "k",
+         "ts": "2026-12-05T06:00:00Z", "label": "defective", "p_defect": 0.9, "confidence": 0.9}
+    msg = email.message_from_bytes(mailer.alert_mail(cfg, Renderer(cfg), a, {}, ["lead@plant.example",
+                                                                                "qa@plant.example"]),
+                                   policy=email.policy.default)
+    html = msg.get_body(("html",)).get_content()
+    urls = re.findall(r'class="quick" href="https://console\.plant/quick/([^"]+)"', html)
+    assert len(urls) == 2
+    made = [links.verify(key_file.read_bytes(), u) for u in urls]
+    assert [(m.frame_id, m.verdict, m.to) for m in made] == [
+        ("line3-a-1-000000001", "right", "lead@plant.example, qa@plant.example"),
+        ("line3-a-1-000000001", "wrong_good", "lead@plant.example, qa@plant.example")]
+    assert all(u in msg.get_body(("plain",)).get_content() for u in urls), "the plain text carries them too"
+    camera = {**a, "kind": "camera_offline", "frame_id": None, "since": "2026-12-05T05:50:00Z"}
+    assert "/quick/" not in mailer.alert_mail(cfg, Renderer(cfg), camera, {}, ["lead@plant.example"]).decode()
+    bare = cfg_of(tmp_path, [{"recipients": ["lead@plant.example"]}])
+    assert "/quick/" not in mailer.alert_mail(bare, Renderer(bare), a, {}, ["lead@plant.example"]).decode()
+    with pytest.raises(relay_config.ConfigError, match="needs console_url"):
+        Renderer(relay_config.parse({"state": {"dir": str(tmp_path)}, "links": {"key_file": str(key_file)}}))

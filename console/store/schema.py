@@ -245,3 +245,13 @@ rollout_units = Table(  # each unit of a rollout: its wave, and its release's st
     Column("shadow", Text, nullable=True),  # the unit's last shadow figures (JSON)
     Column("updated_at", Float, nullable=False),
 )
+
+mail_links = Table(  # each one-time review link from a mail, once it was used (contract/links.py)
+    "mail_links", metadata,
+    Column("nonce", String(32), primary_key=True),
+    Column("used_at", Float, nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("frame_id", String(128), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("recipients", Text, nullable=False),
+)

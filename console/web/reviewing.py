@@ -16,10 +16,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from console import images
+from console import commands, images
 from console.auth import User
 from console.store import queries, review, writer
-from console.web.deps import Operator, PostedOperator, Viewer, day_span, heatmap_method, web_of
+from console.web.deps import Operator, PostedOperator, Viewer, Web, day_span, heatmap_method, web_of
 from contract import payloads, topics
 
 router = APIRouter()
@@ -36,6 +36,19 @@ def review_filters(params: Any) -> dict[str, Any]:
             "day": day if span else "", "since": span[0] if span else None,
             "state": state if state in ("waiting", "reviewed", "all") else "waiting",
             "frame": frame if topics.FRAME_ID.match(frame) else ""}
+
+
+async def apply_verdict(web: Web, who: str, device_id: str, frame_id: str, verdict: str, note: str) -> None:
+    """A verdict, wherever it was given (the review page, a mail's link): stored, announced for the relay (which
+    stops escalating it), and sent to the unit as feedback. ValueError or LookupError for one that cannot be."""
+    item = await asyncio.to_thread(functools.partial(
+        review.record, web.engine, device_id=device_id, frame_id=frame_id, verdict=verdict, note=note, user=who,
+        request_id=None))
+    reviewed = payloads.Reviewed(device_id=web.cfg.id, unit=device_id, frame_id=frame_id, verdict=verdict, by=who[:100])
+    web.svc.publish(f"{web.cfg.mqtt.console_prefix}/{web.cfg.id}/{topics.REVIEWED}", payloads.dumps(reviewed))
+    if item["truth"] is not None:  # the unit keeps it with the frame while it still buffers it
+        commands.send(web.engine, web.svc.publish, web.cfg.mqtt.edge_prefix, who, device_id, "feedback",
+                      {"frame_id": frame_id, "label": item["truth"], "note": note}, review_of=frame_id)
 
 
 @router.get("/review", response_class=HTMLResponse)
@@ -68,17 +81,9 @@ async def review_post(request: Request, posted: PostedOperator) -> Response:
         if not topics.DEVICE_ID.match(device_id) or not topics.FRAME_ID.match(frame_id):
             raise HTTPException(400, "no such item")
         try:
-            item = await asyncio.to_thread(functools.partial(
-                review.record, web.engine, device_id=device_id, frame_id=frame_id, verdict=verdict, note=note,
-                user=user.name, request_id=None))
+            await apply_verdict(web, user.name, device_id, frame_id, verdict, note)
         except (ValueError, LookupError) as e:
             raise HTTPException(400, str(e)) from None
-        reviewed = payloads.Reviewed(device_id=web.cfg.id, unit=device_id, frame_id=frame_id, verdict=verdict,
-                                     by=user.name)
-        web.svc.publish(f"{web.cfg.mqtt.console_prefix}/{web.cfg.id}/{topics.REVIEWED}", payloads.dumps(reviewed))
-        if item["truth"] is not None:  # the unit keeps it with the frame while it still buffers it
-            web.send(user, device_id, "feedback", {"frame_id": frame_id, "label": item["truth"], "note": note},
-                     review_of=frame_id)
     filters = {k: form.get(k, "") for k in FILTERS}
     url = "/review?" + urlencode({k: v for k, v in filters.items() if v})
     if request.headers.get("HX-Request") == "true":  # the next item at once: a redirect cost a second round trip

@@ -1,4 +1,5 @@
-"""rollouts and rollout_units: a release sent to units in waves, a canary first, each unit's state as it reported
+"""rollouts and rollout_units: a release sent to units in waves, a canary first, each unit's state as it reported;
+mail_links: the one-time review links from mails that were used
 
 Revision ID: 0006
 Revises: 0005
@@ -46,4 +47,14 @@ def upgrade() -> None:
         sa.Column("shadow", sa.Text(), nullable=True),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("rollout_id", "device_id"),
+    )
+    op.create_table(
+        "mail_links",
+        sa.Column("nonce", sa.String(length=32), nullable=False),
+        sa.Column("used_at", sa.Float(), nullable=False),
+        sa.Column("device_id", sa.String(length=64), nullable=False),
+        sa.Column("frame_id", sa.String(length=128), nullable=False),
+        sa.Column("verdict", sa.String(length=16), nullable=False),
+        sa.Column("recipients", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("nonce"),
     )
