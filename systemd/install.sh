@@ -156,7 +156,7 @@ Next, on a unit:
   edit $SYSCONFDIR/defect-edge/edge.toml; put the broker password in $SYSCONFDIR/defect-edge/mqtt_password
   $PREFIX/.venv/bin/defect-edge check-config --config $SYSCONFDIR/defect-edge/edge.toml
   systemctl enable --now defect-edge            # or defect-edge@NAME for $SYSCONFDIR/defect-edge/NAME.toml
-Beside the central broker (installed with EXTRAS=console): $PREFIX/share/mosquitto/, then
+Beside the central broker (installed with EXTRAS=relay,console): $PREFIX/share/mosquitto/, then
   $PREFIX/.venv/bin/defect-console --config $SYSCONFDIR/defect-edge/console.toml user add NAME --role admin
   systemctl enable --now defect-relay defect-console
 EOF

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tomllib
 
 from converter import synth
 from converter.architectures import ARCHITECTURES
@@ -175,8 +176,8 @@ def test_tensorflow_not_installed(tmp_path: Path, broker: Broker, models_dir: Pa
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), "numpy",
-                           "opencv-python-headless", "pillow", "paho-mqtt", "ai-edge-litert", "pydantic"],
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]  # the unit's, no extra
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), *core],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     c = Collector(broker.port, f"{BASE}/result", f"{BASE}/gradcam")

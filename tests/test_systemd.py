@@ -47,11 +47,11 @@ def make_install(stage: Path, prefix: Path, tmp: Path, *extra: str) -> str:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     tmp = tmp_path_factory.mktemp("root")
     stage, prefix = tmp / "stage", tmp / "opt" / "defect-edge"
-    make_install(stage, prefix, tmp)
+    make_install(stage, prefix, tmp, "EXTRAS=relay")  # the relay's templates and channels, as its host installs it
     staged_etc = stage / (tmp / "etc" / "defect-edge").relative_to("/")
     (staged_etc / "edge.toml").write_text("# edited by the plant\n")
     (staged_etc / "mqtt_password").write_text("s3cret\n")
-    log = make_install(stage, prefix, tmp)  # an upgrade in place
+    log = make_install(stage, prefix, tmp, "EXTRAS=relay")  # an upgrade in place
     # Unpack the staged tree at its real place, as a package manager would: nothing may still point into the stage.
     for top in (stage / tmp.relative_to("/")).iterdir():
         shutil.move(str(top), str(tmp / top.name))
