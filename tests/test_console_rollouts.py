@@ -30,8 +30,9 @@ def status(engine: Engine, device: str, release: dict[str, Any] | None) -> None:
     writer.write(engine, [writer.Item("status", device, 1.0, raw=payloads.dumps(st))])
 
 
-def shadow(compared: int, agreement: float = 1.0) -> dict[str, Any]:
-    return {"compared": compared, "agreement": agreement, "errors": 0, "dp": {"max_abs": 0.01}, "disagreements": []}
+def shadow(compared: int, agreement: float = 1.0, p95: float = 4.0) -> dict[str, Any]:
+    return {"compared": compared, "agreement": agreement, "errors": 0, "dp": {"max_abs": 0.01}, "disagreements": [],
+            "inference_ms": {"p50": p95 / 2, "p95": p95}}
 
 
 @pytest.fixture
@@ -198,3 +199,20 @@ def test_the_reviewed_truth_of_the_disagreements_gates_a_promotion(
     unit = rollouts.get(engine, rid)["members"][0]
     assert unit["shadow"]["disagreements"] == ["f1", "f2", "f3"]
     assert unit["truth"] == {"reviewed": 2, "active_right": 1, "candidate_right": 1}
+
+
+def test_a_candidate_slower_than_the_bound_is_not_promoted(world: tuple[Engine, Sent, config.ConsoleConfig]) -> None:
+    engine, sent, _ = world
+
+    def send(device: str, name: str, args: dict[str, Any], who: str) -> None:
+        sent.append((device, name, args, who))
+
+    rollouts.create(engine, model="casting", version=None, units="u1", canary=1, factor=1.0, auto_promote=True,
+                    min_compared=1, min_agreement=0.0, max_inference_ms=8.0, user="eng", now=10.0)
+    rollouts.step(engine, send, 11.0)
+    status(engine, "u1", {"name": "casting", "state": "shadow", "since": 12.0, "shadow": shadow(50, 1.0, 9.5)})
+    rollouts.step(engine, send, 13.0)
+    assert [n for _, n, _, _ in sent] == ["release"], "9.5 ms at p95 is beyond the 8 ms bound"
+    status(engine, "u1", {"name": "casting", "state": "shadow", "since": 12.0, "shadow": shadow(60, 1.0, 7.9)})
+    rollouts.step(engine, send, 14.0)
+    assert [n for _, n, _, _ in sent] == ["release", "promote"]

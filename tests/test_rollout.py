@@ -27,7 +27,7 @@ MODEL = "mobilenetv2"
 
 @pytest.fixture
 def line(tmp_path: Path, broker: Broker, casting: Path, daemons: list[Daemon]
-         ) -> Iterator[tuple[release.Repo, Daemon, Collector, Path]]:
+         ) -> Iterator[tuple[release.Repo, Daemon, Collector, Path, ConsoleProc]]:
     repo = release.init(tmp_path / "repo", tmp_path / "keys")
     console = ConsoleProc(tmp_path / "console", broker.port, releases_dir=repo.path).start()
     models = model_copy(tmp_path / "models", "active").parent
@@ -41,7 +41,7 @@ def line(tmp_path: Path, broker: Broker, casting: Path, daemons: list[Daemon]
     daemons.append(d.start())
     try:
         assert c.wait(lambda m: any(t.endswith("/result") for t, _, _ in m), 60), d.log()
-        yield repo, d, c, models
+        yield repo, d, c, models, console
     finally:
         c.close()
         console.kill()
@@ -65,9 +65,9 @@ def wait_state(c: Collector, d: Daemon, state: str, timeout: float = 120) -> dic
     return release_status(c)
 
 
-def test_shadow_promote_and_a_rollback_the_unit_decides_itself(line: tuple[release.Repo, Daemon, Collector, Path],
-                                                                tmp_path: Path) -> None:
-    repo, d, c, models = line
+def test_shadow_promote_and_a_rollback_the_unit_decides_itself(
+        line: tuple[release.Repo, Daemon, Collector, Path, ConsoleProc], tmp_path: Path) -> None:
+    repo, d, c, models, _ = line
     release.publish(repo, model_copy(tmp_path / "v1", "release 1"))
     r = command(c, "release", {"name": MODEL})
     assert r["ok"] and r["result"]["state"] == "offered", r
@@ -113,8 +113,8 @@ def test_shadow_promote_and_a_rollback_the_unit_decides_itself(line: tuple[relea
 
 
 def test_a_different_candidate_sends_its_disagreements_to_review_and_can_be_rejected(
-        line: tuple[release.Repo, Daemon, Collector, Path], tmp_path: Path) -> None:
-    repo, d, c, models = line
+        line: tuple[release.Repo, Daemon, Collector, Path, ConsoleProc], tmp_path: Path) -> None:
+    repo, d, c, models, _ = line
     release.publish(repo, model_copy(tmp_path / "cnn", "cnn 1", name="cnn"))
     assert command(c, "release", {"name": "cnn"})["ok"]
     wait_state(c, d, "shadow")
@@ -129,6 +129,40 @@ def test_a_different_candidate_sends_its_disagreements_to_review_and_can_be_reje
     assert release_status(c)["state"] == "rejected" and release_status(c)["shadow"]["compared"] >= s["compared"]
     assert json.loads(c.on("/status")[-1])["model"]["name"] == MODEL
     assert not (models / "cnn.json").exists(), "a rejected candidate was never installed"
+
+
+def test_the_console_and_the_broker_going_away_mid_rollout_leave_the_unit_on_a_working_model(
+        line: tuple[release.Repo, Daemon, Collector, Path, ConsoleProc], tmp_path: Path, broker: Broker) -> None:
+    repo, d, c, models, console = line
+    release.publish(repo, model_copy(tmp_path / "v1", "release 1"))
+    assert command(c, "release", {"name": MODEL})["ok"]
+    wait_state(c, d, "shadow")
+    active = json.loads(c.on("/status")[-1])["model"]["sha256"]
+
+    def results() -> int:
+        return len(c.on("/result"))
+
+    def classifying(more: int = 20, timeout: float = 60) -> bool:
+        n = results()
+        return c.wait(lambda m: results() >= n + more, timeout)
+
+    console.kill()  # the repository is gone mid-rollout
+    assert classifying(), d.log()[-2000:]
+    assert release_status(c)["state"] == "shadow" and json.loads(c.on("/status")[-1])["model"]["sha256"] == active
+    r = command(c, "promote", {})  # what was fetched is all a promotion needs
+    assert r["ok"] and r["result"]["state"] == "promoted", r
+    assert json.loads((models / f"{MODEL}.json").read_text())["created_at"] == "release 1"
+    broker.stop()  # and the broker too, for a while: the unit keeps judging with the promoted model
+    time.sleep(3)
+    broker.start()
+    assert classifying(), d.log()[-2000:]
+    assert release_status(c)["state"] == "promoted"
+    assert command(c, "release", {"name": MODEL})["ok"]  # a new release with the repository still away
+    failed = wait_state(c, d, "failed", 60)
+    assert "cannot download" in failed["reason"], failed
+    assert classifying(), "still judging, with the model it had"
+    assert json.loads((models / f"{MODEL}.json").read_text())["created_at"] == "release 1"
+    assert d.alive()
 
 
 def test_a_rollout_goes_from_the_canary_to_the_fleet_with_its_disagreements_in_review(

@@ -39,7 +39,7 @@ def waves(count: int, canary: int, factor: float) -> list[int]:
 
 def create(engine: Engine, *, model: str, version: int | None, units: str, canary: int, factor: float,
            auto_promote: bool, min_compared: int, min_agreement: float, user: str, min_reviewed: int = 0,
-           now: float | None = None) -> str:
+           max_inference_ms: float = 0.0, now: float | None = None) -> str:
     """A new rollout to the known units matching ``units``; ValueError when none does."""
     now = time.time() if now is None else now
     patterns = [p.strip() for p in units.split(",") if p.strip()]
@@ -52,7 +52,7 @@ def create(engine: Engine, *, model: str, version: int | None, units: str, canar
         conn.execute(s.rollouts.insert().values(
             id=rollout_id, model=model, version=version, units=",".join(patterns), canary=canary, factor=factor,
             auto_promote=auto_promote, min_compared=min_compared, min_agreement=min_agreement,
-            min_reviewed=min_reviewed, state="running",
+            min_reviewed=min_reviewed, max_inference_ms=max_inference_ms, state="running",
             reason="", wave=0, created_by=user, created_at=now, updated_at=now))
         rows, start = [], 0
         for wave, size in enumerate(waves(len(chosen), canary, factor)):
@@ -122,11 +122,14 @@ def reviewed_disagreements(engine: Engine, device_id: str, frames: list[str]) ->
 
 
 def _passes(engine: Engine, device_id: str, shadow: dict[str, Any] | None, r: dict[str, Any]) -> bool:
-    """The gates: frames compared, agreement, no error; and, when asked, reviewed truth on the disagreements no worse
-    for the candidate than for the active model."""
+    """The gates: frames compared, agreement, no error, its inference p95 within the bound when one is set; and, when
+    asked, reviewed truth on the disagreements no worse for the candidate than for the active model."""
     sh = shadow or {}
     if (sh.get("compared") or 0) < r["min_compared"] or (sh.get("agreement") or 0.0) < r["min_agreement"] \
             or sh.get("errors"):
+        return False
+    p95 = (sh.get("inference_ms") or {}).get("p95")
+    if r["max_inference_ms"] and (p95 is None or p95 > r["max_inference_ms"]):
         return False
     if not r["min_reviewed"]:
         return True

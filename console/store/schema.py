@@ -227,6 +227,8 @@ rollouts = Table(  # a release sent to a set of units in waves, a canary first (
     # gate: of its disagreements with the active model, this many reviewed in the console, and the candidate right on
     # at least as many as the active model (0: no review needed)
     Column("min_reviewed", Integer, nullable=False, default=0),
+    # gate: the candidate's inference p95 in shadow (one thread: at most this on the unit's own) (0: no bound)
+    Column("max_inference_ms", Float, nullable=False, default=0.0),
     Column("state", String(16), nullable=False),  # running | done | aborted
     Column("reason", Text, nullable=False, default=""),
     Column("wave", Integer, nullable=False),  # the wave under way (0: the canary)

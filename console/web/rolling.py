@@ -52,7 +52,8 @@ async def start(request: Request, posted: PostedEngineer) -> Response:
                 "auto_promote": form.get("auto_promote") == "1",
                 "min_compared": int(_number(form, "min_compared", 50, 0, 1e6)),
                 "min_agreement": _number(form, "min_agreement", 0.98, 0.0, 1.0),
-                "min_reviewed": int(_number(form, "min_reviewed", 0, 0, 500))}
+                "min_reviewed": int(_number(form, "min_reviewed", 0, 0, 500)),
+                "max_inference_ms": _number(form, "max_inference_ms", 0.0, 0.0, 10_000)}
         rollout_id = await asyncio.to_thread(lambda: rollouts.create(web.engine, **args, user=user.name))
     except (ValueError, ValidationError) as e:
         rows = await asyncio.to_thread(rollouts.listing, web.engine)

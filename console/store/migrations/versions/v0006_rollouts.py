@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("min_compared", sa.Integer(), nullable=False),
         sa.Column("min_agreement", sa.Float(), nullable=False),
         sa.Column("min_reviewed", sa.Integer(), nullable=False),
+        sa.Column("max_inference_ms", sa.Float(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("wave", sa.Integer(), nullable=False),
