@@ -216,3 +216,25 @@ def test_a_candidate_slower_than_the_bound_is_not_promoted(world: tuple[Engine, 
     status(engine, "u1", {"name": "casting", "state": "shadow", "since": 12.0, "shadow": shadow(60, 1.0, 7.9)})
     rollouts.step(engine, send, 14.0)
     assert [n for _, n, _, _ in sent] == ["release", "promote"]
+
+
+def test_the_command_line_starts_lists_and_aborts_a_rollout(world: tuple[Engine, Sent, config.ConsoleConfig],
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from console.cli import main
+
+    engine, _, cfg = world
+    toml = tmp_path / "console.toml"
+    toml.write_text(f'[state]\ndir = "{cfg.state.dir}"\n')
+    assert main(["--config", str(toml), "rollout", "start", "--model", "casting", "--units", "u1,u2,u3",
+                 "--by", "anna"]) == 0
+    out = capsys.readouterr().out
+    assert "to 3 units in 2 waves" in out
+    rid = out.split()[1].rstrip(":")
+    assert rollouts.get(engine, rid)["created_by"] == "anna (cli)"
+    assert main(["--config", str(toml), "rollout", "list"]) == 0
+    assert f"{rid}  running" in capsys.readouterr().out
+    assert main(["--config", str(toml), "rollout", "start", "--model", "casting", "--units", "nope*"]) == 2
+    assert "no known unit matches" in capsys.readouterr().err
+    assert main(["--config", str(toml), "rollout", "abort", rid]) == 0
+    assert rollouts.get(engine, rid)["state"] == "aborted"
+    assert main(["--config", str(toml), "rollout", "abort", rid]) == 2
