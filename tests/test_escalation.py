@@ -98,7 +98,7 @@ def test_routes_tell_their_people_only_in_their_hours(tmp_path: Path) -> None:
                  storm={"cooldown_s": 0})
     store = Store(tmp_path / "relay.db")
     sched = Scheduler(cfg, store, Renderer(cfg))
-    day = 1_796_457_600.0  # 2026-12-05 08:00 UTC
+    day = (time.time() // 86400 + 1) * 86400 + 8 * 3600  # tomorrow 08:00 UTC: after the alerts were received
     accept(store, "defect", 1)
     sched.tick(day)
     accept(store, "defect", 2)
