@@ -60,6 +60,18 @@ class Control:
                                f"(the unit keeps its last {self.ring.max_frames} frames)")
         return item
 
+    def _swap(self, new: Classifier) -> Classifier:
+        """One reference swap, under ``swap_lock`` (held by the caller): the next frame uses the new model."""
+        old = self.pipeline.classifier
+        self.pipeline.classifier = new
+        self.history.event("model", old=old.name, new=new.name, sha256=new.manifest.tflite.sha256)
+        return old
+
+    def swap(self, new: Classifier) -> Classifier:
+        """A promotion's or a rollback's swap (edge.rollout), as ``cmd/model`` makes its own; returns the old."""
+        with self.swap_lock:
+            return self._swap(new)
+
     def cmd_model(self, args: ModelArgs) -> dict[str, Any]:
         with self.swap_lock:
             old = self.pipeline.classifier
@@ -69,9 +81,8 @@ class Control:
                 self.model_refused = f"{args.name}: {e}"
                 self._changed()
                 raise CommandError(f"model {args.name!r} not loaded, keeping {old.name}: {e}") from None
-            self.pipeline.classifier = new  # one reference swap: the next frame uses the new model
+            self._swap(new)
             self.model_refused = None
-        self.history.event("model", old=old.name, new=new.name, sha256=new.manifest.tflite.sha256)
         self._changed()
         return {"model": new.name, "quantization": new.manifest.quantization, "sha256": new.manifest.tflite.sha256,
                 "previous": old.name}

@@ -128,7 +128,7 @@ class Daemon:
         r = cfg.releases
         self.rollout = Rollout(
             Releases(r.url, r.root_file, state / "releases", keep=r.keep) if r.url else None, cfg.model.models_dir,
-            load=self.load_manifest, active=lambda: self.pipeline.classifier, swap=self._swap, share=r.shadow_share,
+            load=self.load_manifest, swap=lambda new: self.control.swap(new), share=r.shadow_share,
             watch=Watch(watch_results=r.watch_results, latency_factor=r.latency_factor,
                         ng_rate_delta=r.ng_rate_delta),
             changed=self.publish_status, event=self.history.event, on_disagree=self._disagreed,
@@ -176,14 +176,6 @@ class Daemon:
     @property
     def classifier(self) -> Classifier:
         return self.pipeline.classifier
-
-    def _swap(self, new: Classifier) -> Classifier:
-        """A promotion's or a rollback's swap: one reference assignment, as ``cmd/model`` does."""
-        with self.control.swap_lock:
-            old = self.pipeline.classifier
-            self.pipeline.classifier = new
-        self.history.event("model", old=old.name, new=new.name, sha256=new.manifest.tflite.sha256)
-        return old
 
     def _disagreed(self, seen: Offered, candidate: Prediction) -> None:
         """A frame the candidate in shadow calls otherwise than the active model: its snapshot goes to the console's

@@ -16,7 +16,6 @@ checked, parity re-proven here, the manifest moved last), and the newest ``keep`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -56,10 +55,10 @@ class ResumingFetcher(FetcherInterface):
         self.resumed_bytes = 0
         self.downloaded_bytes = 0
 
-    def part_of(self, url: str) -> Path:
-        """The partial file of a target, by its path in the repository (which holds its sha256): the same from any
+    def part(self, sha256: str) -> Path:
+        """The partial file of the target with this sha256 (its URL's name begins with it): the same from any
         mirror, so a download begun through one is continued through another."""
-        return self.partial / hashlib.sha256(url.rpartition("/targets/")[2].encode()).hexdigest()
+        return self.partial / sha256
 
     def _get(self, url: str, start: int) -> urllib3.BaseHTTPResponse:
         headers = {"Range": f"bytes={start}-"} if start else {}
@@ -78,7 +77,7 @@ class ResumingFetcher(FetcherInterface):
                 _done(r)
                 raise tuf_errors.DownloadHTTPError(f"HTTP {r.status} for {url}", r.status)
             return self._stream(r, None)
-        part = self.part_of(url)
+        part = self.part(url.rpartition("/")[2].partition(".")[0])
         have = part.stat().st_size if part.is_file() else 0
         r = self._get(url, have)
         if r.status == 416:  # what we have is all there is (or more): start again
@@ -191,15 +190,14 @@ class Releases:
         return info
 
     def _download(self, u: Updater, info: TargetFile, dest: Path) -> None:
-        url = f"{self.url}/targets/{info.path.rpartition('/')[0]}/{info.hashes['sha256']}." \
-              f"{info.path.rpartition('/')[2]}"
+        part = self.fetcher.part(info.hashes["sha256"])
         try:
             u.download_target(info, str(dest))
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
             if isinstance(e, (tuf_errors.RepositoryError, tuf_errors.DownloadLengthMismatchError)):
-                self.fetcher.part_of(url).unlink(missing_ok=True)  # a bad whole: never resumed
+                part.unlink(missing_ok=True)  # a bad whole: never resumed
             raise ReleaseError(f"{info.path}: {_refused(e)}") from None
-        self.fetcher.part_of(url).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
 
     def fetch(self, name: str, version: int | None = None) -> Fetched:
         """The release (the newest, or ``version``), every file verified, in ``<state>/models/NAME/VERSION``."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import manifest as mf
 from core.classifier import Classifier, Prediction
 from core.preprocess import Roi
 from edge.errors import USER_ERRORS
@@ -54,11 +55,11 @@ class Watch:
 
 class Rollout:
     def __init__(self, releases: Releases | None, models_dir: Path, *, load: Callable[[Path, int | None], Classifier],
-                 active: Callable[[], Classifier], swap: Callable[[Classifier], Classifier], share: float,
+                 swap: Callable[[Classifier], Classifier], share: float,
                  watch: Watch, changed: Callable[[], None], event: Callable[..., None],
                  on_disagree: Callable[[Offered, Prediction], None], frame_errors: Callable[[], int]):
         self.releases, self.models_dir = releases, models_dir
-        self._load, self._active, self._swap = load, active, swap
+        self._load, self._swap = load, swap
         self.share, self.watch = share, watch
         self._changed, self._event, self._on_disagree = changed, event, on_disagree
         self._frame_errors = frame_errors
@@ -72,7 +73,6 @@ class Rollout:
         self.since = 0.0
         self.shadow: Shadow | None = None
         self.shadow_report: dict[str, Any] | None = None
-        self.candidate: Classifier | None = None
         self.fetched: Fetched | None = None
         self.previous: Classifier | None = None  # the model a promotion replaced, loaded while the new one is watched
         self._watched: list[tuple[float, bool]] = []  # (inference ms, defective) since the promotion
@@ -101,7 +101,7 @@ class Rollout:
             if self.state in ("offered", "downloading", "verified"):
                 raise RolloutError(f"release {self.name} {self.version} is {self.state}; wait for it")
             self._stop_shadow()
-            self.name, self.version, self.candidate, self.fetched, self.shadow_report = name, version, None, None, None
+            self.name, self.version, self.fetched, self.shadow_report = name, version, None, None
             self._set("offered")
         threading.Thread(target=self._prepare, name="release", daemon=True).start()
         return {"name": name, "version": version, "state": "offered"}
@@ -127,7 +127,7 @@ class Rollout:
         with self.lock:
             if self.state != "downloading":
                 return  # rejected meanwhile
-            self.candidate, self.fetched = candidate, fetched
+            self.fetched = fetched
             self._set("verified")
             self.shadow = Shadow(candidate, self.share, self._on_disagree) if self.share > 0 else None
             self._set("shadow")
@@ -143,13 +143,13 @@ class Rollout:
             if self.state not in ("offered", "downloading", "verified", "shadow"):
                 raise RolloutError("no candidate to reject")
             self._stop_shadow()
-            self.candidate = None
+            self.fetched = None
             self._set("rejected", "by command")
         return {"name": self.name, "version": self.version, "state": "rejected"}
 
     def promote(self) -> dict[str, Any]:
         with self.lock:
-            if self.state != "shadow" or self.candidate is None or self.fetched is None:
+            if self.state != "shadow" or self.fetched is None:
                 raise RolloutError(f"nothing to promote: the release is {self.state or 'none'}")
             self._stop_shadow()
             name = self.fetched.name
@@ -173,8 +173,6 @@ class Rollout:
         current = self.models_dir / f"{name}.json"
         if not current.is_file() or self.releases is None:
             return None
-        from core import manifest as mf
-
         aside = self.releases.state / "models" / name / ".before"
         shutil.rmtree(aside, ignore_errors=True)
         aside.mkdir(parents=True)
