@@ -164,7 +164,7 @@ class Classifier:
         if self.signature is None:
             return None
         values = self.features()
-        return None if values is None else float(self.signature.score(values)[0])
+        return None if values is None else self.signature.score_one(values)
 
     def p_defect_from_output(self, raw: np.ndarray) -> float:
         """Dequantize the output tensor and pick P(defective)."""

@@ -29,6 +29,9 @@ def test_training_inputs_score_about_one_and_others_far_above() -> None:
     odd = np.random.default_rng(5).normal(5, 1, (100, 64))  # nothing like the 4 directions
     assert (sig.score(odd) > 5 * limit).all()
     assert sig.score(features(1, 6)[0]).shape == (1,), "one vector scores as one row"
+    rows = np.concatenate([features(5, 7), features(5, 8, shift=0.5), odd[:5]]).astype(np.float32)
+    assert [sig.score_one(r) for r in rows] == pytest.approx(sig.score(rows).tolist(), rel=1e-3), \
+        "the unit's per-frame form gives the batch form's scores (float32 sums in another order)"
 
 
 def test_the_file_round_trips_and_a_bad_one_is_one_clear_line(tmp_path: Path) -> None:
