@@ -80,6 +80,9 @@ class StatusModel(ModelRef):
     threads: int = 0
     threshold: Probability = 0.5
     low_confidence_band: Band = (0.0, 0.0)
+    # a model converted with variants: each as this unit timed it (quantization, verified, latency_ms, memory_mb,
+    # agreement, chosen, reason), the one it runs marked chosen (docs/releases.md)
+    variants: list[dict[str, Any]] | None = None
 
 
 class CameraState(BaseModel):

@@ -149,6 +149,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         quantize=a.quantize, name=a.name or _stem(a.model), calibration=a.calibration,
         calibration_count=a.calibration_count,
         eval_folder=a.eval, eval_limit=a.eval_limit or None, min_agreement=a.min_agreement, int8_io=a.int8_io,
+        variants=a.variants,
         gradcam_layer=a.gradcam_layer, gradcam_method=a.gradcam_method, pixel_scaling=a.pixel_scaling,
         color_order=a.color_order,
         defect_class=_defect_class(a.defect_class, a.class_names, a.eval), input_size=a.input_size,
@@ -263,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "0: all of them)")
     c.add_argument("--min-agreement", type=float, default=0.99)
     c.add_argument("--int8-io", choices=("uint8", "int8"), default="uint8", help="int8 models' input/output type")
+    c.add_argument("--variants", choices=("all", "chosen"), default="all",
+                   help="with --quantize auto: write every variant that met parity beside the chosen one "
+                   "(NAME~QUANTIZATION.*), for units to time on their own hardware and run the fastest (all), or "
+                   "only the one chosen here (chosen)")
     c.add_argument("--gradcam-layer", help="layer for heatmaps (default: chosen by deletion faithfulness on the "
                    "evaluation images, among where each stage of the network ends)")
     c.add_argument("--gradcam-method", choices=CAM_METHODS, help="heatmap method (default: chosen with the layer)")

@@ -43,7 +43,7 @@ from converter.convert import (
 from converter.dataset import LabelledFolder, open_folder
 from converter.errors import UserError
 from converter.keras_compat import ModelInfo, fixed_size, inspect, load_model
-from converter.parity import KerasReference, compare, interleaved_latency, keras_p, keras_reference
+from converter.parity import KerasReference, compare, keras_p, keras_reference
 from converter.signature import FIT_IMAGES, with_features
 from converter.signature import fit as fit_signature
 from core import framing
@@ -51,6 +51,7 @@ from core import manifest as mf
 from core.classifier import Classifier, split_outputs
 from core.preprocess import Preprocessor, pixel_affine
 from core.runtime import create_interpreter
+from core.timing import WITHIN, interleaved_latency, quickest
 from edge.tfload import tf_keras
 
 SYNTHETIC_CALIBRATION_SEED = 1_000  # series never used for training, so calibration and evaluation are unseen parts
@@ -78,6 +79,9 @@ class ConvertSettings:
     input_size: tuple[int, int] | None = None  # (width, height) for a model that takes any size
     force: bool = False  # write a model below chance on its evaluation set
     seed: int = 0
+    # "all": every variant that met parity is written (NAME~QUANTIZATION.*) for the unit to time; "chosen": only the
+    # one chosen here
+    variants: Literal["all", "chosen"] = "all"
 
 
 @dataclass
@@ -278,22 +282,22 @@ def _conventions(model: Any, info: ModelInfo, settings: ConvertSettings, frames:
 
 
 def fastest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Of the candidates that met parity, the fastest (median ``classify`` at one thread, measured in turns); of
-    those within 5 % of it, the one that agrees with Keras most, then the smallest (float16 with 2 calls in 400
-    changed was chosen over float32 with none, by size alone). The name of a scheme says little: dynamic-range is
-    slower than float32 on some CPUs. Each row that met parity gets the reason it was, or was not, chosen."""
+    """Of the candidates that met parity, the one :func:`core.timing.quickest` runs (median ``classify`` at one
+    thread, measured in turns; then agreement, then size). The name of a scheme says little: dynamic-range is slower
+    than float32 on some CPUs. Each row that met parity gets the reason it was, or was not, chosen."""
     passed = [r for r in rows if r["verdict"] == "passed"]
     if not passed:
         return None
-    quickest = min(r["latency_ms_tflite"] for r in passed)
-    best = min((r for r in passed if r["latency_ms_tflite"] <= quickest * 1.05),
-               key=lambda r: (-r["agreement"], r["size_bytes"]))
+    best = passed[quickest([r["latency_ms_tflite"] for r in passed], [r["agreement"] for r in passed],
+                           [r["size_bytes"] for r in passed])]
+    limit = min(r["latency_ms_tflite"] for r in passed) * WITHIN
     for r in passed:
         if r is best:
             r["reason"] = (f"chosen: the fastest of the {len(passed)} meeting parity "
                            f"({r['latency_ms_tflite']:.2f} ms at 1 thread, {r['size_bytes'] / 1e6:.2f} MB)")
-        elif r["latency_ms_tflite"] > quickest * 1.05:
-            r["reason"] = f"met parity, slower: {r['latency_ms_tflite']:.2f} ms against {quickest:.2f} ms"
+        elif r["latency_ms_tflite"] > limit:
+            r["reason"] = (f"met parity, slower: {r['latency_ms_tflite']:.2f} ms against "
+                           f"{best['latency_ms_tflite']:.2f} ms")
         elif r["agreement"] < best["agreement"]:
             r["reason"] = f"met parity, as fast, agrees less: {r['agreement']:.4f} against {best['agreement']:.4f}"
         else:
@@ -350,6 +354,23 @@ def _mixed(model: Any, calib: np.ndarray, probe: Callable[[], np.ndarray],
                          + (f"; {row['reason']}" if row.get("reason") else ""))
         if row["verdict"] == "passed":
             return
+
+
+def _variants(others: list[dict[str, Any]], name: str, out_dir: Path, verify_doc: dict[str, Any] | None,
+              write: Callable[[dict[str, Any], Path, Path, Path | None], None]) -> list[mf.Variant]:
+    """Every other candidate that met parity, written beside the chosen one as ``NAME~QUANTIZATION.*``, fastest
+    first, with its own verification set (the same images, its own p): a unit times them on its own hardware
+    (edge/variants.py), where int8 may be the fast one that was not here."""
+    out = []
+    for row in sorted(others, key=lambda r: r["latency_ms_tflite"]):
+        stem = f"{name}~{row['quantization']}"
+        checked = verification.write_variant(verify_doc, out_dir, stem, row["_files"][1], row["quantization"]) \
+            if verify_doc else None
+        write(row, out_dir / f"{stem}.tflite", out_dir / f"{stem}.json", checked)
+        out.append(mf.Variant(quantization=row["quantization"], manifest=mf.file_ref(out_dir / f"{stem}.json",
+                                                                                     out_dir)))
+        row["variant"] = f"{stem}.json"
+    return out
 
 
 def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> ConvertResult:
@@ -452,10 +473,32 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
                                                   [f for _, f in frames()], out_dir, name)
                                     if chosen and exported is not None
                                     else (None, {"skipped": no_features or "no model met parity"}))
+        conventions_report = _conventions_report(info, settings, choice)
+        for stale in out_dir.glob(f"{name}~*"):  # a variant of an earlier conversion of this name
+            stale.unlink()
+        if chosen:
+            def write(row: dict[str, Any], tflite: Path, manifest: Path, verify: Path | None,
+                      variants: Sequence[mf.Variant] = ()) -> None:
+                row["_tflite"].replace(tflite)
+                parity = {k: row[k] for k in ("agreement", "accuracy_keras", "accuracy_tflite", "mean_abs_dp",
+                                              "max_abs_dp", "auc_keras", "auc_tflite", "latency_ms_tflite",
+                                              "latency_ms_keras", "size_bytes")}
+                parity.update(eval=eval_name, n=len(ref.p), min_agreement=settings.min_agreement)
+                parity["conventions"] = {k: v["decided"] for k, v in conventions_report.items()}
+                m = _manifest(name, row["quantization"], tflite, source, info, keras_spec, choice, heat, parity,
+                              versions, framed)
+                m = m.model_copy(update={"verification": mf.file_ref(verify, out_dir) if verify else None,
+                                         "signature": signed, "variants": tuple(variants)})
+                mf.write_atomic(manifest, m.to_json().encode())
+
+            others = [r for r in rows if r["verdict"] == "passed" and r is not chosen[2]]
+            variants = _variants(others, name, out_dir, verify_doc if verify_json else None, write) \
+                if settings.variants == "all" else []
+            write(chosen[2], final_tflite, final_manifest, verify_json, variants)
         result: dict[str, Any] = {
             "name": name, "source": str(path), "source_size_bytes": _size_bytes(path),
             "architecture": info.architecture, "keras_file_version": info.keras_version,
-            "file_format": info.file_format, "conventions": _conventions_report(info, settings, choice),
+            "file_format": info.file_format, "conventions": conventions_report,
             "detection": _detection_report(info, choice),
             "heatmaps": {"layers": list(heat.layers), "method": heat.method, "chosen_by": heat.chosen_by,
                          "deletion_drop": heat.deletion_drop, "random_drop": heat.random_drop,
@@ -481,20 +524,6 @@ def convert_model(path: Path, out_dir: Path, settings: ConvertSettings) -> Conve
             report.parity_png(ref.p, shown["_p"], ref.labels, result["threshold"], png,
                               title=f"{name} ({shown['quantization']}): agreement {shown['agreement']:.4f}")
             png.replace(out_dir / f"{name}.parity.png")
-        if chosen:
-            q, tmp, row, _ = chosen
-            tmp.replace(final_tflite)
-            parity = {k: row[k] for k in ("agreement", "accuracy_keras", "accuracy_tflite", "mean_abs_dp",
-                                          "max_abs_dp", "auc_keras", "auc_tflite", "latency_ms_tflite",
-                                          "latency_ms_keras", "size_bytes")}
-            parity.update(eval=eval_name, n=len(ref.p), min_agreement=settings.min_agreement)
-            parity["conventions"] = {k: v["decided"] for k, v in result["conventions"].items()}
-            m = _manifest(name, q, final_tflite, source, info, keras_spec, choice, heat, parity, versions, framed)
-            if verify_json is not None:
-                m = m.model_copy(update={"verification": mf.file_ref(verify_json, out_dir)})
-            if signed is not None:
-                m = m.model_copy(update={"signature": signed})
-            mf.write_atomic(final_manifest, m.to_json().encode())
     finally:
         for t in tmp_files:
             t.unlink(missing_ok=True)

@@ -75,23 +75,6 @@ def keras_reference(model: Any, pre: Preprocessor, frames: Frames, *, defect_ind
     return KerasReference(labels, p, statistics.median(times))
 
 
-def interleaved_latency(classifiers: list[Classifier], frame: np.ndarray, rounds: int = 30, per_round: int = 5
-                        ) -> list[float]:
-    """Median ms of one ``classify`` for each of ``classifiers``, measured in turns (a few calls of each, round after
-    round), so that whatever else the machine does in the meantime slows them all alike: measured one after the
-    other on a shared machine, a busy minute can make int8 look slower than float32."""
-    for clf in classifiers:
-        clf.classify(frame)
-    times: list[list[float]] = [[] for _ in classifiers]
-    for _ in range(rounds):
-        for clf, sink in zip(classifiers, times, strict=True):
-            t = time.perf_counter()
-            for _ in range(per_round):
-                clf.classify(frame)
-            sink.append((time.perf_counter() - t) * 1e3 / per_round)
-    return [statistics.median(t) for t in times]
-
-
 def compare(ref: KerasReference, clf: Classifier, frames: Frames, *, latency_runs: int = 50) -> dict[str, Any]:
     """Run every evaluation frame through ``clf`` and compare with the Keras reference."""
     p_tfl = np.array([clf.classify(frame).p_defect for _, frame in frames()], np.float64)

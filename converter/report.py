@@ -132,6 +132,10 @@ def parity_markdown(r: dict[str, Any]) -> str:
             f"(.h5 {r['source_size_bytes'] / 1e6:.2f} MB) | {c['latency_ms_tflite']:.2f} ms | "
             f"{c['latency_ms_keras']:.1f} ms |")
     lines += ["", f"Chosen: **{r['chosen'] or 'none'}** (minimum agreement {r['min_agreement']}).", ""]
+    shipped = [c["variant"] for c in r["candidates"] if c.get("variant")]
+    if shipped:
+        lines += [f"Also shipped, for units to time on their own hardware and run the fastest there "
+                  f"(docs/releases.md): {', '.join(f'`{name}`' for name in shipped)}.", ""]
     v = r.get("verification")
     if v:
         lines += [f"Verification set `{v['file']}`: {v['images']} images a unit re-runs on its own runtime "

@@ -27,7 +27,7 @@ import numpy as np
 
 from core import manifest as mf
 from core.classifier import Classifier
-from core.images import decode_rgb, encode_jpeg
+from core.images import decode_rgb, encode_jpeg, read_rgb
 from core.preprocess import Preprocessor
 from core.verify import FAR_AGREEMENT, confident_calls
 
@@ -93,10 +93,30 @@ def write(name: str, out_dir: Path, frames: Iterable[tuple[int, np.ndarray]], pi
         tmp.replace(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something failed
-    doc = {"model": name, "quantization": quantization, "threshold": threshold,
-           "tolerance": {"max_abs_dp": here + ALLOWANCE[quantization], "measured_here_max_abs_dp": here,
-                         "platform_allowance": ALLOWANCE[quantization], "far": FAR},
-           "images": entries}
+    doc = _document(name, quantization, threshold, entries, here)
     path = out_dir / f"{name}.verify.json"
     mf.write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
     return path, doc
+
+
+def _document(name: str, quantization: str, threshold: float, entries: list[dict[str, Any]], here: float
+              ) -> dict[str, Any]:
+    return {"model": name, "quantization": quantization, "threshold": threshold,
+            "tolerance": {"max_abs_dp": here + ALLOWANCE[quantization], "measured_here_max_abs_dp": here,
+                          "platform_allowance": ALLOWANCE[quantization], "far": FAR},
+            "images": entries}
+
+
+def write_variant(doc: dict[str, Any], out_dir: Path, stem: str, tflite_manifest: Path, quantization: str
+                  ) -> Path:
+    """``STEM.verify.json`` for another variant of the model whose set is ``doc``: the same images (in
+    ``NAME.verify/``) and Keras' p, with this variant's own TFLite p on them, read as the unit reads them."""
+    clf = Classifier(tflite_manifest, num_threads=1)
+    plain = Preprocessor(clf.manifest.input)
+    p_tfl = [clf.classify(read_rgb(out_dir / item["file"]), plain).p_defect for item in doc["images"]]
+    here = max(abs(float(item["p_keras"]) - p) for item, p in zip(doc["images"], p_tfl, strict=True))
+    entries = [{**item, "p_tflite": float(p)} for item, p in zip(doc["images"], p_tfl, strict=True)]
+    path = out_dir / f"{stem}.verify.json"
+    mf.write_atomic(path, (json.dumps(_document(doc["model"], quantization, doc["threshold"], entries, here),
+                                      indent=1) + "\n").encode())
+    return path

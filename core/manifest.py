@@ -127,6 +127,15 @@ class SignatureSpec(_Frozen):
     held_out_below: float = Field(default=0.0, ge=0, le=1)  # share of held-out images scoring below it
 
 
+class Variant(_Frozen):
+    """Another conversion of the same model that met parity too, with its own manifest (``NAME~QUANTIZATION.json``,
+    its .tflite and verification set beside it): a unit times each on its own hardware and runs the fastest
+    (``edge/variants.py``). A model installed on a unit names none: it is the one chosen."""
+
+    quantization: Quantization
+    manifest: FileRef
+
+
 class Manifest(_Frozen):
     schema_: Literal[1] = Field(default=1, alias="schema")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -150,6 +159,7 @@ class Manifest(_Frozen):
     signature: SignatureSpec | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
+    variants: tuple[Variant, ...] = ()  # the other conversions that met parity, fastest first on the converter
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -210,29 +210,52 @@ def _cmd_verify_model(a: argparse.Namespace) -> int:
 
 def _cmd_models_update(a: argparse.Namespace) -> int:
     """Exit 0 when the release is installed and proven here, 2 (one line, the models folder as it was) when not."""
+    from core import manifest as mf
     from edge.releases import Releases
+    from edge.variants import load_table
 
     releases = Releases(a.repo, a.root, a.state, keep=a.keep)
     if a.models_command == "rollback":
-        fetched, report = releases.rollback(a.name, a.models_dir, threads=a.threads)
+        fetched, report = releases.rollback(a.name, a.models_dir, threads=a.threads,
+                                            memory_budget_mb=a.memory_budget_mb)
         print(f"{a.name}: rolled back to release {fetched.version} (kept here); {report.line()}")
-        return 0
-    fetched, report = releases.install(a.name, a.models_dir, a.version, threads=a.threads)
-    got = f"{fetched.downloaded_bytes / 1e6:.1f} MB downloaded" + (
-        f", {fetched.resumed_bytes / 1e6:.1f} MB resumed" if fetched.resumed_bytes else "")
-    print(f"{a.name}: release {fetched.version} verified ({len(fetched.files)} files, {got}) and installed; "
-          f"kept: {', '.join(map(str, releases.kept(a.name)))}; {report.line()}")
+    else:
+        fetched, report = releases.install(a.name, a.models_dir, a.version, threads=a.threads,
+                                           memory_budget_mb=a.memory_budget_mb)
+        got = f"{fetched.downloaded_bytes / 1e6:.1f} MB downloaded" + (
+            f", {fetched.resumed_bytes / 1e6:.1f} MB resumed" if fetched.resumed_bytes else "")
+        print(f"{a.name}: release {fetched.version} verified ({len(fetched.files)} files, {got}) and installed; "
+              f"kept: {', '.join(map(str, releases.kept(a.name)))}; {report.line()}")
+    _print_variants(load_table(a.models_dir, a.name, mf.load(a.models_dir / f"{a.name}.json").tflite.sha256))
     return 0
 
 
 def _cmd_models_add(a: argparse.Namespace) -> int:
     """Exit 0 when the model is installed and proven here, 2 (one line, nothing installed) when it is not."""
+    from core import manifest as mf
     from edge.modelstore import add
+    from edge.variants import load_table
 
-    report = add(a.source, a.models_dir, num_threads=a.threads, min_agreement=a.min_agreement)
+    report = add(a.source, a.models_dir, num_threads=a.threads, min_agreement=a.min_agreement,
+                 memory_budget_mb=a.memory_budget_mb)
     print(report.line())
-    print(f"installed {a.source.with_suffix('').name} into {a.models_dir}")
+    name = a.source.with_suffix("").name
+    _print_variants(load_table(a.models_dir, name, mf.load(a.models_dir / f"{name}.json").tflite.sha256))
+    print(f"installed {name} into {a.models_dir}")
     return 0
+
+
+MEMORY_BUDGET_HELP = ("a model converted with variants: the most the one chosen may add to the unit's memory, in MB "
+                      "(as model.memory_budget_mb; default no bound)")
+
+
+def _print_variants(rows: list[dict[str, Any]] | None) -> None:
+    """The variants timed here, as a table: the one installed first."""
+    for r in sorted(rows or [], key=lambda r: not r["chosen"]):
+        figures = (f"{r['latency_ms']:.2f} ms" if r["latency_ms"] is not None else "not timed") + (
+            f", {r['memory_mb']:.0f} MB" if r["memory_mb"] is not None else "")
+        print(f"  {'*' if r['chosen'] else ' '} {r['quantization']:<8} {figures:<22} "
+              f"{r['reason'] if r['verified'] else 'refused: ' + r['verify']}")
 
 
 def _cmd_export_feedback(a: argparse.Namespace) -> int:
@@ -311,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--threads", type=int, default=None, help="inference threads for the proof")
     add.add_argument("--min-agreement", type=float, default=0.99,
                      help="refuse a model whose recorded agreement with Keras is lower (as model.min_agreement)")
+    add.add_argument("--memory-budget-mb", type=float, default=0.0, help=MEMORY_BUDGET_HELP)
     add.set_defaults(func=_cmd_models_add)
     for verb, text in (("update", "fetch a model's release from the console's repository, verify it (TUF) and "
                                   "install it, proven on this unit first"),
@@ -326,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         u.add_argument("--state", type=Path, default=state_directory(Path("/var/lib/defect-edge")) / "releases",
                        help="where fetched releases, partial downloads and trusted metadata are kept")
         u.add_argument("--keep", type=int, default=3, help="releases kept for a rollback (default 3)")
+        u.add_argument("--memory-budget-mb", type=float, default=0.0, help=MEMORY_BUDGET_HELP)
         u.add_argument("--models-dir", type=Path, default=default_models_dir())
         u.add_argument("--threads", type=int, default=None, help="inference threads for the proof")
         u.set_defaults(func=_cmd_models_update)

@@ -98,6 +98,9 @@ class ModelConfig(Section):
     low_confidence_band: Band | None = None
     # a model whose converter-recorded agreement with Keras is below this is refused (0: load any)
     min_agreement: float = Field(default=0.99, ge=0, le=1)
+    # a model converted with variants: the most the one chosen may add to the unit's memory, in MB (0: no bound);
+    # of those that fit and pass their proof here, the fastest on this unit runs (docs/releases.md)
+    memory_budget_mb: float = Field(default=0.0, ge=0)
 
 
 class ReleasesConfig(Section):

@@ -32,6 +32,7 @@ import numpy as np
 from paho.mqtt.properties import Properties
 
 from contract import payloads, topics
+from core import manifest as mf
 from core.classifier import Classifier, Prediction
 from core.framing import Figures, FramingWatch, figures
 from core.images import ImageError, boxed, encode_jpeg
@@ -60,6 +61,8 @@ from edge.rollout import Rollout, Watch
 from edge.shadow import Offered
 from edge.sources import Camera
 from edge.systemd import Notifier
+from edge.variants import Timed, load_table
+from edge.variants import choose as choose_variant
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class Daemon:
             log.warning("%s", warning)
         self.started_at = time.time()
         self.instance_id = uuid.uuid4().hex[:12]
+        self._variants: tuple[str, list[dict[str, Any]] | None] = ("", None)  # (sha256, its variants table)
         self.stop_event = threading.Event()
         self.notifier = Notifier()
         state = cfg.state.dir
@@ -132,7 +136,7 @@ class Daemon:
             watch=Watch(watch_results=r.watch_results, latency_factor=r.latency_factor,
                         ng_rate_delta=r.ng_rate_delta),
             changed=self.publish_status, event=self.history.event, on_disagree=self._disagreed,
-            frame_errors=lambda: self.pipeline.stats.frame_errors)
+            frame_errors=lambda: self.pipeline.stats.frame_errors, choose=self.measure_variants)
         self.control = Control(self.pipeline, ring=self.ring, history=self.history, policy=self.policy,
                                gradcam=self.gradcam, load=self.load_classifier, changed=self.publish_status,
                                rollout=self.rollout)
@@ -173,6 +177,13 @@ class Daemon:
         clf.decision = self.policy.decision(clf.manifest.decision)
         return clf
 
+    def measure_variants(self, path: Path) -> list[Timed] | None:
+        """A model's variants timed on this unit (edge/variants.py); None for a model converted with one."""
+        m = self.cfg.model
+        if not mf.load(path).variants:
+            return None
+        return choose_variant(path, num_threads=m.threads, memory_budget_mb=m.memory_budget_mb)
+
     @property
     def classifier(self) -> Classifier:
         return self.pipeline.classifier
@@ -199,7 +210,8 @@ class Daemon:
             model=payloads.StatusModel(
                 name=man.name, quantization=man.quantization, sha256=man.tflite.sha256,
                 architecture=man.architecture, runtime=clf.runtime.name, threads=clf.threads,
-                threshold=clf.decision.threshold, low_confidence_band=clf.decision.low_confidence_band),
+                threshold=clf.decision.threshold, low_confidence_band=clf.decision.low_confidence_band,
+                variants=self._variants_table(man)),
             camera=payloads.CameraState(source=cam.source.description, state=cam.state, frames=cam.stats.frames,
                                         reconnects=cam.stats.reconnects, stalls=cam.stats.stalls,
                                         last_error=cam.stats.last_error),
@@ -211,6 +223,12 @@ class Daemon:
                 "streak": self.unfamiliar.length},
             decision=self.policy.sources(man.decision), parts=self._parts_status(), twin=self.link.twin,
             release=self.rollout.status()))
+
+    def _variants_table(self, man: mf.Manifest) -> list[dict[str, Any]] | None:
+        """The active model's variants as timed when it was installed, read once per model."""
+        if self._variants[0] != man.tflite.sha256:
+            self._variants = (man.tflite.sha256, load_table(self.cfg.model.models_dir, man.name, man.tflite.sha256))
+        return self._variants[1]
 
     def _parts_status(self) -> dict[str, Any] | None:
         pipeline = self.pipeline

@@ -12,7 +12,8 @@ from core.signature import SignatureError
 from core.verify import VerificationError
 from edge.modelstore import InstallError
 from edge.sources.base import SourceError
+from edge.variants import VariantError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, InstallError, ManifestError, ModelMismatchError, UnknownModelError, RuntimeUnavailableError,
-    SchemaError, SignatureError, SourceError, VerificationError)
+    SchemaError, SignatureError, SourceError, VariantError, VerificationError)

@@ -249,25 +249,27 @@ class Releases:
         marker = self.state / "models" / name / "installed"
         return int(marker.read_text()) if marker.is_file() else None
 
-    def _put(self, fetched: Fetched, models_dir: Path, threads: int | None, min_agreement: float) -> VerifyReport:
-        report = add(fetched.source, models_dir, num_threads=threads, min_agreement=min_agreement)
+    def _put(self, fetched: Fetched, models_dir: Path, threads: int | None, min_agreement: float,
+             memory_budget_mb: float) -> VerifyReport:
+        report = add(fetched.source, models_dir, num_threads=threads, min_agreement=min_agreement,
+                     memory_budget_mb=memory_budget_mb)
         marker = self.state / "models" / fetched.name / "installed"
         marker.with_suffix(".tmp").write_text(str(fetched.version))
         marker.with_suffix(".tmp").replace(marker)
         return report
 
     def install(self, name: str, models_dir: Path, version: int | None = None, *, threads: int | None = None,
-                min_agreement: float = 0.99) -> tuple[Fetched, VerifyReport]:
+                min_agreement: float = 0.99, memory_budget_mb: float = 0.0) -> tuple[Fetched, VerifyReport]:
         """Fetch (unless kept) and install into ``models_dir``; older releases beyond ``keep`` are removed (never
         the one installed)."""
         fetched = self.fetch(name, version)
-        report = self._put(fetched, models_dir, threads, min_agreement)
+        report = self._put(fetched, models_dir, threads, min_agreement, memory_budget_mb)
         for old in self.kept(name)[self.keep:]:
             shutil.rmtree(self.state / "models" / name / str(old), ignore_errors=True)
         return fetched, report
 
     def rollback(self, name: str, models_dir: Path, *, threads: int | None = None,
-                 min_agreement: float = 0.99) -> tuple[Fetched, VerifyReport]:
+                 min_agreement: float = 0.99, memory_budget_mb: float = 0.0) -> tuple[Fetched, VerifyReport]:
         """Install the newest kept release older than the installed one, from the unit's own copy: no repository
         needed (it was verified when it was fetched, and is proven here again)."""
         current = self.installed(name)
@@ -278,4 +280,4 @@ class Releases:
         folder = self.state / "models" / name / str(older[0])
         doc = json.loads((folder / ".complete").read_text())
         fetched = Fetched(name, older[0], folder, doc["files"], 0, 0)
-        return fetched, self._put(fetched, models_dir, threads, min_agreement)
+        return fetched, self._put(fetched, models_dir, threads, min_agreement, memory_budget_mb)

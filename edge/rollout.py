@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from edge.errors import USER_ERRORS
 from edge.modelstore import add, files_of
 from edge.releases import Fetched, Releases
 from edge.shadow import Offered, Shadow
+from edge.variants import Timed, chosen
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,10 @@ class Rollout:
     def __init__(self, releases: Releases | None, models_dir: Path, *, load: Callable[[Path, int | None], Classifier],
                  swap: Callable[[Classifier], Classifier], share: float,
                  watch: Watch, changed: Callable[[], None], event: Callable[..., None],
-                 on_disagree: Callable[[Offered, Prediction], None], frame_errors: Callable[[], int]):
+                 on_disagree: Callable[[Offered, Prediction], None], frame_errors: Callable[[], int],
+                 choose: Callable[[Path], list[Timed] | None] = lambda _: None):
         self.releases, self.models_dir = releases, models_dir
+        self._choose = choose
         self._load, self._swap = load, swap
         self.share, self.watch = share, watch
         self._changed, self._event, self._on_disagree = changed, event, on_disagree
@@ -74,6 +77,7 @@ class Rollout:
         self.shadow: Shadow | None = None
         self.shadow_report: dict[str, Any] | None = None
         self.fetched: Fetched | None = None
+        self.measured: list[Timed] | None = None  # the release's variants as timed here (None: it has one)
         self.previous: Classifier | None = None  # the model a promotion replaced, loaded while the new one is watched
         self._watched: list[tuple[float, bool]] = []  # (inference ms, defective) since the promotion
 
@@ -91,7 +95,8 @@ class Rollout:
         shadow = self.shadow.report() if self.shadow else self.shadow_report
         return {"name": self.name, "version": self.version, "state": self.state, "since": round(self.since, 3),
                 **({"reason": self.reason} if self.reason else {}), **({"shadow": shadow} if shadow else {}),
-                **({"watching": len(self._watched)} if self.previous is not None else {})}
+                **({"watching": len(self._watched)} if self.previous is not None else {}),
+                **({"variants": [asdict(t) for t in self.measured]} if self.measured else {})}
 
     # -- commands ------------------------------------------------------------------------------------------------
     def offer(self, name: str, version: int | None) -> dict[str, Any]:
@@ -102,6 +107,7 @@ class Rollout:
                 raise RolloutError(f"release {self.name} {self.version} is {self.state}; wait for it")
             self._stop_shadow()
             self.name, self.version, self.fetched, self.shadow_report = name, version, None, None
+            self.measured = None
             self._set("offered")
         threading.Thread(target=self._prepare, name="release", daemon=True).start()
         return {"name": name, "version": version, "state": "offered"}
@@ -114,7 +120,9 @@ class Rollout:
             self.version = fetched.version
             # Parity re-proven on this unit, or refused; on one thread: the shadow is background work, and on every
             # core it cost the line 23 % of its rate where one thread cost 13 % (bench/rollout.py).
-            candidate = self._load(fetched.manifest, 1)
+            # A release with variants: the one this unit would run, timed here (edge/variants.py), is the candidate.
+            measured = self._choose(fetched.manifest)
+            candidate = self._load(chosen(measured, fetched.manifest)[1] if measured else fetched.manifest, 1)
         except USER_ERRORS as e:
             with self.lock:
                 self._set("failed", str(e))
@@ -127,7 +135,7 @@ class Rollout:
         with self.lock:
             if self.state != "downloading":
                 return  # rejected meanwhile
-            self.fetched = fetched
+            self.fetched, self.measured = fetched, measured
             self._set("verified")
             self.shadow = Shadow(candidate, self.share, self._on_disagree) if self.share > 0 else None
             self._set("shadow")
@@ -155,7 +163,7 @@ class Rollout:
             name = self.fetched.name
             aside = self._aside(name)
             try:
-                add(self.fetched.source, self.models_dir)
+                add(self.fetched.source, self.models_dir, measured=self.measured)
                 active = self._load(self.models_dir / f"{name}.json", None)  # as installed, on the unit's threads
             except USER_ERRORS as e:
                 self._set("failed", f"not installed: {e}")

@@ -36,10 +36,12 @@ class SimUnit:
     def online(self, online: bool = True) -> None:
         self._pub(topics.AVAILABLE, topics.ONLINE if online else topics.OFFLINE, retain=True)
 
-    def status(self, camera: str = "streaming", release: dict[str, Any] | None = None) -> None:
+    def status(self, camera: str = "streaming", release: dict[str, Any] | None = None,
+               variants: list[dict[str, Any]] | None = None) -> None:
         self._pub(topics.STATUS, payloads.dumps(payloads.Status(
             device_id=self.device_id, software_version="sim", started_at=topics.iso(self.boot), uptime_s=1.0,
-            mode="continuous", model=payloads.StatusModel(name=self.model, quantization="int8", sha256=SHA),
+            mode="continuous", model=payloads.StatusModel(name=self.model, quantization="int8", sha256=SHA,
+                                                          variants=variants),
             camera=payloads.CameraState(state=camera), gradcam={"state": "idle"}, release=release)), retain=True)
 
     def result(self, p_defect: float, *, qos: int = 0, ts: float | None = None) -> str:

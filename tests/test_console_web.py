@@ -415,7 +415,17 @@ def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, cons
                                                                 "p95": 0.09, "max_abs": 0.62},
                                     "inference_ms": {"p50": 4.1, "p95": 5.3}, "ng_rate": 0.087,
                                     "ood": {"mean": 0.61, "unfamiliar": 2},
-                                    "disagreements": [f"line7-1795660000-{i:09d}" for i in (12, 57, 230)]}})
+                                    "disagreements": [f"line7-1795660000-{i:09d}" for i in (12, 57, 230)]},
+                         "variants": [{"quantization": "int8", "verified": True, "latency_ms": 21.4, "memory_mb": 31,
+                                       "agreement": 0.9969, "chosen": True, "reason": "chosen: the fastest here"},
+                                      {"quantization": "float16", "verified": True, "latency_ms": 48.9,
+                                       "memory_mb": 62, "agreement": 1.0, "chosen": False,
+                                       "reason": "slower here: 48.90 ms against 21.40 ms"},
+                                      "<not a row>"]},
+                variants=[{"quantization": "float32", "verified": False, "verify": "<b>FAILED</b>: drift 0.4",
+                           "chosen": False}, {"quantization": "int8", "verified": True, "latency_ms": 20.0,
+                                              "memory_mb": 30.0, "agreement": 0.99, "chosen": True,
+                                              "reason": "chosen: the fastest here that passed"}])
     unit.metrics(12.0)
     for verdict in ["ok"] * 9 + ["ng", "ok", "unsure", "ng", "ok", "missed", "ok"]:
         part = unit.part(verdict)
@@ -436,6 +446,11 @@ def test_the_pages_read_at_phone_width_and_desktop_with_parts(browser: Any, cons
                                 ("/review", "review"), ("/alerts", "alerts"), ("/rollouts", "rollouts"),
                                 (rollout, "rollout")):
             page.goto(f"{console.url}{path}")
+            if shot_name == "unit":  # what the unit timed: the model's variants, and the release's in shadow
+                tables = page.locator("table.variants")
+                assert tables.count() == 2 and "int8 runs" in tables.nth(0).inner_text()
+                assert "refused: <b>FAILED</b>" in tables.nth(0).inner_text(), "a unit's words are shown as text"
+                assert "48.90 ms" in tables.nth(1).inner_text() and tables.nth(1).locator("tr").count() == 3
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{path} at {width} px is {overflow} px too wide"
             shot(page, f"{shot_name}-{name}")

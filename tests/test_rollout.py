@@ -230,3 +230,23 @@ def test_a_rollout_goes_from_the_canary_to_the_fleet_with_its_disagreements_in_r
         shot(page, "rollout-fleet-review-phone")
     finally:
         console.kill()
+
+
+def test_a_release_with_variants_runs_the_one_this_unit_timed_in_shadow_and_installs_it(
+        line: tuple[release.Repo, Daemon, Collector, Path, ConsoleProc], casting_model: Path) -> None:
+    """The casting model, converted with every variant that met parity: the unit times them as it prepares the
+    release, shadows the one it would run, and promotes exactly that one; its status names the table."""
+    repo, d, c, models, _ = line
+    release.publish(repo, casting_model.with_suffix(""), with_h5=False)
+    assert command(c, "release", {"name": "casting"})["ok"]
+    s = wait_state(c, d, "shadow", 180)
+    timed = s.get("variants") or []
+    chosen = [v for v in timed if v["chosen"]]
+    assert len(timed) >= 2 and len(chosen) == 1 and all(v["latency_ms"] for v in timed if v["verified"]), s
+    r = command(c, "promote", {})
+    assert r["ok"] and r["result"]["state"] == "promoted", r
+    installed = json.loads((models / "casting.json").read_text())
+    assert installed["quantization"] == chosen[0]["quantization"] and installed["variants"] == []
+    assert c.wait(lambda m: (json.loads(c.on("/status")[-1])["model"].get("variants") or []) == timed, 30), \
+        json.loads(c.on("/status")[-1])["model"]
+    assert json.loads(c.on("/status")[-1])["model"]["name"] == "casting" and d.alive()
