@@ -21,6 +21,7 @@ from console.app import Services, create_app
 from console.config import ConsoleConfig
 from console.ingest import Historian
 from console.live import LiveFeed, LiveHub
+from console.releasefeed import ReleaseFeed
 from console.store import db, retention, rollouts
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,12 @@ def run(cfg: ConsoleConfig) -> int:
             except Exception:  # a rollout must never end the console: say it and try again
                 log.exception("rollouts: a step failed")
 
+    # Units that reach nothing but the broker take releases through it (console/releasefeed.py).
+    releases = ReleaseFeed(cfg, cfg.releases_dir) if cfg.releases_dir is not None else None
     historian.start()
     feed.start()
+    if releases:
+        releases.start()
     threading.Thread(target=housekeeping, name="housekeeping", daemon=True).start()
     threading.Thread(target=rolling, name="rollouts", daemon=True).start()
     w = cfg.web
@@ -90,6 +95,8 @@ def run(cfg: ConsoleConfig) -> int:
         stop.set()
         services.inspector.stop()  # the Grad-CAM workers of the inspect page
         feed.stop()
+        if releases:
+            releases.stop()
         historian.stop()
         engine.dispose()
     return 0

@@ -213,6 +213,43 @@ class Reviewed(Message):
     by: str = Field(max_length=100)
 
 
+class FileRequest(BaseModel):
+    """A unit asks the console for a piece of a release repository's file (``topics.RELEASE_GET``): the repository
+    is public, its files checked by the unit's TUF client, so the transport need only deliver bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str = Field(pattern=r"^[0-9a-f]{8,32}$")  # the request's, echoed in its answer
+    path: str = Field(pattern=r"^(metadata|targets)/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", max_length=300)
+    offset: int = Field(ge=0)
+
+
+class FilePart(BaseModel):
+    """The header of the console's answer: ``status`` 200 (from the start) or 206 (from ``offset``), 404 (no such
+    file), 416 (``offset`` at or past its end), as HTTP would say; ``size`` the whole file's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str = Field(pattern=r"^[0-9a-f]{8,32}$")
+    status: Literal[200, 206, 404, 416]
+    offset: int = Field(ge=0)
+    size: int = Field(ge=0)
+
+
+def file_part(header: FilePart, data: bytes) -> bytes:
+    """An answer's wire form: the header as one JSON line, then the file's bytes."""
+    return header.model_dump_json().encode() + b"\n" + data
+
+
+def read_file_part(payload: bytes) -> tuple[FilePart, bytes]:
+    """An answer's header and bytes; :class:`PayloadError` for anything else."""
+    head, sep, data = payload.partition(b"\n")
+    try:
+        if not sep or len(head) > 300:
+            raise ValueError("no header line")
+        return FilePart.model_validate_json(head), data
+    except ValueError as e:
+        raise PayloadError("bad_json", f"not a release file part: {str(e).splitlines()[0][:100]}") from None
+
+
 class Metrics(Message):
     """Every ``metrics.interval_s``: rates, latency percentiles per stage, the board's health, the outbox."""
 

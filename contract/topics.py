@@ -26,6 +26,10 @@ CMD = "cmd"  # cmd/<name>; replies on cmd/<name>/reply
 REPLY = "reply"
 REVIEWED = "reviewed"  # <console prefix>/<console id>/reviewed: a person said whether a unit's call was right
 CONSOLE_PREFIX = "defect-console"
+# Releases over MQTT, for a unit that reaches nothing but the broker (docs/releases.md): the unit asks on
+# <prefix>/<device>/release/get, the console answers on <console prefix>/releases/<device>/part, a topic only that
+# unit may read, outside <prefix>/# (whose readers, dashboards among them, should not receive a model's bytes).
+RELEASE_GET = "release/get"
 
 # The names a unit answers on cmd/<name>, and the kinds of alert it raises: here once. Their payloads' models are in
 # contract/payloads.py, keyed by these names.
@@ -45,6 +49,11 @@ PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 # Frame ids are <device>-<boot epoch>-<sequence>: one topic level, safe in a file name and a mail header.
 FRAME_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 DEDUP_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+def release_part(console_prefix: str, device_id: str) -> str:
+    """Where the console answers a unit's requests for release files."""
+    return f"{console_prefix}/releases/{device_id}/part"
 
 
 def base(prefix: str, device_id: str) -> str:

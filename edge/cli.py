@@ -211,10 +211,16 @@ def _cmd_verify_model(a: argparse.Namespace) -> int:
 def _cmd_models_update(a: argparse.Namespace) -> int:
     """Exit 0 when the release is installed and proven here, 2 (one line, the models folder as it was) when not."""
     from core import manifest as mf
-    from edge.releases import Releases
+    from edge.releases import HttpTransport, Releases, Transport
     from edge.variants import load_table
 
-    releases = Releases(a.repo, a.root, a.state, keep=a.keep)
+    transport: Transport | None = HttpTransport(a.timeout_s)
+    if a.repo.startswith("mqtt://"):  # through the broker, connecting as the unit does
+        from edge import config
+        from edge.mqttfetch import transport_for
+
+        transport = transport_for(a.repo, config.load(a.config, check_files=False), timeout_s=a.timeout_s)
+    releases = Releases(a.repo, a.root, a.state, keep=a.keep, transport=transport)
     if a.models_command == "rollback":
         fetched, report = releases.rollback(a.name, a.models_dir, threads=a.threads,
                                             memory_budget_mb=a.memory_budget_mb)
@@ -344,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "update":
             u.add_argument("--version", type=int, default=None, help="this release (default: the newest)")
         u.add_argument("--repo", default="http://localhost:8080/releases", help="the repository's URL (the "
-                       "console's /releases)")
+                       "console's /releases), or mqtt://<the console's MQTT prefix> through the broker")
+        u.add_argument("--config", type=Path, default=Path("/etc/defect-edge/edge.toml"),
+                       help="the unit's configuration: how it reaches the broker, for an mqtt:// repository")
+        u.add_argument("--timeout-s", type=float, default=30.0,
+                       help="how long to wait for the repository's next answer (default 30)")
         u.add_argument("--root", type=Path, default=Path("/etc/defect-edge/release-root.json"),
                        help="the repository's root metadata, trusted as given when the unit was installed")
         u.add_argument("--state", type=Path, default=state_directory(Path("/var/lib/defect-edge")) / "releases",

@@ -106,7 +106,9 @@ class ModelConfig(Section):
 class ReleasesConfig(Section):
     """Model releases from the console's repository (docs/releases.md): ``cmd/release``, shadow, promotion."""
 
-    url: str = ""  # the repository, e.g. "http://console.plant:8080/releases"; "": this unit takes no releases
+    # the repository, e.g. "http://console.plant:8080/releases", or "mqtt://defect-console" (through the broker, from
+    # the console with that MQTT prefix); "": this unit takes no releases
+    url: str = ""
     root_file: Path = Path("/etc/defect-edge/release-root.json")  # the repository's root metadata, trusted as given
     keep: int = Field(default=3, ge=1, le=20)  # releases kept on the unit for a rollback
     shadow_share: float = Field(default=0.25, ge=0, le=1)  # of the live frames the candidate also judges in shadow
@@ -117,8 +119,11 @@ class ReleasesConfig(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if v and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL (TUF makes the transport's trust unneeded)")
+        if v and not v.startswith(("http://", "https://", "mqtt://")):
+            raise ValueError("must be an http:// or https:// URL, or mqtt://<the console's MQTT prefix> for a unit "
+                             "that reaches nothing but the broker (TUF makes the transport's trust unneeded)")
+        if v.startswith("mqtt://") and not topics.PREFIX.match(v.removeprefix("mqtt://").rstrip("/")):
+            raise ValueError("mqtt:// must name the console's MQTT prefix, e.g. mqtt://defect-console")
         return v.rstrip("/")
 
 

@@ -52,6 +52,7 @@ from edge.mqtt.client import MqttLink
 from edge.mqtt.commands import CommandRouter
 from edge.mqtt.homeassistant import discovery_messages
 from edge.mqtt.outbox import Outbox
+from edge.mqttfetch import transport_for
 from edge.parts import Part, PartIds, PartSettings, PartVerdict, deciding_frame, missed
 from edge.pipeline import Pipeline, Result
 from edge.policy import DecisionPolicy
@@ -131,7 +132,8 @@ class Daemon:
                                       duty_cycle=g.duty_cycle) if g.enabled else None
         r = cfg.releases
         self.rollout = Rollout(
-            Releases(r.url, r.root_file, state / "releases", keep=r.keep) if r.url else None, cfg.model.models_dir,
+            Releases(r.url, r.root_file, state / "releases", keep=r.keep, transport=transport_for(r.url, cfg))
+            if r.url else None, cfg.model.models_dir,
             load=self.load_manifest, swap=lambda new: self.control.swap(new), share=r.shadow_share,
             watch=Watch(watch_results=r.watch_results, latency_factor=r.latency_factor,
                         ng_rate_delta=r.ng_rate_delta),

@@ -101,6 +101,8 @@ def add(source: Path, models_dir: Path, *, num_threads: int | None = None, min_a
             raise InstallError(str(e)) from None
         chosen = _load(manifest_path)
         table = vr.table_json(rows, num_threads, chosen.tflite.sha256)
+    elif vr.load_table(manifest_path.parent, m.name, m.tflite.sha256) is not None:  # put back by a rollback
+        table = vr.table_path(manifest_path.parent, m.name).read_bytes()
     problem = recorded_parity_problem(chosen, min_agreement)
     if problem:
         raise VerificationError(problem)

@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
 from tuf.api import exceptions as tuf_errors
@@ -38,29 +38,46 @@ class ReleaseError(InstallError):
     """A release that cannot be fetched, trusted or installed; the message says which and why, on one line."""
 
 
-def _done(r: urllib3.BaseHTTPResponse) -> None:
+class Answer(Protocol):
+    """A server's answer to one request for a file from ``start``: what urllib3's response is, and what
+    :class:`edge.mqttfetch.MqttTransport` gives for a console answering over the broker."""
+
+    @property
+    def status(self) -> int: ...
+
+    def stream(self, amt: int) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+    def release_conn(self) -> None: ...
+
+    def drain_conn(self) -> None: ...
+
+
+class Transport(Protocol):
+    def get(self, url: str, start: int) -> Answer:
+        """The file at ``url`` from byte ``start`` (the whole with status 200, from ``start`` with 206)."""
+        ...
+
+    def close(self) -> None:
+        """A fetch is over: let go of connections until the next."""
+        ...
+
+
+def _done(r: Answer) -> None:
     """Read an unwanted answer's body before its connection goes back to the pool: left unread, the next request
     on that connection reads it as its own answer's start."""
     r.drain_conn()
     r.release_conn()
 
 
-class ResumingFetcher(FetcherInterface):
-    """python-tuf's fetcher, resuming targets: each URL's bytes so far are kept in ``partial/`` and continued with a
-    Range request; a server that answers the whole file (200) instead starts it over."""
+class HttpTransport:
+    """Plain HTTP(S), through any mirror: a Range request from ``start``."""
 
-    def __init__(self, partial: Path, timeout_s: float = 30.0):
-        self.partial = partial
+    def __init__(self, timeout_s: float = 30.0):
         self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s))
-        self.resumed_bytes = 0
-        self.downloaded_bytes = 0
 
-    def part(self, sha256: str) -> Path:
-        """The partial file of the target with this sha256 (its URL's name begins with it): the same from any
-        mirror, so a download begun through one is continued through another."""
-        return self.partial / sha256
-
-    def _get(self, url: str, start: int) -> urllib3.BaseHTTPResponse:
+    def get(self, url: str, start: int) -> Answer:
         headers = {"Range": f"bytes={start}-"} if start else {}
         try:
             r = self.http.request("GET", url, headers=headers, preload_content=False)
@@ -69,6 +86,28 @@ class ResumingFetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as e:
             raise tuf_errors.DownloadError(f"{url}: {e}") from e
         return r
+
+    def close(self) -> None:
+        self.http.clear()
+
+
+class ResumingFetcher(FetcherInterface):
+    """python-tuf's fetcher, resuming targets: each URL's bytes so far are kept in ``partial/`` and continued from
+    where they stopped; a server that answers the whole file (200) instead starts it over."""
+
+    def __init__(self, partial: Path, transport: Transport | None = None):
+        self.partial = partial
+        self.transport = transport or HttpTransport()
+        self.resumed_bytes = 0
+        self.downloaded_bytes = 0
+
+    def part(self, sha256: str) -> Path:
+        """The partial file of the target with this sha256 (its URL's name begins with it): the same from any
+        mirror, so a download begun through one is continued through another."""
+        return self.partial / sha256
+
+    def _get(self, url: str, start: int) -> Answer:
+        return self.transport.get(url, start)
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if "/targets/" not in url:  # metadata: small, and never resumed (its contents change under one name)
@@ -91,7 +130,7 @@ class ResumingFetcher(FetcherInterface):
             have = 0
         return self._resume(r, part, have)
 
-    def _stream(self, r: urllib3.BaseHTTPResponse, sink: Any) -> Iterator[bytes]:
+    def _stream(self, r: Answer, sink: Any) -> Iterator[bytes]:
         complete = False
         try:
             for chunk in r.stream(CHUNK):
@@ -110,7 +149,7 @@ class ResumingFetcher(FetcherInterface):
                 r.close()
             r.release_conn()
 
-    def _resume(self, r: urllib3.BaseHTTPResponse, part: Path, have: int) -> Iterator[bytes]:
+    def _resume(self, r: Answer, part: Path, have: int) -> Iterator[bytes]:
         part.parent.mkdir(parents=True, exist_ok=True)
         if have:
             self.resumed_bytes += have
@@ -159,13 +198,14 @@ def _refused(e: Exception) -> str:
 class Releases:
     """The unit's side of a TUF repository at ``url`` (``<url>/metadata/``, ``<url>/targets/``)."""
 
-    def __init__(self, url: str, trusted_root: Path, state: Path, *, keep: int = 3, reserve_mb: float = 100.0):
+    def __init__(self, url: str, trusted_root: Path, state: Path, *, keep: int = 3, reserve_mb: float = 100.0,
+                 transport: Transport | None = None):
         self.url = url.rstrip("/")
         self.trusted_root = trusted_root
         self.state = state
         self.keep = max(1, keep)
         self.reserve_bytes = int(reserve_mb * 1e6)
-        self.fetcher = ResumingFetcher(state / "partial")
+        self.fetcher = ResumingFetcher(state / "partial", transport)
 
     def _updater(self) -> Updater:
         metadata = self.state / "metadata"
@@ -203,6 +243,12 @@ class Releases:
         """The release (the newest, or ``version``), every file verified, in ``<state>/models/NAME/VERSION``."""
         if not name or "/" in name or name.startswith("."):
             raise ReleaseError(f"{name!r} is not a model name")
+        try:
+            return self._fetch(name, version)
+        finally:
+            self.fetcher.transport.close()
+
+    def _fetch(self, name: str, version: int | None) -> Fetched:
         u = self._updater()
         pointer = f"models/{name}/latest.json" if version is None else f"models/{name}/{version}/release.json"
         listing_info = self._target(u, pointer)

@@ -36,7 +36,7 @@ from edge.errors import USER_ERRORS
 from edge.modelstore import add, files_of
 from edge.releases import Fetched, Releases
 from edge.shadow import Offered, Shadow
-from edge.variants import Timed, chosen
+from edge.variants import Timed, chosen, table_path
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ class Rollout:
         aside = self.releases.state / "models" / name / ".before"
         shutil.rmtree(aside, ignore_errors=True)
         aside.mkdir(parents=True)
-        for f in files_of(current, mf.load(current)):
-            (shutil.copytree if f.is_dir() else shutil.copy2)(f, aside / f.name)
+        for f in [*files_of(current, mf.load(current)), table_path(self.models_dir, name)]:
+            with contextlib.suppress(FileNotFoundError):  # a model installed without a table of variants
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, aside / f.name)
         return aside / name
 
     def rollback(self, reason: str = "by command") -> dict[str, Any]:

@@ -24,7 +24,7 @@ from harness.smtp import Smtp
 pytestmark = pytest.mark.processes
 
 CONF = REPO / "systemd" / "mosquitto"
-USERS = ("unitA", "unitB", "relay", "operator", "dashboard")
+USERS = ("unitA", "unitB", "relay", "operator", "dashboard", "console")
 
 
 @pytest.fixture
@@ -111,9 +111,16 @@ def test_anonymous_and_wrong_ca_are_refused(secure: tuple[Broker, Path], tmp_pat
 
 def test_units_are_confined_to_their_own_topics(secure: tuple[Broker, Path]) -> None:
     broker, cred = secure
-    a, b, dash, op = (Client(broker.port, cred, u) for u in ("unitA", "unitB", "dashboard", "operator"))
+    a, b, dash, op, console = (Client(broker.port, cred, u)
+                               for u in ("unitA", "unitB", "dashboard", "operator", "console"))
     try:
         dash.sub("defect-edge/#")
+        console.sub("defect-edge/+/release/get")
+        b.sub("defect-console/releases/unitB/part")
+        a.sub("defect-console/releases/+/part")  # granted, and withheld: another unit's release files
+        a.pub("defect-edge/unitA/release/get", b"A asks")
+        console.pub("defect-console/releases/unitB/part", b"for B")
+        op.pub("defect-console/releases/unitB/part", b"an operator posing as the console")
         a.sub("defect-edge/unitB/cmd/+")  # mosquitto 2.0 grants it, then withholds every message A may not read
         b.sub("defect-edge/unitB/cmd/+")
         assert not b.suback[-1].is_failure
@@ -124,10 +131,12 @@ def test_units_are_confined_to_their_own_topics(secure: tuple[Broker, Path]) -> 
         time.sleep(1.0)  # let anything that would leak arrive (the assertions are about absence)
         assert ("defect-edge/unitA/alert", b"from A") in dash.got
         assert not any(p == b"A pretending to be B" for _, p in dash.got)
-        assert b.got == [("defect-edge/unitB/cmd/threshold", b'{"threshold": 0.4}')]
+        assert sorted(b.got) == [("defect-console/releases/unitB/part", b"for B"),
+                                 ("defect-edge/unitB/cmd/threshold", b'{"threshold": 0.4}')]
         assert not a.got
+        assert console.got == [("defect-edge/unitA/release/get", b"A asks")]
     finally:
-        for c in (a, b, dash, op):
+        for c in (a, b, dash, op, console):
             c.close()
 
 

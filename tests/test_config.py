@@ -46,7 +46,7 @@ def test_relay_example_is_valid_and_documents_every_key() -> None:
 def test_all_errors_in_one_message_naming_each_key(tmp_path: Path) -> None:
     p = tmp_path / "edge.toml"
     p.write_text('[device]\nid = "bad/id"\n[mqtt]\nport = 70000\nprotocl = "5"\n[camera]\nfps = -1\n'
-                 '[model]\nthreshold = 2\n')
+                 '[model]\nthreshold = 2\nmemory_budget_mb = -5\n[releases]\nurl = "mqtt://a/+/b"\n')
     with pytest.raises(config.ConfigError) as e:
         config.load(p)
     msg = str(e.value)
@@ -54,8 +54,12 @@ def test_all_errors_in_one_message_naming_each_key(tmp_path: Path) -> None:
     for part in ("device.id: must be 1-64 characters", "mqtt.port: Input should be less than or equal to 65535",
                  "mqtt.protocl: unknown key", "camera.source: required key missing",
                  "camera.fps: Input should be greater than or equal to 0",
-                 "model.threshold: Input should be less than or equal to 1"):
+                 "model.threshold: Input should be less than or equal to 1",
+                 "model.memory_budget_mb: Input should be greater than or equal to 0",
+                 "releases.url: mqtt:// must name the console's MQTT prefix"):
         assert part in msg, msg
+    p.write_text('[device]\nid = "u1"\n[camera]\nsource = "0"\n[releases]\nurl = "mqtt://plant/defect-console/"\n')
+    assert config.load(p, check_files=False).releases.url == "mqtt://plant/defect-console"
 
 
 def test_missing_files_and_bad_toml(tmp_path: Path) -> None:

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from contract.payloads import read_file_part
 from converter import release
 from edge.releases import ReleaseError, Releases
 from harness import REPO
-from harness.broker import Broker
+from harness.broker import Broker, Collector
 from harness.console import ConsoleProc
+from harness.daemon import write_toml
 from harness.releases import flipped_byte, forged_timestamp, model_copy
 from harness.wait import until
 
@@ -186,3 +188,47 @@ def test_a_unit_killed_mid_download_resumes_where_it_stopped(plant: tuple[releas
     resumed = float(r.stdout.split(" MB resumed")[0].rsplit(", ", 1)[1])
     assert resumed * 1e6 >= cut - 1e5 and "release 1 verified" in r.stdout and ": OK:" in r.stdout, r.stdout
     assert not any((unit / "state" / "partial").glob("*"))
+
+
+def test_a_unit_that_reaches_only_the_broker_takes_its_release_through_it(
+        plant: tuple[release.Repo, ConsoleProc, Path], broker: Broker) -> None:
+    """``models update --repo mqtt://defect-console``, as its own process, through the real console's answers on
+    the broker: the release installed as over HTTP; a flipped byte refused whichever way it came (TUF checks the
+    bytes, not the road); a request for a file outside the repository answered "no such file"; the console gone,
+    one line."""
+    repo, console, tmp = plant
+    unit = tmp / "unit"
+    cfg = write_toml(tmp / "edge.toml", {"device": {"id": "unit7"}, "camera": {"source": "0"},
+                                         "mqtt": {"host": "127.0.0.1", "port": broker.port}})
+    via = ("--config", str(cfg), "--timeout-s", "5")
+    r = update("mqtt://defect-console", repo, unit, *via)
+    assert r.returncode == 0 and f"{MODEL}: release 1 verified" in r.stdout and ": OK:" in r.stdout, r.stdout + r.stderr
+    assert json.loads((unit / "models" / f"{MODEL}.json").read_text())["created_at"] == "2026-12-01T00:00:00Z"
+
+    release.publish(repo, model_copy(tmp / "v2", "2026-12-02T00:00:00Z"))
+    with flipped_byte(next((repo.path / "targets" / f"models/{MODEL}/2").glob(f"*.{MODEL}.tflite"))):
+        r = update("mqtt://defect-console", repo, unit, *via)
+    assert r.returncode == 2 and "length or sha256" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert json.loads((unit / "models" / f"{MODEL}.json").read_text())["created_at"] == "2026-12-01T00:00:00Z"
+
+    c = Collector(broker.port, "defect-console/releases/unit8/part")
+    try:
+        # In order, answered in order by one thread: once the last is answered, the one between was refused.
+        c.publish("defect-edge/unit8/release/get",  # this unit's own configuration, beside the repository
+                  json.dumps({"id": "00000001", "path": "metadata/../../edge.toml", "offset": 0}))
+        c.publish("defect-edge/unit8/release/get", b'{"id": "00000003", "path": "/etc/passwd", "offset": 0}')
+        c.publish("defect-edge/unit8/release/get", json.dumps({"id": "00000002", "path": "metadata/1.root.json",
+                                                               "offset": 0}))
+        assert c.wait(lambda m: len(m) >= 2, 15), c.messages
+        answers = {head.id: (head, data) for head, data in (read_file_part(p) for _, p, _ in c.messages)}
+        assert set(answers) == {"00000001", "00000002"}, "a request off the contract is not answered"
+        assert answers["00000001"][0].status == 404 and answers["00000001"][1] == b""
+        assert answers["00000002"][0].status == 200
+        assert answers["00000002"][1] == (repo.metadata / "1.root.json").read_bytes()
+    finally:
+        c.close()
+
+    console.kill()
+    r = update("mqtt://defect-console", repo, unit, *via)
+    assert r.returncode == 2 and "no answer from the console over MQTT" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, "one line"

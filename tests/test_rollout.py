@@ -26,8 +26,9 @@ MODEL = "mobilenetv2"
 
 
 @pytest.fixture
-def line(tmp_path: Path, broker: Broker, casting: Path, daemons: list[Daemon]
+def line(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, casting: Path, daemons: list[Daemon]
          ) -> Iterator[tuple[release.Repo, Daemon, Collector, Path, ConsoleProc]]:
+    """A unit taking releases from a console process, over HTTP, or (parametrized ``"mqtt"``) through the broker."""
     repo = release.init(tmp_path / "repo", tmp_path / "keys")
     console = ConsoleProc(tmp_path / "console", broker.port, releases_dir=repo.path).start()
     models = model_copy(tmp_path / "models", "active").parent
@@ -35,7 +36,8 @@ def line(tmp_path: Path, broker: Broker, casting: Path, daemons: list[Daemon]
     d = Daemon(tmp_path / "unit", config(
         tmp_path, broker.port, models, model={"name": MODEL},
         camera={"source": str(link_into(casting_sample(40), tmp_path / "photos")), "fps": 10, "loop": True},
-        releases={"url": f"{console.url}/releases", "root_file": str(repo.metadata / "1.root.json"),
+        releases={"url": "mqtt://defect-console" if getattr(request, "param", "http") == "mqtt"
+                  else f"{console.url}/releases", "root_file": str(repo.metadata / "1.root.json"),
                   "shadow_share": 0.5, "watch_results": 400},
         alerts={"on_defect": False, "on_low_confidence": False, "on_unfamiliar": False}))
     daemons.append(d.start())
@@ -250,3 +252,16 @@ def test_a_release_with_variants_runs_the_one_this_unit_timed_in_shadow_and_inst
     assert c.wait(lambda m: (json.loads(c.on("/status")[-1])["model"].get("variants") or []) == timed, 30), \
         json.loads(c.on("/status")[-1])["model"]
     assert json.loads(c.on("/status")[-1])["model"]["name"] == "casting" and d.alive()
+
+
+@pytest.mark.parametrize("line", ["mqtt"], indirect=True)
+def test_a_unit_that_reaches_only_the_broker_shadows_and_promotes_a_release_taken_through_it(
+        line: tuple[release.Repo, Daemon, Collector, Path, ConsoleProc], tmp_path: Path) -> None:
+    repo, d, c, models, _ = line
+    release.publish(repo, model_copy(tmp_path / "v1", "release 1"))
+    assert command(c, "release", {"name": MODEL})["ok"]
+    wait_state(c, d, "shadow")
+    r = command(c, "promote", {})
+    assert r["ok"] and r["result"]["state"] == "promoted", r
+    assert json.loads((models / f"{MODEL}.json").read_text())["created_at"] == "release 1"
+    assert d.alive()

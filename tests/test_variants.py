@@ -66,7 +66,8 @@ def test_a_unit_installs_the_fastest_variant_that_passes_here(casting_model: Pat
     assert f"* {chosen[0]['quantization']}" in out and "chosen: the fastest here" in out, out
 
 
-def test_the_memory_budget_decides_and_one_nothing_fits_is_refused(casting_model: Path, tmp_path: Path) -> None:
+def test_the_memory_budget_decides_a_rollback_keeps_the_table_and_nothing_fitting_is_refused(
+        casting_model: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     add(casting_model.with_suffix(""), models, num_threads=1)
     table = load_table(models, "casting", mf.load(models / "casting.json").tflite.sha256)
@@ -80,6 +81,9 @@ def test_the_memory_budget_decides_and_one_nothing_fits_is_refused(casting_model
     assert mf.load(tight / "casting.json").quantization == least["quantization"]
     kept = load_table(tight, "casting", mf.load(tight / "casting.json").tflite.sha256)
     assert kept is not None and any("over the memory budget" in r["reason"] for r in kept)
+    back = tmp_path / "back"  # what a rollback does with the files it set aside: the table comes back with them
+    add(models / "casting", back, num_threads=1)
+    assert load_table(back, "casting", mf.load(back / "casting.json").tflite.sha256) == table
     none = tmp_path / "none"
     with pytest.raises(InstallError, match=r"no variant fits model\.memory_budget_mb"):
         add(casting_model.with_suffix(""), none, num_threads=1, memory_budget_mb=least["memory_mb"] / 4)
