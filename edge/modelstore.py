@@ -88,31 +88,31 @@ def add(source: Path, models_dir: Path, *, num_threads: int | None = None, min_a
     A model converted with variants is installed as the one chosen here (:func:`edge.variants.choose`, or
     ``measured``: what a rollout already measured), under the model's own names (``NAME.tflite``,
     ``NAME.verify.json``), with the table of what was measured beside it (``NAME.variants.json``)."""
-    manifest_path = source_manifest(source)
+    manifest_path = given = source_manifest(source)
     m = _load(manifest_path)
     chosen, table = m, b""
     if m.variants:
         try:
             rows = measured or vr.choose(manifest_path, num_threads=num_threads, memory_budget_mb=memory_budget_mb)
             _, manifest_path = vr.chosen(rows, manifest_path)
-            if manifest_path not in dict(variant_candidates(source_manifest(source), m)).values():
+            if manifest_path not in dict(variant_candidates(given, m)).values():
                 raise InstallError(f"{m.name}: the variant measured ({manifest_path.name}) is not one it names")
         except VariantError as e:
             raise InstallError(str(e)) from None
         chosen = _load(manifest_path)
         table = vr.table_json(rows, num_threads, chosen.tflite.sha256)
-    elif vr.load_table(manifest_path.parent, m.name, m.tflite.sha256) is not None:  # put back by a rollback
-        table = vr.table_path(manifest_path.parent, m.name).read_bytes()
+    elif vr.load_table(given.parent, given.stem, m.tflite.sha256) is not None:  # put back by a rollback
+        table = vr.table_path(given.parent, given.stem).read_bytes()
     problem = recorded_parity_problem(chosen, min_agreement)
     if problem:
         raise VerificationError(problem)
     files = files_of(manifest_path, chosen, variants=False)
-    name = chosen.name
+    name = given.stem  # installed under the name it was given, whichever variant runs
     renamed = {mf.resolve(manifest_path, chosen.tflite): f"{name}.tflite",
                **({mf.resolve(manifest_path, chosen.verification): f"{name}.verify.json"}
                   if chosen.verification else {})} if m.variants else {}
     models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".adding-{name}-", dir=models_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".adding-{chosen.name}-", dir=models_dir))
     try:
         for f in files[1:]:
             if f.is_dir():
