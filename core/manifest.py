@@ -164,7 +164,10 @@ class Manifest(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=False) + "\n"
+        """The file's text; ``variants`` only when there are some, so a model converted with one reads as before
+        (and as a unit of an earlier version expects it)."""
+        return json.dumps(self.model_dump(mode="json", by_alias=True, exclude=set() if self.variants else {"variants"}),
+                          indent=2, sort_keys=False) + "\n"
 
 
 def sha256_file(path: Path) -> str:

@@ -129,8 +129,8 @@ def choose(manifest_path: Path, *, num_threads: int | None = None, memory_budget
     del frame
     timed = []
     for (row, _), ms in zip(loaded, latencies, strict=True):
-        mem = memory_mb(manifest_path.parent / row.manifest, num_threads) if measure_memory and len(loaded) > 1 \
-            else None
+        weigh = measure_memory and (len(loaded) > 1 or memory_budget_mb > 0)  # one alone runs unless bounded
+        mem = memory_mb(manifest_path.parent / row.manifest, num_threads) if weigh else None
         timed.append(Timed(**{**asdict(row), "latency_ms": None if ms != ms else ms, "memory_mb": mem}))
     fits = [t for t in timed if not memory_budget_mb or t.memory_mb is None or t.memory_mb <= memory_budget_mb]
     if not fits:
@@ -140,13 +140,15 @@ def choose(manifest_path: Path, *, num_threads: int | None = None, memory_budget
                          [t.memory_mb or t.size_bytes for t in fits])] if len(fits) > 1 else fits[0]
     out = {t.quantization: t for t in timed}
     for t in timed:
-        out[t.quantization] = Timed(**{**asdict(t), "chosen": t is pick, "reason": _reason(t, pick, memory_budget_mb)})
+        out[t.quantization] = Timed(**{**asdict(t), "chosen": t is pick,
+                                        "reason": _reason(t, pick, memory_budget_mb, len(timed))})
     return [out.get(r.quantization, r) for r in rows]
 
 
-def _reason(t: Timed, pick: Timed, budget: float) -> str:
+def _reason(t: Timed, pick: Timed, budget: float, passed: int) -> str:
     if t is pick:
-        return "chosen: the fastest here that passed" + (f" and fits {budget:g} MB" if budget else "")
+        return ("chosen: the fastest here that passed" if passed > 1 else "chosen: the only one that passed here") \
+            + (f" and fits {budget:g} MB" if budget else "")
     if budget and t.memory_mb is not None and t.memory_mb > budget:
         return f"over the memory budget: {t.memory_mb:.0f} MB against {budget:g} MB"
     if t.latency_ms is not None and pick.latency_ms is not None and t.latency_ms > pick.latency_ms:

@@ -248,7 +248,7 @@ def test_a_release_with_variants_runs_the_one_this_unit_timed_in_shadow_and_inst
     r = command(c, "promote", {})
     assert r["ok"] and r["result"]["state"] == "promoted", r
     installed = json.loads((models / "casting.json").read_text())
-    assert installed["quantization"] == chosen[0]["quantization"] and installed["variants"] == []
+    assert installed["quantization"] == chosen[0]["quantization"] and "variants" not in installed
     assert c.wait(lambda m: (json.loads(c.on("/status")[-1])["model"].get("variants") or []) == timed, 30), \
         json.loads(c.on("/status")[-1])["model"]
     assert json.loads(c.on("/status")[-1])["model"]["name"] == "casting" and d.alive()
