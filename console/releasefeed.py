@@ -84,6 +84,7 @@ class ReleaseFeed:
             self.outage.refused(rc)
             return
         self.outage.connected()
+        mqttc.no_delay(client)  # each piece at once, not after the last one's acknowledgement
         client.subscribe(f"{self.cfg.mqtt.edge_prefix}/+/{topics.RELEASE_GET}", qos=0)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:

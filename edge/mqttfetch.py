@@ -108,6 +108,7 @@ class MqttTransport:
 
     def _on_connect(self, client: mqtt.Client, _ud: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
         if not rc.is_failure:
+            mqttc.no_delay(client)  # a request after a piece's acknowledgement: not held back 40 ms by Nagle
             client.subscribe(topics.release_part(self._answers, self.device_id), qos=1)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:

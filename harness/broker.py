@@ -44,7 +44,9 @@ class Broker:
         self.conf = folder / "mosquitto.conf"
         folder.mkdir(parents=True, exist_ok=True)
         # Started as root, mosquitto would switch to its own user and lose access to the test's private files.
-        self.conf.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n{extra}persistence true\n"
+        # set_tcp_nodelay as in production (systemd/mosquitto/defect-edge.conf): see there.
+        self.conf.write_text(f"user {getpass.getuser()}\nset_tcp_nodelay true\nlistener {self.port} 127.0.0.1\n"
+                             f"{extra}persistence true\n"
                              f"persistence_location {folder}/\nautosave_interval 1\nlog_dest file {folder}/log\n"
                              "max_queued_messages 100000\n")
         self.proc: subprocess.Popen[bytes] | None = None
