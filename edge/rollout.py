@@ -27,16 +27,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import manifest as mf
 from core.classifier import Classifier, Prediction
 from core.preprocess import Roi
 from edge.errors import USER_ERRORS
 from edge.modelstore import add, files_of
-from edge.releases import Fetched, Releases
 from edge.shadow import Offered, Shadow
 from edge.variants import Timed, chosen, table_path
+
+if TYPE_CHECKING:  # the release client (TUF, cryptography: 10 MB) is loaded only by a unit that takes releases
+    from edge.releases import Fetched, Releases
 
 log = logging.getLogger(__name__)
 

@@ -71,3 +71,17 @@ def test_threads_carry_their_names_into_the_kernel() -> None:
     finally:
         stop.set()
         t.join(5)
+
+
+def test_a_unit_that_takes_no_releases_never_loads_the_release_client() -> None:
+    """TUF and its cryptography add 10 MB to the daemon's peak memory (bench.mqtt's daemon_rss_mb, 98 → 110 MB): only
+    a unit with ``releases.url`` pays for them."""
+    import subprocess
+    import sys
+
+    from harness import REPO
+
+    code = ("import sys, edge.daemon, edge.control, edge.rollout; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tuf', 'securesystemslib')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
