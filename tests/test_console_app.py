@@ -383,9 +383,13 @@ def test_the_fleet_and_the_reports_count_parts(app: tuple[TestClient, list[tuple
     client, _ = app
     engine = db.engine_for(config.parse({"state": {"dir": str(tmp_path)}}).database_url())  # the app's store
     now = time.time()
+    hour = now - now % 3600
+    # all 16 within the last minute and inside one hour (the previous one in an hour's first 16 s), so the
+    # hour, shift, day and week rows each hold all of them whatever the time of day
+    first = max(hour, now - 60) if now - hour >= 16 else hour - 16
     items = []
     for i, v in enumerate(["ok"] * 12 + ["ng"] * 4, 1):
-        m = payloads.Part(device_id="u1", ts=topics.iso(now - 60 + i), part_id=f"u1-1-p{i:09d}", seq=i,
+        m = payloads.Part(device_id="u1", ts=topics.iso(first + i - 1), part_id=f"u1-1-p{i:09d}", seq=i,
                           trigger="presence", verdict=v, aggregate="max", frames=[],
                           p_defect=0.9 if v == "ng" else 0.1, frame_id=f"u1-1-{i:09d}",
                           model=payloads.ModelRef(name="m", quantization="int8", sha256="5" * 64), timings_ms={})
