@@ -260,6 +260,11 @@ def main() -> None:
         rounds: list[tuple[float, float, float, float, float, float, float, float]] = []
         capture: list[float] = []
         small: list[float] = []  # outside invoke(), frames at the model's size
+
+        def by_thread(work: Path, frames: Path) -> dict[str, float]:
+            """The CPU run: QoS 1, the model on one thread; each thread's CPU per result outside invoke()."""
+            return daemon_fps(work, broker, frames, a.models_dir, a.model, 1, threads=1)[-1]
+
         try:
             for r in range(a.rounds):
                 engine = engine_fps(folder, a.models_dir / f"{a.model}.json")
@@ -268,13 +273,10 @@ def main() -> None:
                 # longer at each layer's barrier, and one figure for all rounds once gave a negative difference.
                 invoke_ms = invoke_cpu_ms(folder, a.models_dir / f"{a.model}.json")
                 fps1, rss1, anon1, cpu1, _ = daemon_fps(tmp / f"q1-{r}", broker, folder, a.models_dir, a.model, 1)
-                *_, spent = daemon_fps(tmp / f"q1t1-{r}", broker, cpu_folder, a.models_dir, a.model, 1, threads=1)
+                spent = by_thread(tmp / f"q1t1-{r}", cpu_folder)
                 capture.append(spent.pop("capture", 0.0))
                 outside = sum(spent.values())
-                *_, spent_small = daemon_fps(tmp / f"q1t1s-{r}", broker, small_folder, a.models_dir, a.model, 1,
-                                             threads=1)
-                spent_small.pop("capture", 0.0)
-                small.append(sum(spent_small.values()))
+                small.append(sum(v for k, v in by_thread(tmp / f"q1t1s-{r}", small_folder).items() if k != "capture"))
                 print("   CPU ms per result outside invoke(), by thread: " + ", ".join(
                     f"{k} {v:.3f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.001)
                     + f"; and the replay's decoding (capture) {capture[-1]:.3f}", flush=True)
