@@ -2,9 +2,10 @@
 ``learn_belt``, and a release's ``release``, ``promote``, ``reject``, ``rollback``, which :mod:`edge.rollout`
 carries out).
 
-Each handler runs on paho's network thread, returns the reply's ``result`` or raises :class:`CommandError` with a
-message for the sender; :mod:`edge.mqtt.commands` parses, routes and answers. A model swap is one reference
-assignment under a lock: the next frame uses the new model, and a model that fails to load leaves the old one in place.
+Each handler runs on the MQTT link's thread (``edge/mqtt/client.py``), returns the reply's ``result`` or raises
+:class:`CommandError` with a message for the sender; :mod:`edge.mqtt.commands` parses, routes and answers. A model
+swap is one reference assignment under a lock: the next frame uses the new model, and a model that fails to load
+leaves the old one in place.
 """
 
 from __future__ import annotations

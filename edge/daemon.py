@@ -5,11 +5,12 @@ watches itself in :mod:`edge.health`, and every message it sends is a model of :
 
 Threads: the inference loop (main thread, pings the systemd watchdog, makes each part's verdict durable and then
 hands it to the line's I/O), the capture thread (inside the pipeline), the publisher (results' and verdicts'
-messages, alerts, history: every :data:`PUBLISH_EVERY_S` a batch, or at once for a verdict), paho's network thread,
-the outbox drainer, and a housekeeping thread (metrics, history flush and pruning, camera offline alerts, systemd
-STATUS). Nothing the broker or the camera does can end it; SIGTERM stops it within 5 s, after flushing what it can
-and publishing ``available=offline``. A crash loses no verdict the line was given: the outbox keeps each part from
-its number to its published message, and the next start publishes what it finds (``docs/line.md``).
+messages, alerts, history: every :data:`PUBLISH_EVERY_S` a batch, or at once for a verdict), the MQTT link's
+thread (paho's network loop, commands, the outbox), and a housekeeping thread (metrics, history flush and pruning,
+camera offline alerts, systemd STATUS). Nothing the broker or the camera does can end it; SIGTERM stops it within
+5 s, after flushing what it can and publishing ``available=offline``. A crash loses no verdict the line was given:
+the outbox keeps each part from its number to its published message, and the next start publishes what it finds
+(``docs/line.md``).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 STOP_WITHIN_S = 5.0
 # The publisher's beat. Handled one by one on the inference loop, right after invoke() had flushed the CPU's caches, a
 # result's messages cost 0.38 ms (0.45 at QoS 1), eight times what the same code takes warm; a batch runs warm. QoS 0
-# results already wait up to 50 ms for the drainer's batch, so a result reaches the broker at most 100 ms later.
+# results already wait up to 50 ms for the link's batch, so a result reaches the broker at most 100 ms later.
 PUBLISH_EVERY_S = 0.05
 # Results waiting for the publisher beyond which the inference loop publishes them itself. Each holds its frame as
 # the ring will: a camera's pixels (270 kB at 300x300, 6 MB at 1080p), a replayed file's bytes (a twentieth). A batch

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from contract import mqtt as mqttc
+from contract.settings import BrokerSettings
 from edge import config
 from edge.mqtt import client
 from edge.mqtt.client import MqttLink
 from edge.mqtt.outbox import Outbox, Outgoing
+from harness.broker import Broker, Collector
 
 
 def test_survives_reopen_in_order(tmp_path: Path) -> None:
@@ -76,7 +80,7 @@ def test_results_are_stored_in_batches_in_the_order_published(tmp_path: Path,
     link = _link(tmp_path, box)
     link.publish("result", b"r1", qos=1, kind="result")
     link.publish("result", b"r2", qos=1, kind="result")
-    assert box.depth()[0] == 0, "results wait for the drainer"
+    assert box.depth()[0] == 0, "results wait for the link's thread"
     link.publish("alert", b"a1", qos=1, kind="alert")
     assert [m.payload for m in box.pending()] == [b"r1", b"r2", b"a1"], "an alert is stored at once, after them"
 
@@ -92,11 +96,12 @@ def test_results_are_stored_in_batches_in_the_order_published(tmp_path: Path,
     other.execute("ROLLBACK")
     other.close()
 
-    link.start()  # the drainer stores what is held, without a broker
+    link.start()  # the link's thread stores what is held, without a broker
     link.publish("result", b"r4", qos=1, kind="result")
     deadline = time.monotonic() + 10
     while box.depth()[0] < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert box.depth()[0] == 5, "stored while the broker is away, not only when the link stops"
     link.stop(flush_s=0)
     assert [m.payload for m in box.pending()] == [b"r1", b"r2", b"a1", b"r3", b"r4"], "nothing lost, in order"
     box.close()
@@ -110,3 +115,74 @@ def test_results_beyond_the_bound_are_stored_at_once(tmp_path: Path, monkeypatch
         link.publish("result", f"r{i}".encode(), qos=1, kind="result")
     assert [m.payload for m in box.pending()] == [b"r0", b"r1", b"r2"]
     box.close()
+
+
+def _broker_link(tmp_path: Path, port: int, box: Outbox) -> MqttLink:
+    cfg = config.parse({"device": {"id": "u1"}, "camera": {"source": "0"},
+                        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "t"}, "state": {"dir": str(tmp_path)}},
+                       check_files=False)
+    return MqttLink(cfg, box, on_command=lambda *_: None, status=lambda: b"{}")
+
+
+def test_one_thread_runs_the_link_and_is_woken_for_a_reply_from_another(
+        tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without its wake, the link's thread would next look at its socket in 30 s: the reply would not arrive.
+    monkeypatch.setattr(client, "IDLE_S", 30.0)
+    monkeypatch.setattr(client, "TICK_S", 30.0)
+    collector = Collector(broker.port, "t/u1/#", "replies/#")
+    box = Outbox(tmp_path / "s.db", max_bytes=10_000_000)
+    link = _broker_link(tmp_path, broker.port, box)
+    link.start()
+    try:
+        assert collector.wait(lambda ms: any(t == "t/u1/available" for t, _, _ in ms), 10)
+        assert "paho-mqtt-client-defect-edge-u1" not in [t.name for t in threading.enumerate()], "paho runs none"
+        for i in range(300):
+            link.publish("result", f"r{i}".encode(), qos=1, kind="result")
+        link.publish("alert", b"a", qos=1, kind="alert")
+        assert collector.wait(lambda ms: len([t for t, _, _ in ms if t in ("t/u1/result", "t/u1/alert")]) == 301)
+        assert collector.on("/result") == [f"r{i}".encode() for i in range(300)], "in order, each once"
+        deadline = time.monotonic() + 10
+        while box.depth()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert box.depth() == (0, 0) and link.stats.acked == link.stats.sent == 301
+
+        replier = threading.Thread(target=link.publish_direct, args=("replies/1", b"done"))
+        replier.start()
+        replier.join()
+        assert collector.wait(lambda ms: ("replies/1", b"done", False) in ms, 10), "written without waiting 30 s"
+    finally:
+        link.stop()
+        box.close()
+    assert collector.wait(lambda ms: ("t/u1/available", b"offline", True) in ms or
+                          ("t/u1/available", b"offline", False) in ms, 10), "said offline on a clean stop"
+    collector.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_acknowledgements_taken_in_short_and_in_full(broker: Broker, protocol: str) -> None:
+    """A two-byte PUBACK (a subscriber was there) goes the short way, a v5 one with a reason code (none was) goes
+    to paho: both mark the message published and free paho's window."""
+    settings = BrokerSettings(host="127.0.0.1", port=broker.port, protocol=protocol)
+    c = mqttc.make_client(settings, client_id="acks", password="")
+    c.max_inflight_messages_set(4)
+    said: list[str] = []
+    c.on_publish = lambda _c, _u, _mid, rc, _p: said.append(str(rc))
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        alone = [c.publish("nobody/listens", b"x", qos=1) for _ in range(10)]
+        for info in alone:
+            info.wait_for_publish(10)
+        collector = Collector(broker.port, "heard/#")
+        collector.publish("heard/probe", b"p")  # its own message back: the subscription is in place
+        assert collector.wait(lambda ms: len(ms) == 1, 10)
+        heard = [c.publish("heard/x", b"y", qos=1) for _ in range(10)]
+        for info in heard:
+            info.wait_for_publish(10)
+        collector.close()
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert all(i.is_published() for i in alone + heard)
+    assert said[10:] == ["Success"] * 10
+    assert said[:10] == (["No matching subscribers"] if protocol == "5" else ["Success"]) * 10

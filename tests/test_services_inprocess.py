@@ -48,7 +48,8 @@ def test_the_unit_classifies_alerts_answers_and_reports(tmp_path: Path, broker: 
     def steps() -> None:
         assert c.wait(lambda m: any(t.endswith("/metrics") for t, _, _ in m)
                       and any("/snapshot/" in t for t, _, _ in m), 30)
-        frame_id = json.loads(c.on("/result")[-1])["frame_id"]
+        # A frame called defective: at threshold 0 a frame the int8 model gives p = 0.0 exactly is called good.
+        frame_id = next(r["frame_id"] for r in map(json.loads, reversed(c.on("/result"))) if r["defective"])
         replies["threshold"] = command("threshold", {"threshold": 0.9, "request_id": "t1"})
         replies["feedback"] = command("feedback", {"frame_id": frame_id, "label": "good", "note": "<script>"})
         replies["model"] = command("model", {"name": "../etc/passwd"})

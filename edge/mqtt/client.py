@@ -5,36 +5,42 @@ retained ``status``, and starts sending the outbox from its oldest message. QoS 
 from the outbox and deleted from it when the broker's PUBACK arrives, so an outage or a crash loses nothing; a
 message whose PUBACK was lost is sent again (QoS 1 means at least once; alerts carry a dedup key for that).
 
-Only the drainer thread touches the in-flight list: it keeps paho's ``MQTTMessageInfo`` of each message and checks
-``is_published()``. paho calls ``on_publish`` while holding its own mutex, so a callback that took a lock of ours
-while the drainer held it inside ``publish()`` would deadlock; here the callback only wakes the drainer.
+One thread, the link's, runs paho's network loop through paho's external-loop calls (``loop_read``, ``loop_write``,
+``loop_misc`` on its own ``select``) and the outbox beside it, and reconnects with backoff. With paho's own network
+thread beside a drainer thread, every publish woke that thread through a socket pair and every acknowledgement woke
+the drainer back: QoS 1 results handed over at 290 a second cost the process 0.14-0.19 ms of CPU each on this
+machine, against 0.10-0.11 ms on one thread (with :class:`contract.mqtt.Client`'s short acknowledgements; eight runs
+of each, interleaved). Only the link's thread touches the in-flight list and paho's socket; other threads hand it
+messages (the outbox, two queues) and wake it with a byte on a socket pair of its own, once per batch.
 
-The drainer works in batches. Woken by a new message or an acknowledgement while it is keeping up, it first lingers
+The link works in batches. Woken by a new message or an acknowledgement while it is keeping up, it first lingers
 :data:`LINGER_S`, so that one outbox query, one run of publishes and one acknowledgement commit serve every message of
 that moment; woken per message, it cost a Raspberry Pi two thread hand-overs and two commits per result, taken from
-inference (``docs/benchmarks.md``). While a backlog drains (after an outage) it does not linger: acknowledgements
-free room in paho's window, and the next messages go at once. Nor does it linger for a message someone waits on
-(:data:`URGENT_KINDS`: a part's verdict, an alert, a command's reply): that one ends the linger, and takes the
-results of the moment with it.
+inference. While a backlog drains (after an outage) it does not linger: acknowledgements free room in paho's window,
+and the next messages go at once. Nor does it linger for a message someone waits on (:data:`URGENT_KINDS`: a part's
+verdict, an alert, a command's reply): that one ends the linger, and takes the results of the moment with it.
 
 QoS 0 messages (results, by default) go in the same batches, from a queue in memory rather than the outbox: handed
-to paho one by one, each woke paho's network thread, which cost the unit 0.2–0.3 ms of CPU per result and the broker
-0.1 ms more; in a batch paho wakes once, and the broker reads many messages per read. A result reaches the broker up
-to :data:`LINGER_S` later.
+to paho one by one, each cost the unit 0.2-0.3 ms of CPU per result and the broker 0.1 ms more; in a batch the broker
+reads many messages per read. A result reaches the broker up to :data:`LINGER_S` later.
 
-Results at QoS 1 are stored by the drainer too, a batch in one transaction, before it sends them: stored one by one,
-each cost 0.3 ms (a transaction, and the outbox's lock shared with the drainer and acknowledgements), 3-4 % of
-MobileNetV2's frame time here, when that was on the inference loop. A result is durable within :data:`LINGER_S` of
-being published, rather than at once: a crash loses at most that moment's results. Every other QoS 1 message
-(alerts, verdicts, images, replies) is stored at once, after the results held before it, so the outbox keeps the order
-in which messages were published. If the results cannot be stored, the drainer says so in one line and keeps them; once
+Results at QoS 1 are stored by the link's thread too, a batch in one transaction, before it sends them: stored one by
+one, each cost 0.3 ms (a transaction, and the outbox's lock shared with the acknowledgements), 3-4 % of MobileNetV2's
+frame time here, when that was on the inference loop. A result is durable within :data:`LINGER_S` of being
+published, rather than at once: a crash loses at most that moment's results. Every other QoS 1 message (alerts,
+verdicts, images, replies) is stored at once, after the results held before it, so the outbox keeps the order in
+which messages were published. If the results cannot be stored, the link says so in one line and keeps them; once
 :data:`HELD_MAX` wait, the next result is stored at once, and the outbox's error reaches the caller as it always did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import select
+import socket
 import sqlite3
 import threading
 import time
@@ -56,9 +62,11 @@ from edge.mqtt.outbox import Outbox, Outgoing
 log = logging.getLogger(__name__)
 
 LINGER_S = 0.05  # what a message may wait for its batch: far below what a dashboard or a mail notices
-HELD_KINDS = frozenset({"result"})  # QoS 1 messages the drainer stores in batches: one per frame
+HELD_KINDS = frozenset({"result"})  # QoS 1 messages the link's thread stores in batches: one per frame
 HELD_MAX = 500  # results waiting to be stored, at most: beyond it the outbox's error is the caller's
 URGENT_KINDS = frozenset({"part", "alert", "reply"})  # a PLC, a person or a caller waits on these: sent at once
+IDLE_S = 0.5  # a batch at least this often: held results an outbox could not take are tried again
+TICK_S = 1.0  # paho's keepalive and timeouts are looked at least this often
 
 CommandHandler = Callable[[str, mqtt.MQTTMessage], None]
 
@@ -86,17 +94,27 @@ class MqttLink:
         self.twin: str | None = None  # another process connected as this unit: what it said of itself
         self._twin_said = 0.0
         self._connected = threading.Event()
-        self._wake = threading.Event()
-        self._urgent = threading.Event()  # a message someone waits on: the drainer stops lingering
         self._stop = threading.Event()
         self._restart = threading.Event()  # set on connect: send everything unacknowledged again, oldest first
-        self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []  # drainer thread only
-        self._last_sent = 0  # drainer thread only: highest outbox id handed to paho since the last connect
-        self._live: deque[tuple[str, bytes, bool]] = deque()  # QoS 0 messages waiting for the drainer's next batch
-        self._held: deque[Outgoing] = deque()  # QoS 1 results waiting for the drainer to store them
+        # The link's thread only: what is in flight, and when the next batch is due.
+        self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []
+        self._last_sent = 0  # highest outbox id handed to paho since the last connect
+        self._due = math.inf  # monotonic time of the next batch
+        self._last_batch = 0.0
+        self._backlog = False  # paho's window was full last time: acknowledgements, not new messages, are the news
+        self._acked = False  # a PUBACK arrived since the last batch
+        self._delay: float | None = None  # the reconnect backoff; None: the next wait is the shortest
+        # Handed over by other threads.
+        self._live: deque[tuple[str, bytes, bool]] = deque()  # QoS 0 messages waiting for the next batch
+        self._held: deque[Outgoing] = deque()  # QoS 1 results waiting for the link's thread to store them
         self._store_lock = threading.Lock()  # storing the held results, and anything stored after them
         self._store_error = ""  # the outbox's last error storing held results, said once
-        self._drainer: threading.Thread | None = None
+        self._urgent = False  # a message someone waits on: the link's thread stops lingering
+        self._poked = False  # a wake byte is on its way for this batch: the next message need not send another
+        self._wake_r: socket.socket | None = None  # the link's thread's own socket pair, while it runs
+        self._wake_w: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._deadline = math.inf  # stop(): the outbox drains until then
         m = cfg.mqtt
         self.v5 = m.protocol == "5"
         self.outage = mqttc.OutageLog(log, m)
@@ -104,10 +122,10 @@ class MqttLink:
                                         will=(self.topic(topics.AVAILABLE), topics.OFFLINE))
         self.client.max_inflight_messages_set(m.max_inflight)
         self.client.on_connect = self._handle_connect
-        self.client.on_connect_fail = self._handle_connect_fail
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_publish = self._handle_publish
         self.client.on_message = self._handle_message
+        self.client.on_socket_register_write = self._paho_wants_write
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.base, *parts))
@@ -120,46 +138,43 @@ class MqttLink:
     def start(self) -> None:
         # A clean session every time: a `trigger` queued by the broker while the unit was away must not fire late,
         # and whatever was not acknowledged is in the outbox anyway.
-        mqttc.connect_async(self.client, self.cfg.mqtt, persistent=False)
-        self._drainer = threading.Thread(target=self._drain, name="mqtt-outbox", daemon=True)
-        self._drainer.start()
+        mqttc.connect_async(self.client, self.cfg.mqtt, persistent=False, own_loop=True)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
 
     def stop(self, *, flush_s: float = 2.0) -> None:
-        """Publish ``offline``, give the outbox ``flush_s`` to drain, then disconnect cleanly."""
-        deadline = time.monotonic() + flush_s
-        while self.connected and (self._held or self.outbox.depth()[0]) and time.monotonic() < deadline:
-            self._wake.set()
-            time.sleep(0.05)
+        """Give the outbox ``flush_s`` to drain, publish ``offline``, then disconnect cleanly."""
+        self._deadline = time.monotonic() + flush_s
         self._stop.set()
-        self._wake.set()
-        self._urgent.set()
-        if self._drainer:
-            self._drainer.join(timeout=2)  # nothing publishes from the outbox from here on
+        self._poke(urgent=True)
+        if self._thread:
+            # A connect under way (paho's own timeout) may hold the thread beyond the deadline: not this caller.
+            self._thread.join(timeout=flush_s + 1.0)
         self._store_held_or_say()  # the last results, kept for the next start if not sent
-        self._send_live()  # the last batch of QoS 0 messages
-        if self.connected:
-            info = self.client.publish(self.topic(topics.AVAILABLE), topics.OFFLINE, qos=1, retain=True)
-            info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
         self._connected.clear()
-        self.client.disconnect()
-        self.client.loop_stop()
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
 
     # -- publishing ------------------------------------------------------------------------------------------
     def publish(self, suffix: str, payload: bytes, *, qos: int, kind: str, retain: bool = False) -> None:
-        """QoS 1: stored in the outbox, then sent. QoS 0: sent with the drainer's next batch if connected, else
-        dropped and counted."""
+        """QoS 1: stored in the outbox, then sent. QoS 0: sent with the next batch if connected, else dropped and
+        counted."""
         topic = self.topic(suffix)
         if qos == 0:
             if not self.connected:
                 self.stats.dropped_qos0 += 1
                 return
             self._live.append((topic, payload, retain))
-            self._wake.set()
+            self._poke()
             return
         message = Outgoing(topic, payload, qos, retain, kind)
         if kind in HELD_KINDS and len(self._held) < HELD_MAX:
             self._held.append(message)
-            self._wake.set()
+            self._poke()
         else:
             self._store([message])
 
@@ -173,9 +188,25 @@ class MqttLink:
         with self._store_lock:
             self._store_held()
             self.outbox.put_many(messages, settles=settles)
-        if any(m.kind in URGENT_KINDS for m in messages):
-            self._urgent.set()
-        self._wake.set()
+        self._poke(urgent=any(m.kind in URGENT_KINDS for m in messages))
+
+    def _poke(self, *, urgent: bool = False) -> None:
+        """Wake the link's thread: one byte per batch (the flag is cleared when a batch takes the messages), and
+        one for each urgent message, which must not wait for a linger already under way."""
+        if urgent:
+            self._urgent = True
+        elif self._poked:
+            return
+        self._poked = True
+        if self._wake_w is not None:  # else no thread runs to be woken
+            with contextlib.suppress(OSError):  # the pair is full (the thread wakes anyway), or closed: it stopped
+                self._wake_w.send(b"\0")
+
+    def _paho_wants_write(self, _client: mqtt.Client, _ud: Any, _sock: Any) -> None:
+        """paho queued a packet. On the link's thread the next ``select`` sees it; from another thread (a command's
+        reply) the link's thread must be woken to write it."""
+        if threading.current_thread() is not self._thread:
+            self._poke(urgent=True)
 
     def _store_held(self) -> None:
         """Store the held results in one transaction; on failure they stay held, in order. Under ``_store_lock``."""
@@ -189,7 +220,7 @@ class MqttLink:
             raise
 
     def _store_held_or_say(self) -> None:
-        """The drainer's turn at the held results: an outbox that cannot take them is said once, and tried again."""
+        """The link's turn at the held results: an outbox that cannot take them is said once, and tried again."""
         with self._store_lock:
             try:
                 self._store_held()
@@ -204,6 +235,109 @@ class MqttLink:
         if self.connected:
             self.client.publish(topic, payload, qos=1, properties=properties)
 
+    # -- the link's thread -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set() or not self._finished():
+            try:
+                if self.client.socket() is None:
+                    self._reconnect()
+                else:
+                    self._step()
+            except Exception:  # a bug here must not end the unit's only link: said, and the loop goes on
+                log.exception("mqtt link: unexpected error; carrying on")
+                self._stop.wait(1.0)
+        self._say_goodbye()
+
+    def _finished(self) -> bool:
+        """Stopping: the outbox has drained, or cannot (no broker), or its time is up."""
+        return (not self.connected or time.monotonic() >= self._deadline
+                or not (self._held or self._live or self.outbox.depth()[0]))
+
+    def _reconnect(self) -> None:
+        """Connect (at once the first time, then after a backoff that doubles up to ``reconnect_max_s`` and starts
+        again from ``reconnect_min_s`` after a successful connect)."""
+        m = self.cfg.mqtt
+        self._store_held_or_say()  # no broker is no reason to keep results in memory only
+        if self.outage.connects or self.outage.failures:
+            self._delay = m.reconnect_min_s if self._delay is None else min(self._delay * 2, m.reconnect_max_s)
+            until = time.monotonic() + self._delay
+            while not self._stop.wait(min(IDLE_S, max(0.0, until - time.monotonic()))):
+                self._store_held_or_say()
+                if time.monotonic() >= until:
+                    break
+            if self._stop.is_set():
+                return
+        try:
+            self.client.reconnect()
+        except OSError:
+            self.outage.cannot_connect()
+
+    def _step(self) -> None:
+        """One turn of the loop: wait for the socket, a wake or the next batch; read, write, keep alive."""
+        sock, wake = self.client.socket(), self._wake_r
+        assert sock is not None and wake is not None
+        now = time.monotonic()
+        buffered = getattr(sock, "pending", lambda: 0)()  # TLS: bytes already decrypted that select cannot see
+        timeout = 0.0 if buffered else min(TICK_S, max(0.0, min(self._due, self._last_batch + IDLE_S) - now))
+        try:
+            readable, writable, _ = select.select([sock, wake],
+                                                  [sock] if self.client.want_write() else [], [], timeout)
+        except (OSError, ValueError):  # the socket was closed under the select: the next loop_* says so
+            readable, writable = [sock], []
+        if wake in readable:
+            self._woken(wake)
+        if sock in readable or buffered:
+            self.client.loop_read()
+        if sock in writable:
+            self.client.loop_write()
+        self.client.loop_misc()
+        now = time.monotonic()
+        if self._acked and self._backlog:
+            self._due = now
+        if now >= min(self._due, self._last_batch + IDLE_S):
+            self._batch()
+
+    def _woken(self, wake: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            wake.recv(4096)
+        if self._urgent or self._stop.is_set():
+            self._due = time.monotonic()
+        elif self._due == math.inf:
+            self._due = time.monotonic() + (0.0 if self._backlog else LINGER_S)
+
+    def _batch(self) -> None:
+        """Store the held results, forget what was acknowledged, send the waiting QoS 0 messages and as much of the
+        outbox as paho's window takes, and write it all."""
+        self._due, self._last_batch = math.inf, time.monotonic()
+        self._poked = self._urgent = self._acked = False  # messages handed over from here on wake the thread again
+        if self._restart.is_set():
+            self._restart.clear()
+            self._inflight, self._last_sent = [], 0
+        self._store_held_or_say()
+        self._collect_acks()
+        self._send_live()
+        self._backlog = False
+        window = self.cfg.mqtt.max_inflight
+        while self.connected and not self._restart.is_set():
+            room = window - len(self._inflight)
+            if room <= 0:
+                self._backlog = True
+                break
+            batch = self.outbox.pending(after_id=self._last_sent, limit=room)
+            if not batch:
+                break
+            for msg in batch:
+                info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    break  # the connection just dropped: the next connect starts again from the oldest
+                self._inflight.append((info, msg.id))
+                self._last_sent = msg.id
+                self.stats.sent += 1
+        if self.client.want_write():
+            self.client.loop_write()
+        if self._stop.is_set():
+            self._due = time.monotonic()  # draining to stop: no lingering
+
     def _collect_acks(self) -> None:
         done = [row for info, row in self._inflight if info.is_published()]
         if done:
@@ -211,47 +345,28 @@ class MqttLink:
             self.outbox.ack(done)
             self.stats.acked += len(done)
 
-    def _drain(self) -> None:
-        window = self.cfg.mqtt.max_inflight
-        backlog = False  # paho's window was full last time: acknowledgements, not new messages, are the news
-        while not self._stop.is_set():
-            self._wake.wait(0.5)
-            if not backlog:
-                self._urgent.wait(LINGER_S)
-            self._urgent.clear()
-            self._wake.clear()
-            if self._restart.is_set():
-                self._restart.clear()
-                self._inflight, self._last_sent = [], 0
-            self._store_held_or_say()
-            self._collect_acks()
-            self._send_live()
-            backlog = False
-            while self.connected and not self._stop.is_set() and not self._restart.is_set():
-                room = window - len(self._inflight)
-                if room <= 0:
-                    backlog = True
-                    break
-                batch = self.outbox.pending(after_id=self._last_sent, limit=room)
-                if not batch:
-                    break
-                for msg in batch:
-                    info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        break  # the connection just dropped: the next connect starts again from the oldest
-                    self._inflight.append((info, msg.id))
-                    self._last_sent = msg.id
-                    self.stats.sent += 1
-                self._collect_acks()
-
     def _send_live(self) -> None:
-        """Hand the waiting QoS 0 messages to paho (drainer thread, or ``stop`` once the drainer has ended)."""
+        """Hand the waiting QoS 0 messages to paho."""
         while self._live:
             topic, payload, retain = self._live.popleft()
             if not self.connected or self.client.publish(topic, payload, qos=0, retain=retain).rc != 0:
                 self.stats.dropped_qos0 += 1
 
-    # -- paho callbacks (network thread) ---------------------------------------------------------------------
+    def _say_goodbye(self) -> None:
+        """Stopping: the last results stored, the last QoS 0 messages sent, ``offline`` published and acknowledged
+        (until the deadline), and a clean disconnect, so the broker does not publish the will."""
+        self._store_held_or_say()
+        self._send_live()
+        if self.connected:
+            info = self.client.publish(self.topic(topics.AVAILABLE), topics.OFFLINE, qos=1, retain=True)
+            while self.client.socket() is not None and not info.is_published() and time.monotonic() < self._deadline:
+                self._step()
+        self._connected.clear()
+        self.client.disconnect()
+        if self.client.socket() is not None:
+            self.client.loop_write()  # the DISCONNECT; paho closes the socket once it is written
+
+    # -- paho callbacks (the link's thread) -------------------------------------------------------------------
     def _handle_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
                         _props: Properties | None) -> None:
         if rc.is_failure:
@@ -273,15 +388,13 @@ class MqttLink:
             self._announce()
         self._restart.set()  # everything not acknowledged goes again, oldest first
         self._connected.set()
-        self._wake.set()
+        self._delay = None  # the next outage's backoff starts from the shortest wait
+        self._due = time.monotonic()
         log.info("mqtt connected to %s:%d as %s", self.cfg.mqtt.host, self.cfg.mqtt.port, self.base)
 
     def _announce(self) -> None:
         for topic, payload in self._discovery():
             self.client.publish(topic, payload, qos=1, retain=True)
-
-    def _handle_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
-        self.outage.cannot_connect()
 
     def _handle_disconnect(self, _client: mqtt.Client, _ud: Any, _flags: Any, rc: ReasonCode,
                            _props: Properties | None) -> None:
@@ -292,10 +405,12 @@ class MqttLink:
 
     def _handle_publish(self, _client: mqtt.Client, _ud: Any, _mid: int, _rc: ReasonCode,
                         _props: Properties) -> None:
-        # The drainer collects the acknowledgement; no lock is taken on paho's thread. A QoS 0 result also lands
-        # here: with nothing of the outbox in flight there is nothing to collect, and no reason to wake anyone.
+        # The next batch collects the acknowledgement. A QoS 0 result also lands here: with nothing of the outbox
+        # in flight there is nothing to collect, and no reason to hurry a batch.
         if self._inflight:
-            self._wake.set()
+            self._acked = True
+            if self._due == math.inf:
+                self._due = time.monotonic() + (0.0 if self._backlog else LINGER_S)
 
     def _twin(self, payload: bytes | bytearray) -> None:
         """A status on this unit's own topic from another process that spoke after this one started: two units

@@ -91,7 +91,7 @@ class Message:
 
 
 class Outbox:
-    """Thread-safe: the publisher thread stores, paho's network thread acknowledges."""
+    """Thread-safe: the publisher and the MQTT link's thread store, the link's thread sends and acknowledges."""
 
     def __init__(self, path: Path, *, max_bytes: int):
         self.max_bytes = max_bytes
