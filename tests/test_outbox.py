@@ -186,3 +186,46 @@ def test_acknowledgements_taken_in_short_and_in_full(broker: Broker, protocol: s
     assert all(i.is_published() for i in alone + heard)
     assert said[10:] == ["Success"] * 10
     assert said[:10] == (["No matching subscribers"] if protocol == "5" else ["Success"]) * 10
+
+
+def test_the_link_comes_back_after_an_outage_and_sends_what_waited(
+        tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    collector = Collector(broker.port, "t/u1/result", "t/u1/alert")  # a persistent session: kept over the restart
+    box = Outbox(tmp_path / "s.db", max_bytes=10_000_000)
+    cfg = config.parse({"device": {"id": "u1"}, "camera": {"source": "0"}, "state": {"dir": str(tmp_path)},
+                        "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "t", "reconnect_min_s": 0.2,
+                                 "reconnect_max_s": 0.5}}, check_files=False)
+    link = MqttLink(cfg, box, on_command=lambda *_: None, status=lambda: b"{}")
+    link.start()
+    try:
+        for i in range(50):
+            link.publish("result", f"r{i}".encode(), qos=1, kind="result")
+        assert collector.wait(lambda ms: len(ms) == 50, 10)
+        deadline = time.monotonic() + 10
+        while box.depth()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert box.depth()[0] == 0, "acknowledged, and forgotten"
+        broker.stop()
+        while link.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for i in range(50, 100):
+            link.publish("result", f"r{i}".encode(), qos=1, kind="result")
+        link.publish("alert", b"a", qos=1, kind="alert")
+        while box.depth()[0] < 51 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert box.depth()[0] == 51, "what waits for the broker is in the outbox, not in memory"
+        time.sleep(1.5)  # a few reconnect attempts fail meanwhile
+        broker.start()
+        assert collector.wait(lambda ms: {p for _, p, _ in ms} >= {f"r{i}".encode() for i in range(100)} | {b"a"}, 20)
+        heard = list(dict.fromkeys(collector.on("/result")))  # QoS 1 may deliver twice: the first of each
+        assert heard == [f"r{i}".encode() for i in range(100)], "in order"
+        while box.depth()[0] and time.monotonic() < deadline + 20:
+            time.sleep(0.01)
+        assert box.depth() == (0, 0)
+        assert link.outage.connects == 2 and link.outage.failures >= 2
+    finally:
+        link.stop()
+        box.close()
+        collector.close()
+    said = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert len(said) == 1, f"an outage is one line, not one per attempt: {said}"

@@ -257,6 +257,7 @@ class MqttLink:
         """Connect (at once the first time, then after a backoff that doubles up to ``reconnect_max_s`` and starts
         again from ``reconnect_min_s`` after a successful connect)."""
         m = self.cfg.mqtt
+        self._collect_acks()  # the acknowledgements that came before the connection went
         self._store_held_or_say()  # no broker is no reason to keep results in memory only
         if self.outage.connects or self.outage.failures:
             self._delay = m.reconnect_min_s if self._delay is None else min(self._delay * 2, m.reconnect_max_s)
@@ -310,11 +311,11 @@ class MqttLink:
         outbox as paho's window takes, and write it all."""
         self._due, self._last_batch = math.inf, time.monotonic()
         self._poked = self._urgent = self._acked = False  # messages handed over from here on wake the thread again
+        self._collect_acks()  # before a reconnect's restart: what the broker acknowledged is not sent again
         if self._restart.is_set():
             self._restart.clear()
             self._inflight, self._last_sent = [], 0
         self._store_held_or_say()
-        self._collect_acks()
         self._send_live()
         self._backlog = False
         window = self.cfg.mqtt.max_inflight
