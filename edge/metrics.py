@@ -74,7 +74,7 @@ def load_average() -> list[float]:
 def name_os_threads() -> int:
     """Give every Python thread of this process its name in the kernel too (``/proc/self/task/TID/comm``, 15
     characters), so ``top -H``, ``ps -L`` and a benchmark reading /proc see ``capture``, ``publisher``,
-    ``mqtt-outbox`` rather than ``python`` eight times. Returns how many were named; a thread that ended meanwhile,
+    ``mqtt-link`` rather than ``python`` eight times. Returns how many were named; a thread that ended meanwhile,
     or a kernel without /proc, is passed over."""
     named = 0
     for t in threading.enumerate():
