@@ -52,7 +52,7 @@ class Client(mqtt.Client):
     """paho's client, with the common acknowledgement taken in short.
 
     paho decodes every PUBACK into a new ``ReasonCode`` and a new ``Properties``, whose constructor builds a table
-    of all 27 MQTT v5 properties: 12 µs of the unit's CPU per QoS 1 message, a result's whole budget beyond
+    of all 27 MQTT v5 properties: 10 µs of the unit's CPU per QoS 1 message, a result's whole budget beyond
     inference being 0.25 ms (``docs/benchmarks.md``). A PUBACK of two bytes (3.1.1's only form; v5's "success, no
     properties") is handled here as paho would, with shared success objects; any other goes to paho.
     """
@@ -78,8 +78,8 @@ def make_client(settings: BrokerSettings, *, client_id: str, password: str, will
     """
     v5 = settings.protocol == "5"
     client = Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id or client_id,
-                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                         clean_session=None if v5 else not persistent, manual_ack=manual_ack)
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                    clean_session=None if v5 else not persistent, manual_ack=manual_ack)
     client.enable_logger(PAHO_LOG)
     if settings.username:
         client.username_pw_set(settings.username, password or None)
@@ -100,9 +100,6 @@ def connect_async(client: mqtt.Client, settings: BrokerSettings, *, persistent: 
     unit's link does, beside its outbox)."""
     kwargs: dict[str, Any] = {}
     if settings.protocol == "5":
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         kwargs["clean_start"] = not persistent
         if persistent:
             props = Properties(PacketTypes.CONNECT)
@@ -120,7 +117,8 @@ def reason(rc: Any) -> str:
 
 
 class OutageLog:
-    """Counts connection failures and logs each distinct one once; call it from paho's callbacks."""
+    """Counts connection failures and logs each distinct one once; call it from paho's callbacks or the loop that
+    connects."""
 
     def __init__(self, log: logging.Logger, settings: BrokerSettings):
         self.log = log
@@ -146,7 +144,8 @@ class OutageLog:
         self.failed(f"broker refused the connection: {reason(rc)}")
 
     def cannot_connect(self) -> None:
-        """From ``on_connect_fail``: paho calls it inside its ``except OSError`` without passing the error."""
+        """Inside the ``except OSError`` of a connect attempt: paho's ``on_connect_fail`` (called there without the
+        error), or a caller's own reconnect."""
         err = sys.exc_info()[1]
         self.failed(f"cannot connect: {err}" if err else "cannot connect")
 
