@@ -336,8 +336,8 @@ class MqttLink:
                 self.stats.sent += 1
         if self.client.want_write():
             self.client.loop_write()
-        if self._stop.is_set():
-            self._due = time.monotonic()  # draining to stop: no lingering
+        if self._stop.is_set():  # draining to stop: no lingering, and no spinning while acknowledgements come
+            self._due = time.monotonic() + 0.01
 
     def _collect_acks(self) -> None:
         done = [row for info, row in self._inflight if info.is_published()]
