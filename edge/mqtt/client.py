@@ -102,7 +102,6 @@ class MqttLink:
         self._due = math.inf  # monotonic time of the next batch
         self._last_batch = 0.0
         self._backlog = False  # paho's window was full last time: acknowledgements, not new messages, are the news
-        self._acked = False  # a PUBACK arrived since the last batch
         self._delay: float | None = None  # the reconnect backoff; None: the next wait is the shortest
         # Handed over by other threads.
         self._live: deque[tuple[str, bytes, bool]] = deque()  # QoS 0 messages waiting for the next batch
@@ -277,9 +276,8 @@ class MqttLink:
         """One turn of the loop: wait for the socket, a wake or the next batch; read, write, keep alive."""
         sock, wake = self.client.socket(), self._wake_r
         assert sock is not None and wake is not None
-        now = time.monotonic()
         buffered = getattr(sock, "pending", lambda: 0)()  # TLS: bytes already decrypted that select cannot see
-        timeout = 0.0 if buffered else min(TICK_S, max(0.0, min(self._due, self._last_batch + IDLE_S) - now))
+        timeout = 0.0 if buffered else min(TICK_S, max(0.0, self._batch_at() - time.monotonic()))
         try:
             readable, writable, _ = select.select([sock, wake],
                                                   [sock] if self.client.want_write() else [], [], timeout)
@@ -292,25 +290,31 @@ class MqttLink:
         if sock in writable:
             self.client.loop_write()
         self.client.loop_misc()
-        now = time.monotonic()
-        if self._acked and self._backlog:
-            self._due = now
-        if now >= min(self._due, self._last_batch + IDLE_S):
+        if time.monotonic() >= self._batch_at():
             self._batch()
+
+    def _batch_at(self) -> float:
+        """When the next batch runs: when one is due, and at least every :data:`IDLE_S`."""
+        return min(self._due, self._last_batch + IDLE_S)
 
     def _woken(self, wake: socket.socket) -> None:
         with contextlib.suppress(OSError):
             wake.recv(4096)
-        if self._urgent or self._stop.is_set():
+        self._news()
+
+    def _news(self) -> None:
+        """A message was handed over or acknowledged: a batch after the linger, or at once for an urgent message,
+        while a backlog drains (acknowledgements free paho's window) and while stopping."""
+        if self._urgent or self._backlog or self._stop.is_set():
             self._due = time.monotonic()
         elif self._due == math.inf:
-            self._due = time.monotonic() + (0.0 if self._backlog else LINGER_S)
+            self._due = time.monotonic() + LINGER_S
 
     def _batch(self) -> None:
         """Store the held results, forget what was acknowledged, send the waiting QoS 0 messages and as much of the
         outbox as paho's window takes, and write it all."""
         self._due, self._last_batch = math.inf, time.monotonic()
-        self._poked = self._urgent = self._acked = False  # messages handed over from here on wake the thread again
+        self._poked = self._urgent = False  # messages handed over from here on wake the thread again
         self._collect_acks()  # before a reconnect's restart: what the broker acknowledged is not sent again
         if self._restart.is_set():
             self._restart.clear()
@@ -409,9 +413,7 @@ class MqttLink:
         # The next batch collects the acknowledgement. A QoS 0 result also lands here: with nothing of the outbox
         # in flight there is nothing to collect, and no reason to hurry a batch.
         if self._inflight:
-            self._acked = True
-            if self._due == math.inf:
-                self._due = time.monotonic() + (0.0 if self._backlog else LINGER_S)
+            self._news()
 
     def _twin(self, payload: bytes | bytearray) -> None:
         """A status on this unit's own topic from another process that spoke after this one started: two units
