@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from edge.mqtt import client
 from edge.mqtt.client import MqttLink
 from edge.mqtt.outbox import Outbox, Outgoing
 from harness.broker import Broker, Collector
+from harness.wait import until
 
 
 def test_survives_reopen_in_order(tmp_path: Path) -> None:
@@ -63,13 +63,15 @@ def test_a_batch_is_stored_whole_or_not_at_all(tmp_path: Path) -> None:
     assert box.depth() == (2, 300) and box.shed_counts() == {"result": 1}
 
 
-def _link(tmp_path: Path, box: Outbox) -> MqttLink:
-    with socket.socket() as s:  # a port nothing listens on: storing does not wait for a broker
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = config.parse({"device": {"id": "u1"}, "camera": {"source": "0"},
-                        "mqtt": {"host": "127.0.0.1", "port": port}, "state": {"dir": str(tmp_path)}},
-                       check_files=False)
+def _link(tmp_path: Path, box: Outbox, port: int | None = None, **mqtt: object) -> MqttLink:
+    """Unit ``u1``'s link under prefix ``t``; without ``port``, to a port nothing listens on (storing does not wait
+    for a broker)."""
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    cfg = config.parse({"device": {"id": "u1"}, "camera": {"source": "0"}, "state": {"dir": str(tmp_path)},
+                        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "t", **mqtt}}, check_files=False)
     return MqttLink(cfg, box, on_command=lambda *_: None, status=lambda: b"{}")
 
 
@@ -98,9 +100,7 @@ def test_results_are_stored_in_batches_in_the_order_published(tmp_path: Path,
 
     link.start()  # the link's thread stores what is held, without a broker
     link.publish("result", b"r4", qos=1, kind="result")
-    deadline = time.monotonic() + 10
-    while box.depth()[0] < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: box.depth()[0] >= 5, 10)
     assert box.depth()[0] == 5, "stored while the broker is away, not only when the link stops"
     link.stop(flush_s=0)
     assert [m.payload for m in box.pending()] == [b"r1", b"r2", b"a1", b"r3", b"r4"], "nothing lost, in order"
@@ -117,13 +117,6 @@ def test_results_beyond_the_bound_are_stored_at_once(tmp_path: Path, monkeypatch
     box.close()
 
 
-def _broker_link(tmp_path: Path, port: int, box: Outbox) -> MqttLink:
-    cfg = config.parse({"device": {"id": "u1"}, "camera": {"source": "0"},
-                        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "t"}, "state": {"dir": str(tmp_path)}},
-                       check_files=False)
-    return MqttLink(cfg, box, on_command=lambda *_: None, status=lambda: b"{}")
-
-
 def test_one_thread_runs_the_link_and_is_woken_for_a_reply_from_another(
         tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without its wake, the link's thread would next look at its socket in 30 s: the reply would not arrive.
@@ -131,7 +124,7 @@ def test_one_thread_runs_the_link_and_is_woken_for_a_reply_from_another(
     monkeypatch.setattr(client, "TICK_S", 30.0)
     collector = Collector(broker.port, "t/u1/#", "replies/#")
     box = Outbox(tmp_path / "s.db", max_bytes=10_000_000)
-    link = _broker_link(tmp_path, broker.port, box)
+    link = _link(tmp_path, box, broker.port)
     link.start()
     try:
         assert collector.wait(lambda ms: any(t == "t/u1/available" for t, _, _ in ms), 10)
@@ -141,9 +134,7 @@ def test_one_thread_runs_the_link_and_is_woken_for_a_reply_from_another(
         link.publish("alert", b"a", qos=1, kind="alert")
         assert collector.wait(lambda ms: len([t for t, _, _ in ms if t in ("t/u1/result", "t/u1/alert")]) == 301)
         assert collector.on("/result") == [f"r{i}".encode() for i in range(300)], "in order, each once"
-        deadline = time.monotonic() + 10
-        while box.depth()[0] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: not box.depth()[0], 10)
         assert box.depth() == (0, 0) and link.stats.acked == link.stats.sent == 301
 
         replier = threading.Thread(target=link.publish_direct, args=("replies/1", b"done"))
@@ -192,35 +183,27 @@ def test_the_link_comes_back_after_an_outage_and_sends_what_waited(
         tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     collector = Collector(broker.port, "t/u1/result", "t/u1/alert")  # a persistent session: kept over the restart
     box = Outbox(tmp_path / "s.db", max_bytes=10_000_000)
-    cfg = config.parse({"device": {"id": "u1"}, "camera": {"source": "0"}, "state": {"dir": str(tmp_path)},
-                        "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "t", "reconnect_min_s": 0.2,
-                                 "reconnect_max_s": 0.5}}, check_files=False)
-    link = MqttLink(cfg, box, on_command=lambda *_: None, status=lambda: b"{}")
+    link = _link(tmp_path, box, broker.port, reconnect_min_s=0.2, reconnect_max_s=0.5)
     link.start()
     try:
         for i in range(50):
             link.publish("result", f"r{i}".encode(), qos=1, kind="result")
         assert collector.wait(lambda ms: len(ms) == 50, 10)
-        deadline = time.monotonic() + 10
-        while box.depth()[0] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: not box.depth()[0], 10)
         assert box.depth()[0] == 0, "acknowledged, and forgotten"
         broker.stop()
-        while link.connected and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert until(lambda: not link.connected, 10)
         for i in range(50, 100):
             link.publish("result", f"r{i}".encode(), qos=1, kind="result")
         link.publish("alert", b"a", qos=1, kind="alert")
-        while box.depth()[0] < 51 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: box.depth()[0] >= 51, 10)
         assert box.depth()[0] == 51, "what waits for the broker is in the outbox, not in memory"
-        time.sleep(1.5)  # a few reconnect attempts fail meanwhile
+        assert until(lambda: link.outage.failures >= 2, 10), "a few reconnect attempts fail meanwhile"
         broker.start()
         assert collector.wait(lambda ms: {p for _, p, _ in ms} >= {f"r{i}".encode() for i in range(100)} | {b"a"}, 20)
         heard = list(dict.fromkeys(collector.on("/result")))  # QoS 1 may deliver twice: the first of each
         assert heard == [f"r{i}".encode() for i in range(100)], "in order"
-        while box.depth()[0] and time.monotonic() < deadline + 20:
-            time.sleep(0.01)
+        until(lambda: not box.depth()[0], 20)
         assert box.depth() == (0, 0)
         assert link.outage.connects == 2 and link.outage.failures >= 2
     finally:
