@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBLISH
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -49,13 +50,27 @@ _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 class Client(mqtt.Client):
-    """paho's client, with the common acknowledgement taken in short.
+    """paho's client, with the traffic of a unit that publishes a QoS 1 message per frame taken in bulk.
 
-    paho decodes every PUBACK into a new ``ReasonCode`` and a new ``Properties``, whose constructor builds a table
-    of all 27 MQTT v5 properties: 10 µs of the unit's CPU per QoS 1 message, a result's whole budget beyond
-    inference being 0.25 ms (``docs/benchmarks.md``). A PUBACK of two bytes (3.1.1's only form; v5's "success, no
-    properties") is handled here as paho would, with shared success objects; any other goes to paho.
+    A result's whole budget beyond inference is 0.25 ms of the unit's CPU (``docs/benchmarks.md``), and paho spends
+    it per packet:
+
+    - **Acknowledgements in short.** paho decodes every PUBACK into a new ``ReasonCode`` and a new ``Properties``,
+      whose constructor builds a table of all 27 MQTT v5 properties: 10 µs per QoS 1 message. A PUBACK of two bytes
+      (3.1.1's only form; v5's "success, no properties") is handled here as paho would, with shared success
+      objects; any other goes to paho.
+    - **Reads in bulk.** paho reads a packet a byte at a time (its type, then its length, then the rest): three
+      ``recv`` calls per PUBACK. Here one ``recv`` takes what has arrived, and paho's reads are served from it;
+      :meth:`loop_read` returns only once nothing is left in memory, so a ``select`` on the socket still sees
+      every packet that waits.
+    - **Writes in bulk.** paho writes each queued packet with a ``send`` of its own: on loopback every one runs
+      the broker's side of TCP too. Consecutive QoS 1 and 2 PUBLISH packets at the head of the queue go as one
+      write; paho has nothing to do when one of those is written (its PUBACK completes it), unlike a QoS 0
+      PUBLISH or a DISCONNECT, which go as paho writes them.
     """
+
+    _read: bytes = b""  # what the last recv brought and paho has not taken yet, from _read_at on
+    _read_at = 0
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
@@ -66,6 +81,46 @@ class Client(mqtt.Client):
             if mid in self._out_messages:
                 return self._do_on_publish(mid, _SUCCESS, _NO_PROPERTIES)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_at >= len(self._read):
+            self._read, self._read_at = super()._sock_recv(READ_CHUNK), 0  # b"": the broker closed it
+            if not self._read:
+                return self._read
+        start = self._read_at
+        self._read_at = min(start + bufsize, len(self._read))
+        return self._read[start:self._read_at]
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho's, until no byte of what was read waits in memory: paho stops after as many packets as it has
+        messages in flight, and a command read beside them must not wait for the next packet to arrive."""
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read) and self._sock is not None:
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _sock_close(self) -> None:
+        self._read, self._read_at = b"", 0  # the next connection's bytes are its own
+        super()._sock_close()
+
+    def _packet_write(self) -> MQTTErrorCode:
+        queue = self._out_packet
+        if len(queue) > 1 and _completes_by_ack(queue[0]) and _completes_by_ack(queue[1]):
+            # Only this thread takes from the head; another may append at the tail meanwhile, which stays after.
+            first = queue.popleft()
+            data = bytearray(first["packet"][first["pos"]:])
+            while queue and _completes_by_ack(queue[0]):
+                data += queue.popleft()["packet"]
+            queue.appendleft({**first, "packet": data, "pos": 0, "to_process": len(data)})
+        return super()._packet_write()
+
+
+READ_CHUNK = 65536  # what one recv may take: a burst of acknowledgements, or a part of a large message
+
+
+def _completes_by_ack(packet: Any) -> bool:
+    """A QoS 1 or 2 PUBLISH: once written, it leaves paho nothing to do (its acknowledgement completes it)."""
+    return bool(packet["command"] & 0xF0 == PUBLISH and packet["qos"] > 0)
 
 
 def make_client(settings: BrokerSettings, *, client_id: str, password: str, will: tuple[str, bytes] | None = None,

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from contract import mqtt as mqttc
@@ -177,6 +178,90 @@ def test_acknowledgements_taken_in_short_and_in_full(broker: Broker, protocol: s
     assert all(i.is_published() for i in alone + heard)
     assert said[10:] == ["Success"] * 10
     assert said[:10] == (["No matching subscribers"] if protocol == "5" else ["Success"]) * 10
+
+
+def _connected_by_hand(port: int) -> mqttc.Client:
+    """A unit's client on an external loop, as the link runs it: queued packets wait for ``loop_write``."""
+    c = mqttc.make_client(BrokerSettings(host="127.0.0.1", port=port, protocol="3.1.1"), client_id="bulk",
+                          password="")
+    assert isinstance(c, mqttc.Client)
+    c.on_socket_register_write = lambda *_: None
+    c.max_inflight_messages_set(50)
+    c.connect("127.0.0.1", port)
+    c.loop_write()
+    assert until(lambda: c.loop_read() == 0 and c.is_connected(), 10), "connected"
+    return c
+
+
+def test_publishes_go_in_one_write_and_their_acknowledgements_in_one_read(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paho writes each packet with a send of its own and reads a PUBACK in three recv calls; the unit's client
+    writes the QoS 1 publishes queued in a row at once and reads what has arrived at once, in order."""
+    calls = {"send": 0, "recv": 0}  # by the unit's client: the collector's plain paho client reads too
+    for name in ("send", "recv"):
+        real = getattr(mqtt.Client, f"_sock_{name}")
+        monkeypatch.setattr(mqtt.Client, f"_sock_{name}",
+                            lambda self, arg, _real=real, _n=name: calls.__setitem__(
+                                _n, calls[_n] + isinstance(self, mqttc.Client)) or _real(self, arg))
+    collector = Collector(broker.port, "bulk/#")
+    c = _connected_by_hand(broker.port)
+    try:
+        calls.update(send=0, recv=0)
+        infos = [c.publish(f"bulk/{i}", f"m{i}".encode(), qos=1) for i in range(20)]
+        c.loop_write()
+        assert calls["send"] == 1, "twenty publishes, one write"
+        sock = c.socket()
+        assert isinstance(sock, socket.socket)
+        assert until(lambda: _readable(sock) and len(sock.recv(65536, socket.MSG_PEEK)) == 20 * 4, 10), \
+            "twenty acknowledgements wait in the socket"
+        c.loop_read()
+        assert all(i.is_published() for i in infos)
+        assert calls["recv"] <= 2, f"twenty acknowledgements, {calls['recv']} reads (paho alone: 61)"
+        assert collector.wait(lambda ms: len(ms) == 20, 10)
+        assert [m[1] for m in collector.messages] == [f"m{i}".encode() for i in range(20)], "in order"
+    finally:
+        c.disconnect()
+        c.loop_write()
+        collector.close()
+
+
+def test_a_command_read_beside_acknowledgements_is_handled_in_the_same_read(broker: Broker) -> None:
+    """paho's loop_read stops after as many packets as it has in flight; what the one recv brought beyond them
+    (here five commands behind three acknowledgements) is handled before it returns, since a select on the socket
+    would never say it is there."""
+    c = _connected_by_hand(broker.port)
+    heard: list[bytes] = []
+    c.on_message = lambda _c, _u, msg: heard.append(bytes(msg.payload))
+    subscribed: list[int] = []
+    c.on_subscribe = lambda _c, _u, mid, *_: subscribed.append(mid)
+    c.subscribe("unit/cmd/#", qos=0)
+    c.loop_write()
+    assert until(lambda: c.loop_read() == 0 and bool(subscribed), 10), "the SUBACK is read: nothing waits"
+    sender = mqttc.make_client(BrokerSettings(host="127.0.0.1", port=broker.port), client_id="s", password="")
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    sock = c.socket()
+    assert isinstance(sock, socket.socket)
+    try:
+        infos = [c.publish("elsewhere", b"x", qos=1) for _ in range(3)]
+        c.loop_write()
+        for i in range(5):
+            sender.publish(f"unit/cmd/{i}", f"c{i}".encode(), qos=0)
+        packet = 2 + len("unit/cmd/0") + 2 + 2  # header, topic length, topic, payload
+        assert until(lambda: _readable(sock) and len(sock.recv(65536, socket.MSG_PEEK)) == 3 * 4 + 5 * packet, 10), \
+            "three acknowledgements and five commands wait in the socket"
+        c.loop_read()
+        assert heard == [f"c{i}".encode() for i in range(5)] and all(i.is_published() for i in infos)
+    finally:
+        sender.loop_stop()
+        c.disconnect()
+        c.loop_write()
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def test_the_link_comes_back_after_an_outage_and_sends_what_waited(
