@@ -45,7 +45,12 @@ class Prediction:
     model: str
     sha256: str
     timings_ms: dict[str, float] = field(default_factory=dict)
-    ood: float | None = None  # distance from the training inputs (core/signature.py); None: the model has no signature
+    familiarity: sig.Familiarity | None = None  # None: the model has no signature
+
+    @property
+    def ood(self) -> float | None:
+        """The distance from the training inputs (core/signature.py), scored on first reading."""
+        return None if self.familiarity is None else self.familiarity.score
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -156,15 +161,14 @@ class Classifier:
         if self._features is None:
             return None
         index, scale, zp = self._features
-        f = self.interpreter.get_tensor(index).reshape(-1)
-        values = (f.astype(np.float32) - np.float32(zp)) * np.float32(scale) if scale else f.astype(np.float32)
-        return np.asarray(values, np.float32)
+        return sig.dequantize(self.interpreter.get_tensor(index).reshape(-1), scale, zp)
 
-    def _ood(self) -> float | None:
-        if self.signature is None:
+    def _familiarity(self) -> sig.Familiarity | None:
+        """The last input's features, kept for its score: ``get_tensor`` copies them out of the interpreter."""
+        if self.signature is None or self._features is None:
             return None
-        values = self.features()
-        return None if values is None else self.signature.score_one(values)
+        index, scale, zp = self._features
+        return sig.Familiarity(self.signature, self.interpreter.get_tensor(index).reshape(-1), scale, zp)
 
     def p_defect_from_output(self, raw: np.ndarray) -> float:
         """Dequantize the output tensor and pick P(defective)."""
@@ -189,12 +193,12 @@ class Classifier:
         t2 = time.perf_counter()
         p = self.p_defect_from_output(self.interpreter.get_tensor(self._output_index))
         defective, confidence, low = decide(p, self.decision)
-        ood = self._ood()
+        familiarity = self._familiarity()
         t3 = time.perf_counter()
         return Prediction(
             label=self.manifest.labels[1] if defective else self.manifest.labels[0], defective=defective,
             p_defect=p, confidence=confidence, threshold=self.decision.threshold, low_confidence=low,
             model=self.manifest.name, sha256=self.manifest.tflite.sha256,
             timings_ms={"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
-                        "postprocess": (t3 - t2) * 1e3}, ood=ood,
+                        "postprocess": (t3 - t2) * 1e3}, familiarity=familiarity,
         )

@@ -65,6 +65,35 @@ class Signature:
         return float(max(float(zz @ self._weights), r2 / self.residual) ** 0.5)
 
 
+class Familiarity:
+    """One input's distance from the training inputs, scored when first asked (and then remembered).
+
+    The classifier keeps the features ``invoke()`` gave (a copy of 1,280 bytes for the demo MobileNetV2) and leaves
+    the sums to whoever reads the score. On the unit that is the publisher, for the results of a batch in a row:
+    the signature's 330 KB stay in the cache from one result to the next. On the inference loop, right after an
+    ``invoke()`` that had walked through the model's weights, the same score cost 37 µs of CPU against 10 µs
+    warm.
+    """
+
+    __slots__ = ("_signature", "_raw", "_scale", "_zero_point", "_score")
+
+    def __init__(self, signature: Signature, raw: np.ndarray, scale: float = 0.0, zero_point: int = 0):
+        self._signature, self._raw, self._scale, self._zero_point = signature, raw, scale, zero_point
+        self._score: float | None = None
+
+    @property
+    def score(self) -> float:
+        if self._score is None:
+            self._score = self._signature.score_one(dequantize(self._raw, self._scale, self._zero_point))
+        return self._score
+
+
+def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """A features output as float32 (``scale`` 0: it was float already)."""
+    f = raw.astype(np.float32)
+    return (f - np.float32(zero_point)) * np.float32(scale) if scale else f
+
+
 def fit(features: np.ndarray, components: int = COMPONENTS) -> Signature:
     """The signature of ``features`` (n x d, the training images' pooled features as the converted model gives
     them)."""

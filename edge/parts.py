@@ -39,6 +39,7 @@ from contract.payloads import Aggregate, TriggerSource, Verdict
 from core.classifier import Classifier, Prediction, decide
 from core.framing import Blob, Figures, Located, largest_blob, locate, small_grey
 from core.preprocess import Roi
+from core.signature import Familiarity
 from edge.config import PartsConfig
 
 log = logging.getLogger(__name__)
@@ -411,8 +412,14 @@ class PartFrame:
     p_defect: float
     offset: float  # from presence; 0 for triggered frames
     crop: Roi | None = None  # the region the model saw, in frame pixels (None: the ROI or the whole frame)
-    ood: float | None = None  # its distance from the model's training inputs (core/signature.py)
+    familiarity: Familiarity | None = None  # None: the model has no signature
     captured_at: float = 0.0  # wall clock
+
+    @property
+    def ood(self) -> float | None:
+        """Its distance from the model's training inputs (core/signature.py), scored by whoever first asks: the
+        publisher, not the inference loop."""
+        return None if self.familiarity is None else self.familiarity.score
 
 
 @dataclass

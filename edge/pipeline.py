@@ -237,7 +237,8 @@ class Pipeline:
                                     **({"framing": framing_ms} if part is not None or crop else {})},
                         part_id=part.part_id if part else None, crop=crop)
         if part is not None:
-            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, pred.ood, frame.captured_at))
+            part.frames.append(PartFrame(result.frame_id, pred.p_defect, offset, crop, pred.familiarity,
+                                         frame.captured_at))
             part.first_frame = part.first_frame or frame.monotonic
         return result
 

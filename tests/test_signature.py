@@ -81,3 +81,30 @@ def test_a_model_whose_signature_is_missing_or_corrupt_is_refused_in_one_line(tm
     with pytest.raises(ModelMismatchError, match=r"signature file mobilenetv2.signature.npz is missing or not the one"):
         Classifier(models / "mobilenetv2.json")
     assert mf.load(models / "mobilenetv2.json").signature is not None
+
+
+def test_the_score_is_left_to_its_first_reader_and_is_the_inputs_own(
+        casting: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """classify() keeps a copy of the features and leaves the sums to whoever first reads ``ood`` (on the unit,
+    the publisher, with the signature warm in the cache): none on the inference loop. The copy is the input's own:
+    the next classify() does not change the last one's score."""
+    from core.classifier import Classifier
+    from core.images import read_rgb
+    from harness import REPO
+    from harness.data import casting_sample
+
+    clf = Classifier(REPO / "models" / "mobilenetv2.json", num_threads=1)
+    assert clf.signature is not None
+    one, other = (read_rgb(p) for p in casting_sample(2))
+    clf.classify(one)
+    own_one = clf.signature.score_one(clf.features())  # type: ignore[arg-type]
+    clf.classify(other)
+    own_other = clf.signature.score_one(clf.features())  # type: ignore[arg-type]
+    scored: list[float] = []
+    score_one = signature.Signature.score_one
+    monkeypatch.setattr(signature.Signature, "score_one", lambda s, f: scored.append(1) or score_one(s, f))
+    first, second = clf.classify(one), clf.classify(other)
+    assert scored == [], "classify() scores nothing"
+    assert first.ood == pytest.approx(own_one, rel=1e-6) and second.ood == pytest.approx(own_other, rel=1e-6)
+    assert own_one != pytest.approx(own_other), "two photos, two scores: the test can tell them apart"
+    assert first.ood == first.ood and len(scored) == 2, "each scored once, then remembered"
