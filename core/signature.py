@@ -69,10 +69,11 @@ class Familiarity:
     """One input's distance from the training inputs, scored when first asked (and then remembered).
 
     The classifier keeps the features ``invoke()`` gave (a copy of 1,280 bytes for the demo MobileNetV2) and leaves
-    the sums to whoever reads the score. On the unit that is the publisher, for the results of a batch in a row:
-    the signature's 330 KB stay in the cache from one result to the next. On the inference loop, right after an
-    ``invoke()`` that had walked through the model's weights, the same score cost 37 µs of CPU against 10 µs
-    warm.
+    the sums to whoever reads the score: on the unit, the publisher. The inference loop is the pipeline's critical
+    path, and there, right after an ``invoke()`` that had walked through the model's weights, the signature's
+    330 KB were out of the cache: the score cost 37 µs of CPU against 10 µs warm, and the loop now spends
+    0.045-0.070 ms less per frame (``docs/benchmarks.md``). The daemon's CPU in all is the same within what runs
+    spread: the work moved to another thread, and another core where there is one.
     """
 
     __slots__ = ("_signature", "_raw", "_scale", "_zero_point", "_score")
