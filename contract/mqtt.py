@@ -47,6 +47,7 @@ def apply_tls(client: mqtt.Client, tls: TlsSettings) -> None:
 
 _SUCCESS = ReasonCode(PacketTypes.PUBACK, "Success")  # shared by every plain PUBACK: callbacks must not change them
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+READ_CHUNK = 65536  # what one recv may take: a burst of acknowledgements, or a part of a large message
 
 
 class Client(mqtt.Client):
@@ -113,9 +114,6 @@ class Client(mqtt.Client):
                 data += queue.popleft()["packet"]
             queue.appendleft({**first, "packet": data, "pos": 0, "to_process": len(data)})
         return super()._packet_write()
-
-
-READ_CHUNK = 65536  # what one recv may take: a burst of acknowledgements, or a part of a large message
 
 
 def _completes_by_ack(packet: Any) -> bool:

@@ -158,17 +158,23 @@ class Classifier:
 
     def features(self) -> np.ndarray | None:
         """The last classified input's pooled features (the model's second output, dequantized), if it has them."""
+        raw = self._raw_features()
+        return None if raw is None else sig.dequantize(*raw)
+
+    def _raw_features(self) -> tuple[np.ndarray, float, int] | None:
+        """The last input's features output as the model gave it, with its scale and zero point: a copy
+        (``get_tensor`` copies it out of the interpreter), so the next ``invoke()`` leaves it as it was."""
         if self._features is None:
             return None
         index, scale, zp = self._features
-        return sig.dequantize(self.interpreter.get_tensor(index).reshape(-1), scale, zp)
+        return self.interpreter.get_tensor(index).reshape(-1), scale, zp
 
     def _familiarity(self) -> sig.Familiarity | None:
-        """The last input's features, kept for its score: ``get_tensor`` copies them out of the interpreter."""
-        if self.signature is None or self._features is None:
+        """The last input's features, kept for its score."""
+        if self.signature is None:
             return None
-        index, scale, zp = self._features
-        return sig.Familiarity(self.signature, self.interpreter.get_tensor(index).reshape(-1), scale, zp)
+        raw = self._raw_features()
+        return None if raw is None else sig.Familiarity(self.signature, *raw)
 
     def p_defect_from_output(self, raw: np.ndarray) -> float:
         """Dequantize the output tensor and pick P(defective)."""

@@ -78,7 +78,7 @@ class Familiarity:
 
     __slots__ = ("_signature", "_raw", "_scale", "_zero_point", "_score")
 
-    def __init__(self, signature: Signature, raw: np.ndarray, scale: float = 0.0, zero_point: int = 0):
+    def __init__(self, signature: Signature, raw: np.ndarray, scale: float, zero_point: int):
         self._signature, self._raw, self._scale, self._zero_point = signature, raw, scale, zero_point
         self._score: float | None = None
 

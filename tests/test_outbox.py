@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import sqlite3
 import threading
@@ -259,8 +260,6 @@ def test_a_command_read_beside_acknowledgements_is_handled_in_the_same_read(brok
 
 
 def _readable(sock: socket.socket) -> bool:
-    import select
-
     return bool(select.select([sock], [], [], 0)[0])
 
 
