@@ -80,7 +80,9 @@ class Collector:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv311, clean_session=not persistent)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self._unacked: set[int] = set()
         self.client.reconnect_delay_set(0.2, 1)
         self.subscribed = threading.Event()
         self.client.connect_async("127.0.0.1", port)
@@ -89,9 +91,16 @@ class Collector:
             raise TimeoutError("collector could not subscribe")
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        for s in self._subs:
-            client.subscribe(s, qos=1)
-        self.subscribed.set()
+        self._unacked = {client.subscribe(s, qos=1)[1] for s in self._subs}
+        if not self._subs:
+            self.subscribed.set()
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, *_: Any) -> None:
+        """Subscribed once the broker says so: a message published on another connection before the broker has
+        taken the subscription would not be delivered."""
+        self._unacked.discard(mid)
+        if not self._unacked:
+            self.subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
