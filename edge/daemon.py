@@ -39,6 +39,7 @@ from core.framing import Figures, FramingWatch, figures
 from core.images import ImageError, boxed, encode_jpeg
 from core.models import manifest_path
 from core.preprocess import FrameError
+from core.signature import Familiarity, score_all
 from core.verify import VerificationError, recorded_parity_problem, verify
 from edge import messages
 from edge.alerts import Alert, AlertPolicy, Sampler, Streak
@@ -166,6 +167,7 @@ class Daemon:
         self._published_results = 0
         self._ref: tuple[Classifier, payloads.ModelRef] | None = None
         self._handed: deque[Callable[[], None]] = deque()  # from the inference loop to the publisher, in order
+        self._unscored: deque[Familiarity] = deque()  # the handed results' familiarity, for one pass per batch
         self._publish_lock = threading.Lock()  # one thread publishes at a time, so messages keep that order
         self._published_all = threading.Event()  # the inference loop has ended: publish what is left, then stop
         self._publish_now = threading.Event()  # a verdict was handed: no waiting for the beat
@@ -316,6 +318,7 @@ class Daemon:
 
     def _publish_handed(self) -> None:
         with self._publish_lock:
+            score_all(self._unscored.popleft() for _ in range(len(self._unscored)))
             while self._handed:
                 job = self._handed.popleft()
                 try:
@@ -334,6 +337,8 @@ class Daemon:
         """Inference loop: the result goes to the publisher's next batch, with its frame as the ring keeps it: a
         replayed file's bytes rather than its pixels (a batch at 460 fps held 6 MB of 300x300 pixels)."""
         buffered = Buffered.of(r.frame_id, r.frame, self.camera.frame_order, r.prediction, r.crop)
+        if r.prediction.familiarity is not None:
+            self._unscored.append(r.prediction.familiarity)
         self._hand(partial(self._publish_result, buffered, r.timings_ms, r.part_id, self._model_ref()))
         self.rollout.on_result(r.frame_id, r.frame.image, r.crop, r.prediction)
 

@@ -210,3 +210,22 @@ class TestClassifyCli:
         proc = subprocess.run([sys.executable, "-c", code, str(images), str(models_dir)], capture_output=True,
                               text=True, timeout=120)
         assert proc.stdout.splitlines()[-1] == "noTF 0", proc.stderr
+
+
+def test_the_units_processes_keep_numpys_blas_on_one_thread() -> None:
+    """A unit's process (anything that imports ``edge`` before numpy, as ``defect-edge`` does) loads OpenBLAS with one
+    thread: a second one spins for a core the model keeps busy. An operator's own setting is kept."""
+    import os
+
+    script = "import {}, numpy, os; print(os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def run(first: str, **extra: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", script.format(first)], env={**env, **extra}, check=True,
+                              capture_output=True, text=True, timeout=120).stdout.split()
+
+    assert run("edge.cli") == ["1", "1"], "no BLAS worker thread beside the main one"
+    setting, threads = run("json")  # the same process without the unit's package
+    if (os.cpu_count() or 1) > 1:
+        assert setting == "None" and int(threads) > 1, "the control: OpenBLAS starts workers of its own"
+    assert run("edge.cli", OPENBLAS_NUM_THREADS="2")[0] == "2"

@@ -108,3 +108,32 @@ def test_the_score_is_left_to_its_first_reader_and_is_the_inputs_own(
     assert first.ood == pytest.approx(own_one, rel=1e-6) and second.ood == pytest.approx(own_other, rel=1e-6)
     assert own_one != pytest.approx(own_other), "two photos, two scores: the test can tell them apart"
     assert first.ood == first.ood and len(scored) == 2, "each scored once, then remembered"
+
+
+def test_a_batch_is_scored_in_one_pass_each_input_its_own(
+        casting: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publisher scores its batch with :func:`signature.score_all`: one pass over the stacked features per
+    signature (none one by one), each prediction its own score, and what was scored already is left as it was."""
+    from core.classifier import Classifier
+    from core.images import read_rgb
+    from harness import REPO
+    from harness.data import casting_sample
+
+    clf = Classifier(REPO / "models" / "mobilenetv2.json", num_threads=1)
+    assert clf.signature is not None
+    own: list[float] = []
+    predictions = []
+    for path in casting_sample(6):
+        predictions.append(clf.classify(read_rgb(path)))
+        own.append(clf.signature.score_one(clf.features()))  # type: ignore[arg-type]
+    early = predictions[0].ood  # read before the batch: scored on its own, and kept
+    passes: list[int] = []
+    score = signature.Signature.score
+    monkeypatch.setattr(signature.Signature, "score", lambda s, f: passes.append(len(f)) or score(s, f))
+    monkeypatch.setattr(signature.Signature, "score_one", lambda s, f: pytest.fail("scored one by one"))
+    signature.score_all(p.familiarity for p in predictions if p.familiarity is not None)
+    assert passes == [5], "one pass, over the five not scored yet"
+    assert [p.ood for p in predictions] == pytest.approx(own, rel=1e-4), "float32 sums in another order"
+    assert predictions[0].ood == early and len(set(own)) == 6, "six photos, six scores: the test tells them apart"
+    signature.score_all(p.familiarity for p in predictions if p.familiarity is not None)
+    assert passes == [5], "nothing is scored twice"
