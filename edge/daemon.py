@@ -360,7 +360,7 @@ class Daemon:
         if not alerts and not self.pipeline.judges_parts and self.sampler.take():  # for the console's review
             self._snapshot(buffered, buffered.image, "sample")
         self.history.add_result(frame_id, buffered.captured_at, p.label, p.p_defect, p.confidence,
-                                p.low_confidence, p.model, timings_ms)
+                                p.low_confidence, p.model, message.timings_ms)
         self._published_results += 1
         self.latency.add({**timings_ms, "publish": (time.perf_counter() - t0) * 1e3})
 

@@ -56,9 +56,8 @@ class History:
 
     def add_result(self, frame_id: str, ts: float, label: str, p_defect: float, confidence: float,
                    low_confidence: bool, model: str, timings: dict[str, float]) -> None:
-        """Buffered; written by :meth:`flush`."""
-        row = (frame_id, ts, label, p_defect, confidence, int(low_confidence), model,
-               json.dumps({k: round(v, 3) for k, v in timings.items()}))
+        """Buffered; written by :meth:`flush`. ``timings`` as the result's message carries them (rounded there)."""
+        row = (frame_id, ts, label, p_defect, confidence, int(low_confidence), model, json.dumps(timings))
         with self._pending_lock:
             self._pending.append(row)
 
