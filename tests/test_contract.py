@@ -224,3 +224,14 @@ def test_a_response_topic_where_replies_belong_is_honoured(topic: str) -> None:
     assert handlers.calls == ["threshold"]
     assert [t for t, _ in sent] == ["acme/line3/u1/cmd/threshold/reply", topic]
     assert response_topic_problem("acme/line3", "acme/line3/u1/cmd/threshold/reply", topic) is None
+
+
+def test_timestamps_are_utc_milliseconds_truncated_and_read_back() -> None:
+    """Every payload's ``ts``: UTC, three decimals truncated (a frame captured at .9996 s is not stamped a second
+    later), a ``Z``; :func:`topics.epoch` reads it back, and refuses anything else in one line."""
+    assert topics.iso(0) == "1970-01-01T00:00:00.000Z"
+    assert topics.iso(1764990000.9996) == "2025-12-06T03:00:00.999Z"
+    assert topics.iso(1764990000.0005) == "2025-12-06T03:00:00.000Z"
+    assert topics.epoch(topics.iso(1764990000.1234)) == pytest.approx(1764990000.123, abs=1e-6)
+    with pytest.raises(ValueError, match="is not UTC ISO-8601 ending in Z"):
+        topics.epoch("2025-12-06T03:00:00.000+01:00")
