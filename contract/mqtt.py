@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -68,13 +69,59 @@ class Client(mqtt.Client):
       the broker's side of TCP too. Consecutive QoS 1 and 2 PUBLISH packets at the head of the queue go as one
       write; paho has nothing to do when one of those is written (its PUBACK completes it), unlike a QoS 0
       PUBLISH or a DISCONNECT, which go as paho writes them.
+    - **Stored messages outside paho's books.** For each publish paho builds a message, a record with a condition
+      variable and an entry in its own store, which it sends again on a new connection. A caller that keeps its
+      messages itself (the unit's outbox) publishes them with :meth:`publish_stored`, packed as one write, and
+      collects their acknowledgements with :meth:`take_acked`.
     """
 
     _read: bytes = b""  # what the last recv brought and paho has not taken yet, from _read_at on
     _read_at = 0
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._awaiting: set[int] = set()  # packet ids of stored messages sent on this connection, not acknowledged
+        self._acked: list[int] = []  # ... and of those acknowledged, until the caller takes them
+
+    def publish_stored(self, messages: Sequence[tuple[str, bytes, bool]]) -> list[int]:
+        """Publish ``(topic, payload, retain)`` at QoS 1, queued as one write after what paho has queued; their packet
+        ids, in order, or none when not connected. paho keeps no record of them: the caller keeps them, and sends
+        again on a new connection those whose ids :meth:`take_acked` has not returned."""
+        if not self.is_connected() or not messages:
+            return []
+        v5 = self._protocol == mqtt.MQTTv5
+        data, mids = bytearray(), []
+        for topic, payload, retain in messages:
+            name = topic.encode()
+            mid = self._mid_generate()
+            data.append(PUBLISH | 0x02 | int(retain))  # QoS 1
+            _remaining_length(data, 2 + len(name) + 2 + v5 + len(payload))
+            data += len(name).to_bytes(2, "big") + name + mid.to_bytes(2, "big")
+            if v5:
+                data.append(0)  # no properties
+            data += payload
+            mids.append(mid)
+        self._awaiting.update(mids)
+        self._packet_queue(PUBLISH | 0x02, data, mids[0], 1)
+        return mids
+
+    def acked_waiting(self) -> bool:
+        """Whether :meth:`take_acked` has ids to return."""
+        return bool(self._acked)
+
+    def take_acked(self) -> list[int]:
+        """The packet ids of :meth:`publish_stored` messages the broker has acknowledged since the last call."""
+        acked, self._acked = self._acked, []
+        return acked
+
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
+        if cmd == "PUBACK" and len(packet) >= 2 and int.from_bytes(packet[:2], "big") in self._awaiting:
+            # Whatever its reason code: paho too completes a message on any acknowledgement.
+            mid = int.from_bytes(packet[:2], "big")
+            self._awaiting.discard(mid)
+            self._acked.append(mid)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         if cmd != "PUBACK" or len(packet) != 2:
             return super()._handle_pubackcomp(cmd)
         mid = int.from_bytes(packet, "big")
@@ -102,6 +149,7 @@ class Client(mqtt.Client):
 
     def _sock_close(self) -> None:
         self._read, self._read_at = b"", 0  # the next connection's bytes are its own
+        self._awaiting.clear()  # no acknowledgement of them can come now: the caller sends them again
         super()._sock_close()
 
     def _packet_write(self) -> MQTTErrorCode:
@@ -116,13 +164,21 @@ class Client(mqtt.Client):
         return super()._packet_write()
 
 
+def _remaining_length(data: bytearray, n: int) -> None:
+    """MQTT's variable-length integer: 7 bits a byte, the top bit set on all but the last."""
+    while n > 0x7F:
+        data.append(n & 0x7F | 0x80)
+        n >>= 7
+    data.append(n)
+
+
 def _completes_by_ack(packet: Any) -> bool:
     """A QoS 1 or 2 PUBLISH: once written, it leaves paho nothing to do (its acknowledgement completes it)."""
     return bool(packet["command"] & 0xF0 == PUBLISH and packet["qos"] > 0)
 
 
 def make_client(settings: BrokerSettings, *, client_id: str, password: str, will: tuple[str, bytes] | None = None,
-                manual_ack: bool = False, persistent: bool = False) -> mqtt.Client:
+                manual_ack: bool = False, persistent: bool = False) -> Client:
     """A configured, not yet connected client.
 
     ``persistent``: a session the broker keeps while the client is away (see :func:`connect_async`), so QoS 1

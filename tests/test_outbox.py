@@ -181,11 +181,10 @@ def test_acknowledgements_taken_in_short_and_in_full(broker: Broker, protocol: s
     assert said[:10] == (["No matching subscribers"] if protocol == "5" else ["Success"]) * 10
 
 
-def _connected_by_hand(port: int) -> mqttc.Client:
+def _connected_by_hand(port: int, protocol: str = "3.1.1") -> mqttc.Client:
     """A unit's client on an external loop, as the link runs it: queued packets wait for ``loop_write``."""
-    c = mqttc.make_client(BrokerSettings(host="127.0.0.1", port=port, protocol="3.1.1"), client_id="bulk",
+    c = mqttc.make_client(BrokerSettings(host="127.0.0.1", port=port, protocol=protocol), client_id="bulk",
                           password="")
-    assert isinstance(c, mqttc.Client)
     c.on_socket_register_write = lambda *_: None
     c.max_inflight_messages_set(50)
     c.connect("127.0.0.1", port)
@@ -224,6 +223,37 @@ def test_publishes_go_in_one_write_and_their_acknowledgements_in_one_read(
         c.disconnect()
         c.loop_write()
         collector.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_stored_messages_go_outside_pahos_books_and_every_acknowledgement_is_taken(
+        broker: Broker, protocol: str) -> None:
+    """publish_stored() packs the outbox's messages as one write, paho keeping no record of them (the outbox sends
+    them again itself): they arrive whole and in order, a retained one retained, and each acknowledgement is
+    taken, a v5 one with a reason code (no subscriber) too. Not connected, nothing is sent."""
+    settings = BrokerSettings(host="127.0.0.1", port=broker.port, protocol=protocol)
+    assert mqttc.make_client(settings, client_id="idle", password="").publish_stored([("stored/x", b"x", False)]) == []
+    collector = Collector(broker.port, "stored/heard/#")
+    c = _connected_by_hand(broker.port, protocol)
+    big = bytes(range(256)) * 800  # 200 kB: a remaining length of three bytes
+    try:
+        mids = c.publish_stored([("stored/heard/a", b"1", False), ("stored/nobody/b", b"2", False),
+                                 ("stored/heard/big", big, False), ("stored/heard/c", b"3" * 300, True)])
+        assert len(set(mids)) == 4 and not c._out_messages, "four packet ids, and no record of them in paho"
+        acked: list[int] = []
+        assert until(lambda: c.loop_write() == 0 and c.loop_read() == 0 and not acked.extend(c.take_acked())
+                     and sorted(acked) == sorted(mids), 10), f"acknowledged: {acked} of {mids}"
+        assert collector.wait(lambda ms: len(ms) == 3, 10)
+        assert [t for t, _, _ in collector.messages] == ["stored/heard/a", "stored/heard/big", "stored/heard/c"]
+        assert [p for _, p, _ in collector.messages] == [b"1", big, b"3" * 300]
+        late = Collector(broker.port, "stored/heard/c")
+        assert late.wait(lambda ms: ms == [("stored/heard/c", b"3" * 300, True)], 10), "kept by the broker as retained"
+        late.close()
+        assert c.take_acked() == [], "each acknowledgement is taken once"
+    finally:
+        collector.close()
+        c.disconnect()
+        c.loop_write()
 
 
 def test_a_command_read_beside_acknowledgements_is_handled_in_the_same_read(broker: Broker) -> None:

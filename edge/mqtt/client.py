@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
@@ -97,7 +97,7 @@ class MqttLink:
         self._stop = threading.Event()
         self._restart = threading.Event()  # set on connect: send everything unacknowledged again, oldest first
         # The link's thread only: what is in flight, and when the next batch is due.
-        self._inflight: list[tuple[mqtt.MQTTMessageInfo, int]] = []
+        self._inflight: dict[int, int] = {}  # packet id -> outbox id, of the messages sent and not acknowledged
         self._last_sent = 0  # highest outbox id handed to paho since the last connect
         self._due = math.inf  # monotonic time of the next batch
         self._last_batch = 0.0
@@ -122,7 +122,6 @@ class MqttLink:
         self.client.max_inflight_messages_set(m.max_inflight)
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
-        self.client.on_publish = self._handle_publish
         self.client.on_message = self._handle_message
         self.client.on_socket_register_write = self._paho_wants_write
 
@@ -159,7 +158,7 @@ class MqttLink:
                 end.close()
 
     # -- publishing ------------------------------------------------------------------------------------------
-    def publish(self, suffix: str, payload: bytes, *, qos: int, kind: str, retain: bool = False) -> None:
+    def publish(self, suffix: str, payload: bytes, *, qos: Literal[0, 1], kind: str, retain: bool = False) -> None:
         """QoS 1: stored in the outbox, then sent. QoS 0: sent with the next batch if connected, else dropped and
         counted."""
         topic = self.topic(suffix)
@@ -287,6 +286,8 @@ class MqttLink:
             self._woken(wake)
         if sock in readable or buffered:
             self.client.loop_read()
+            if self._inflight and self.client.acked_waiting():
+                self._news()
         if sock in writable:
             self.client.loop_write()
         self.client.loop_misc()
@@ -318,7 +319,7 @@ class MqttLink:
         self._collect_acks()  # before a reconnect's restart: what the broker acknowledged is not sent again
         if self._restart.is_set():
             self._restart.clear()
-            self._inflight, self._last_sent = [], 0
+            self._inflight, self._last_sent = {}, 0
         self._store_held_or_say()
         self._send_live()
         self._backlog = False
@@ -331,22 +332,20 @@ class MqttLink:
             batch = self.outbox.pending(after_id=self._last_sent, limit=room)
             if not batch:
                 break
-            for msg in batch:
-                info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    break  # the connection just dropped: the next connect starts again from the oldest
-                self._inflight.append((info, msg.id))
-                self._last_sent = msg.id
-                self.stats.sent += 1
+            mids = self.client.publish_stored([(msg.topic, msg.payload, msg.retain) for msg in batch])
+            if not mids:
+                break  # the connection just dropped: the next connect starts again from the oldest
+            self._inflight.update(zip(mids, (msg.id for msg in batch), strict=True))
+            self._last_sent = batch[-1].id
+            self.stats.sent += len(mids)
         if self.client.want_write():
             self.client.loop_write()
         if self._stop.is_set():  # draining to stop: no lingering, and no spinning while acknowledgements come
             self._due = time.monotonic() + 0.01
 
     def _collect_acks(self) -> None:
-        done = [row for info, row in self._inflight if info.is_published()]
+        done = [self._inflight.pop(mid) for mid in self.client.take_acked() if mid in self._inflight]
         if done:
-            self._inflight = [(info, row) for info, row in self._inflight if not info.is_published()]
             self.outbox.ack(done)
             self.stats.acked += len(done)
 
@@ -407,13 +406,6 @@ class MqttLink:
         self._connected.clear()
         if was and not self._stop.is_set():
             self.outage.lost(rc)
-
-    def _handle_publish(self, _client: mqtt.Client, _ud: Any, _mid: int, _rc: ReasonCode,
-                        _props: Properties) -> None:
-        # The next batch collects the acknowledgement. A QoS 0 result also lands here: with nothing of the outbox
-        # in flight there is nothing to collect, and no reason to hurry a batch.
-        if self._inflight:
-            self._news()
 
     def _twin(self, payload: bytes | bytearray) -> None:
         """A status on this unit's own topic from another process that spoke after this one started: two units
