@@ -44,7 +44,7 @@ test-fast: setup system-deps
 
 # ruff; the layers (import-linter: a lower layer importing a higher one fails); mypy --strict on the product.
 lint: setup
-	$(VENV)/bin/ruff check console contract converter edge relay harness tests bench demo
+	$(VENV)/bin/ruff check console contract core converter edge relay harness tests bench demo
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 

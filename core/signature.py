@@ -77,7 +77,7 @@ class Familiarity:
     10 µs warm, and the loop now spends 0.045-0.070 ms less per frame (``docs/benchmarks.md``).
     """
 
-    __slots__ = ("_signature", "_raw", "_scale", "_zero_point", "_score")
+    __slots__ = ("_raw", "_scale", "_score", "_signature", "_zero_point")
 
     def __init__(self, signature: Signature, raw: np.ndarray, scale: float, zero_point: int):
         self._signature, self._raw, self._scale, self._zero_point = signature, raw, scale, zero_point
@@ -104,7 +104,7 @@ def score_all(items: Iterable[Familiarity]) -> None:
         first = group[0]
         raw = np.stack([item._raw for item in group])
         scores = first._signature.score(dequantize(raw, first._scale, first._zero_point))
-        for item, score in zip(group, scores.tolist()):
+        for item, score in zip(group, scores.tolist(), strict=True):
             item._score = score
 
 
