@@ -10,7 +10,7 @@ passes over casting photos), so that a change to one step can be judged on its o
 - ``outbox_ms``: one QoS 1 result stored, read back and forgotten on its acknowledgement, in batches of 15 (what the
   link's thread does at 300 results a second with its 50 ms linger);
 - ``link_qos1_ms``: the MQTT link's thread (:class:`edge.mqtt.client.MqttLink`) per QoS 1 result handed to it at
-  300 a second, to a local Mosquitto and a subscriber: the outbox's part above, paho's publish and its PUBACK, the
+  300 a second, to a local Mosquitto and a subscriber: the outbox's part above, the packed publish and its PUBACK, the
   thread's waking and batching. Its CPU clock is read from the process (``pthread_getcpuclockid``), so the caller's
   pacing is not counted.
 
