@@ -16,9 +16,10 @@ messages (the outbox, two queues) and wake it with a byte on a socket pair of it
 The link works in batches. Woken by a new message or an acknowledgement while it is keeping up, it first lingers
 :data:`LINGER_S`, so that one outbox query, one run of publishes and one acknowledgement commit serve every message of
 that moment; woken per message, it cost a Raspberry Pi two thread hand-overs and two commits per result, taken from
-inference. While a backlog drains (after an outage) it does not linger: acknowledgements free room in paho's window,
-and the next messages go at once. Nor does it linger for a message someone waits on (:data:`URGENT_KINDS`: a part's
-verdict, an alert, a command's reply): that one ends the linger, and takes the results of the moment with it.
+inference. While a backlog drains (after an outage) it does not linger: acknowledgements free room in the window of
+messages in flight (``mqtt.max_inflight``), and the next messages go at once. Nor does it linger for a message
+someone waits on (:data:`URGENT_KINDS`: a part's verdict, an alert, a command's reply): that one ends the linger,
+and takes the results of the moment with it.
 
 QoS 0 messages (results, by default) go in the same batches, from a queue in memory rather than the outbox: handed
 to paho one by one, each cost the unit 0.2-0.3 ms of CPU per result and the broker 0.1 ms more; in a batch the broker
@@ -98,10 +99,10 @@ class MqttLink:
         self._restart = threading.Event()  # set on connect: send everything unacknowledged again, oldest first
         # The link's thread only: what is in flight, and when the next batch is due.
         self._inflight: dict[int, int] = {}  # packet id -> outbox id, of the messages sent and not acknowledged
-        self._last_sent = 0  # highest outbox id handed to paho since the last connect
+        self._last_sent = 0  # highest outbox id sent since the last connect
         self._due = math.inf  # monotonic time of the next batch
         self._last_batch = 0.0
-        self._backlog = False  # paho's window was full last time: acknowledgements, not new messages, are the news
+        self._backlog = False  # the window was full last time: acknowledgements, not new messages, are the news
         self._delay: float | None = None  # the reconnect backoff; None: the next wait is the shortest
         # Handed over by other threads.
         self._live: deque[tuple[str, bytes, bool]] = deque()  # QoS 0 messages waiting for the next batch
@@ -305,7 +306,7 @@ class MqttLink:
 
     def _news(self) -> None:
         """A message was handed over or acknowledged: a batch after the linger, or at once for an urgent message,
-        while a backlog drains (acknowledgements free paho's window) and while stopping."""
+        while a backlog drains (acknowledgements free the window) and while stopping."""
         if self._urgent or self._backlog or self._stop.is_set():
             self._due = time.monotonic()
         elif self._due == math.inf:
@@ -313,7 +314,7 @@ class MqttLink:
 
     def _batch(self) -> None:
         """Store the held results, forget what was acknowledged, send the waiting QoS 0 messages and as much of the
-        outbox as paho's window takes, and write it all."""
+        outbox as the window of messages in flight takes, packed as one write (``Client.publish_stored``)."""
         self._due, self._last_batch = math.inf, time.monotonic()
         self._poked = self._urgent = False  # messages handed over from here on wake the thread again
         self._collect_acks()  # before a reconnect's restart: what the broker acknowledged is not sent again
