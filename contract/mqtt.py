@@ -116,15 +116,14 @@ class Client(mqtt.Client):
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
-        if cmd == "PUBACK" and len(packet) >= 2 and int.from_bytes(packet[:2], "big") in self._awaiting:
+        mid = int.from_bytes(packet[:2], "big")
+        if cmd == "PUBACK" and len(packet) >= 2 and mid in self._awaiting:
             # Whatever its reason code: paho too completes a message on any acknowledgement.
-            mid = int.from_bytes(packet[:2], "big")
             self._awaiting.discard(mid)
             self._acked.append(mid)
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         if cmd != "PUBACK" or len(packet) != 2:
             return super()._handle_pubackcomp(cmd)
-        mid = int.from_bytes(packet, "big")
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, _SUCCESS, _NO_PROPERTIES)
