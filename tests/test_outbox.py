@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import select
+import signal
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -291,6 +293,37 @@ def test_a_command_read_beside_acknowledgements_is_handled_in_the_same_read(brok
 
 def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_messages_in_flight_when_the_broker_dies_are_sent_again_from_the_outbox(tmp_path: Path,
+                                                                               broker: Broker) -> None:
+    """A frozen broker takes the link's publishes and acknowledges none; killed and started again, it gets every
+    one of them from the outbox (paho keeps no copy of them to send again), and the outbox drains."""
+    collector = Collector(broker.port, "t/u1/result")
+    subscribed = time.time()
+    saved = broker.folder / "mosquitto.db"  # the subscription must outlive the kill: saved every second
+    assert until(lambda: saved.exists() and saved.stat().st_mtime > subscribed, 10), "the broker saved its sessions"
+    box = Outbox(tmp_path / "s.db", max_bytes=10_000_000)
+    link = _link(tmp_path, box, broker.port, reconnect_min_s=0.2, reconnect_max_s=0.5)
+    link.start()
+    try:
+        assert until(lambda: link.connected, 10)
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)
+        for i in range(30):
+            link.publish("result", f"r{i}".encode(), qos=1, kind="result")
+        assert until(lambda: link.stats.sent >= 30, 10), "sent to the frozen broker"
+        assert link.stats.acked == 0 and box.depth()[0] == 30, "none acknowledged, all kept"
+        broker.proc.kill()
+        broker.proc.wait(10)
+        broker.start()
+        assert collector.wait(lambda ms: {p for _, p, _ in ms} >= {f"r{i}".encode() for i in range(30)}, 20)
+        assert until(lambda: box.depth() == (0, 0), 20), "acknowledged this time, and forgotten"
+        assert link.stats.sent >= 60 and link.stats.acked >= 30, "each sent again after the reconnect"
+    finally:
+        link.stop()
+        box.close()
+        collector.close()
 
 
 def test_the_link_comes_back_after_an_outage_and_sends_what_waited(
