@@ -59,13 +59,7 @@ class FrameIds:
 
 
 class FrameSlot:
-    """A bounded hand-over between capture and inference; newest wins, or capture waits, as chosen.
-
-    A capture that waits (a replay that keeps every frame) finds the slot full and waits until inference has taken
-    every frame in it, and is woken once then, not at each frame taken: each wake crosses to the other core, and on
-    this machine that was 0.02-0.04 ms of the inference thread's CPU per frame (``bench.mqtt``'s engine alone, in
-    turns). Woken, capture puts the frame it holds at once, and has a whole ``invoke()`` to decode the next.
-    """
+    """A bounded hand-over between capture and inference; newest wins, or capture waits, as chosen."""
 
     def __init__(self, size: int = 1, *, drop_when_behind: bool = True):
         if not 1 <= size <= 2:
@@ -78,15 +72,14 @@ class FrameSlot:
 
     def put(self, frame: Frame, stop: threading.Event) -> None:
         with self._cond:
-            if len(self._frames) >= self.size:
+            while len(self._frames) >= self.size:
                 if self.drop_when_behind:
                     self._frames.popleft()
                     self.dropped += 1
                 else:
-                    while self._frames:
-                        self._cond.wait(0.1)
-                        if stop.is_set():
-                            return
+                    self._cond.wait(0.1)
+                    if stop.is_set():
+                        return
             self._frames.append(frame)
             self._cond.notify_all()
 
@@ -98,8 +91,7 @@ class FrameSlot:
             if not self._frames:
                 return None
             frame = self._frames.popleft()
-            if not self._frames:  # a capture waiting for room waits for the slot to empty
-                self._cond.notify_all()
+            self._cond.notify_all()
             return frame
 
     def clear(self) -> None:

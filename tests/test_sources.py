@@ -1,5 +1,4 @@
-"""Frame sources: replay, OpenCV on a real HTTP stream that goes away, the picamera2 contract, the Camera policy, and
-the slot that hands their frames to inference."""
+"""Frame sources: replay, OpenCV on a real HTTP stream that goes away, the picamera2 contract, the Camera policy."""
 
 from __future__ import annotations
 
@@ -16,10 +15,9 @@ import pytest
 
 from converter import synth
 from core.classifier import Prediction
-from edge.pipeline import FrameSlot
 from edge.ringbuffer import Buffered, FrameRing
 from edge.sources import source_from_spec
-from edge.sources.base import Backoff, Camera, EndOfStream, Frame, FrameSource, SourceError
+from edge.sources.base import Backoff, Camera, EndOfStream, FrameSource, SourceError
 from edge.sources.picamera2 import PiCamera
 from edge.sources.replay import FolderReplay, VideoReplay
 
@@ -86,31 +84,6 @@ def test_looping_replay_at_a_set_rate(folder: Path) -> None:
     elapsed = time.monotonic() - t
     assert [f.origin for f in frames][5:7] == ["img_0.png", "img_1.png"]
     assert elapsed >= 11 / 50 * 0.9  # paced: 12 frames at 50 fps take at least 11 periods
-
-
-def test_a_capture_kept_waiting_is_woken_once_the_slot_is_empty_not_at_every_frame_taken() -> None:
-    """A replay that keeps every frame: capture, finding the slot full, puts its frame once inference has taken
-    both waiting frames, not after the first (each wake costs the inference thread CPU); then, in order, nothing
-    lost. A newest-wins slot never waits."""
-    frames = [Frame(np.zeros((2, 2, 3), np.uint8), 0.0, 0.0, 0.0, i) for i in range(4)]
-    slot, stop = FrameSlot(2, drop_when_behind=False), threading.Event()
-    slot.put(frames[0], stop)
-    slot.put(frames[1], stop)
-    capture = threading.Thread(target=lambda: [slot.put(f, stop) for f in frames[2:]])
-    capture.start()
-    got = slot.get(1.0)
-    capture.join(0.35)  # the wait re-checks every 0.1 s: three chances to put into the room one frame left
-    assert capture.is_alive(), "capture put a frame before the slot was empty"
-    assert got is frames[0]
-    got_all = [got, *(slot.get(5.0) for _ in range(3))]
-    capture.join(5.0)
-    assert not capture.is_alive() and [f and f.index for f in got_all] == [0, 1, 2, 3]
-    assert slot.dropped == 0
-
-    newest = FrameSlot(2)  # a live camera: the oldest waiting frame goes, capture never waits
-    for f in frames:
-        newest.put(f, stop)
-    assert [f and f.index for f in (newest.get(0.0), newest.get(0.0))] == [2, 3] and newest.dropped == 2
 
 
 def test_video_replay_ends_cleanly(tmp_path: Path) -> None:
