@@ -26,7 +26,7 @@
    ``engine_cpu_ms_per_frame``: the floor under the headline, measured the same way (the inference thread's CPU
    less ``invoke()``'s wall time, per result) on the engine's pipeline alone, in this process: capture and inference
    of the same 300x300 photos with the model on one thread, and nothing published, stored or kept. What the daemon
-   spends beyond it is what reporting a result costs. On this machine the engine alone read 0.24-0.26 ms a result,
+   spends beyond it is what reporting a result costs. On this machine the engine alone read 0.19-0.26 ms a result,
    against 0.11-0.12 for the same steps timed alone (``bench.result_costs``). In the loop every step runs right
    after an ``invoke()`` has streamed the model's weights through the core's caches, beside the capture thread:
    reading the output took 5.8 µs right after ``invoke()`` and 3.4 µs when read again at once, on one thread alone.
@@ -117,6 +117,8 @@ def engine_cpu_ms(folder: Path, manifest: Path, margin: int = 100) -> float:
             clock[len(inference)] = time.thread_time()
 
     pipe.run(threading.Event(), done)
+    if last not in clock:
+        raise RuntimeError(f"{folder}: {len(inference)} results, fewer than the {last + margin} frames (unreadable?)")
     return (clock[last] - clock[margin]) * 1e3 / (last - margin) - sum(inference[margin:last]) / (last - margin)
 
 
