@@ -95,7 +95,7 @@ class Client(mqtt.Client):
             name = topic.encode()
             mid = self._mid_generate()
             data.append(PUBLISH | 0x02 | int(retain))  # QoS 1
-            _remaining_length(data, 2 + len(name) + 2 + v5 + len(payload))
+            self._pack_remaining_length(data, 2 + len(name) + 2 + v5 + len(payload))
             data += len(name).to_bytes(2, "big") + name + mid.to_bytes(2, "big")
             if v5:
                 data.append(0)  # no properties
@@ -161,14 +161,6 @@ class Client(mqtt.Client):
                 data += queue.popleft()["packet"]
             queue.appendleft({**first, "packet": data, "pos": 0, "to_process": len(data)})
         return super()._packet_write()
-
-
-def _remaining_length(data: bytearray, n: int) -> None:
-    """MQTT's variable-length integer: 7 bits a byte, the top bit set on all but the last."""
-    while n > 0x7F:
-        data.append(n & 0x7F | 0x80)
-        n >>= 7
-    data.append(n)
 
 
 def _completes_by_ack(packet: Any) -> bool:
