@@ -34,6 +34,18 @@ def test_survives_reopen_in_order(tmp_path: Path) -> None:
     assert again.depth() == (4, 4 * (10 + 3))
 
 
+def test_acknowledgements_forget_each_message_once(tmp_path: Path) -> None:
+    """An acknowledgement repeated, or for a message no longer kept (sent again after a reconnect, acknowledged
+    twice), forgets nothing else and counts no byte twice."""
+    box = Outbox(tmp_path / "s.db", max_bytes=10_000)
+    ids = [box.put(f"t/{i}", b"x" * 10, kind="alert") for i in range(5)]
+    box.ack([ids[3], ids[0], ids[3]])
+    box.ack([ids[0], ids[4] + 100])
+    assert [m.id for m in box.pending()] == [ids[1], ids[2], ids[4]] and box.depth() == (3, 3 * (10 + 3))
+    box.ack([])
+    assert box.depth() == (3, 39)
+
+
 def test_full_outbox_sheds_results_then_metrics_then_images_then_alerts(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "s.db", max_bytes=1000)
     for kind in ("alert", "result", "metrics", "image", "result", "alert", "metrics"):
@@ -256,6 +268,73 @@ def test_stored_messages_go_outside_pahos_books_and_every_acknowledgement_is_tak
         collector.close()
         c.disconnect()
         c.loop_write()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_acknowledgements_of_stored_messages_are_taken_in_one_pass(broker: Broker, monkeypatch: pytest.MonkeyPatch,
+                                                                   protocol: str) -> None:
+    """What one read brought of the stored messages' PUBACKs is taken in one pass, not a packet at a time through
+    paho's reader (4.3 µs each): paho reads the first (its read fills the buffer) and a PUBACK of its own message,
+    which the pass stops at and leaves to it. A v5 PUBACK with a reason code (no subscriber) is taken too."""
+    reads = {"n": 0}
+    real = mqtt.Client._packet_read
+    monkeypatch.setattr(mqtt.Client, "_packet_read",
+                        lambda self: reads.__setitem__("n", reads["n"] + isinstance(self, mqttc.Client)) or real(self))
+    c = _connected_by_hand(broker.port, protocol)
+    sock = c.socket()
+    assert isinstance(sock, socket.socket)
+    try:
+        first = c.publish_stored([(f"pass/{i}", b"x", False) for i in range(20)])
+        own = c.publish("pass/own", b"y", qos=1)  # paho's, in its books: its PUBACK is paho's to read
+        c.loop_write()
+        second = c.publish_stored([(f"pass/{i}", b"x", False) for i in range(20, 40)])
+        c.loop_write()
+        size = 4 if protocol == "3.1.1" else 5  # v5: "no matching subscribers" is a reason code
+        assert until(lambda: _readable(sock) and len(sock.recv(65536, socket.MSG_PEEK)) == 41 * size, 10), \
+            "forty-one acknowledgements wait in the socket"
+        reads["n"] = 0
+        c.loop_read()
+        assert c.take_acked() == first + second and own.is_published(), "every one taken, in the order sent"
+        assert reads["n"] == 2, f"paho read {reads['n']} packets: the first, and its own message's PUBACK"
+        assert not c._awaiting and c.loop_read() == 0 and c.take_acked() == [], "each taken once"
+    finally:
+        c.disconnect()
+        c.loop_write()
+
+
+def test_acknowledgements_split_across_reads_or_malformed_are_left_to_paho() -> None:
+    """The pass takes only whole PUBACKs from a packet boundary: one cut by the end of a read is read by paho once
+    the rest arrives, whatever byte it was cut at; one whose length is not a PUBACK's is paho's to refuse. No broker
+    cuts a packet at a chosen byte: a socket pair carries the bytes one would send."""
+    acks = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in range(1, 6))
+    for cut in range(1, len(acks)):
+        c = mqttc.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cut")
+        ours, broker_end = socket.socketpair()
+        ours.setblocking(False)
+        c._sock, c._state = ours, mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[assignment]
+        c._awaiting = set(range(1, 6))
+        try:
+            broker_end.sendall(acks[:cut])
+            assert c.loop_read() == 0
+            broker_end.sendall(acks[cut:])
+            assert c.loop_read() == 0
+            assert c.take_acked() == [1, 2, 3, 4, 5], f"cut at byte {cut}"
+        finally:
+            ours.close()
+            broker_end.close()
+    c = mqttc.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bad")
+    ours, broker_end = socket.socketpair()
+    ours.setblocking(False)
+    c._sock, c._state = ours, mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[assignment]
+    c._awaiting = {1, 2}
+    try:
+        broker_end.sendall(b"\x40\x02\x00\x01" + b"\x40\x01\x00")  # the second too short for a packet id
+        assert c.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL, "refused by paho"
+        assert c.take_acked() == [1], "the whole one before it was taken"
+        assert c.socket() is None, "paho closed the connection: the unacknowledged go again on the next"
+    finally:
+        ours.close()
+        broker_end.close()
 
 
 def test_a_command_read_beside_acknowledgements_is_handled_in_the_same_read(broker: Broker) -> None:
