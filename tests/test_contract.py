@@ -4,6 +4,8 @@ right reason, and the command parser and router fuzzed: whatever bytes arrive, o
 from __future__ import annotations
 
 import json
+import random
+from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -233,5 +235,12 @@ def test_timestamps_are_utc_milliseconds_truncated_and_read_back() -> None:
     assert topics.iso(1764990000.9996) == "2025-12-06T03:00:00.999Z"
     assert topics.iso(1764990000.0005) == "2025-12-06T03:00:00.000Z"
     assert topics.epoch(topics.iso(1764990000.1234)) == pytest.approx(1764990000.123, abs=1e-6)
+    # The second's text is kept between calls: every stamp is still datetime's, in any order, at the edges of a
+    # second and of a microsecond (rounded half to even, as datetime rounds a timestamp: .9999995 is the next second).
+    rng = random.Random(7)
+    stamps = [1764990000.9999995, 1764990000.9999994, 1764990001.0000005, 59.9999995, 4102444799.9995]
+    stamps += [rng.uniform(0, 4.1e9) for _ in range(3000)] + [1764990000 + i / 7 for i in range(3000)]
+    for t in stamps:
+        assert topics.iso(t) == datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
     with pytest.raises(ValueError, match="is not UTC ISO-8601 ending in Z"):
         topics.epoch("2025-12-06T03:00:00.000+01:00")

@@ -145,6 +145,8 @@ def test_history_forgets_by_age_and_by_count(tmp_path: Path) -> None:
     assert h.count("results") == 1000
     kept = {r for (r,) in h._db.execute("SELECT frame_id FROM results").fetchall()}
     assert "f100" in kept and "f1499" not in kept, "the newest are kept"
+    stored = h._db.execute("SELECT timings FROM results WHERE frame_id = 'f100'").fetchone()[0]
+    assert isinstance(stored, str) and json.loads(stored) == {"x": 1.0}, "the timings as JSON text"
     h.add_result("f100", now, "good", 0.1, 0.9, False, "m", {})  # already stored: not a new row
     for i in range(1500, 1510):
         h.add_result(f"f{i}", now, "good", 0.1, 0.9, False, "m", {})
