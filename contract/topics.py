@@ -126,8 +126,8 @@ _SECOND: tuple[int, str] = (-1, "")  # the last whole second :func:`iso` wrote, 
 
 def iso(epoch: float) -> str:
     """``epoch`` as every payload's ``ts``: milliseconds truncated, as ``strftime`` would. The unit writes one per
-    result, many in each second: the second's text is kept, and only the milliseconds are written each time (0.5 µs
-    against 2.0 for ``datetime``'s own). The microseconds are rounded half to even first, as ``datetime`` rounds a
+    result, many in each second: the second's text is kept, and only the milliseconds are written each time (0.6 µs
+    against 1.7 for ``datetime``'s own). The microseconds are rounded half to even first, as ``datetime`` rounds a
     timestamp, so the text is ``datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")``'s."""
     global _SECOND
     whole = math.floor(epoch)
