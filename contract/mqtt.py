@@ -118,10 +118,7 @@ class Client(mqtt.Client):
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
         mid = int.from_bytes(packet[:2], "big")
-        if cmd == "PUBACK" and len(packet) >= 2 and mid in self._awaiting:
-            # Whatever its reason code: paho too completes a message on any acknowledgement.
-            self._awaiting.discard(mid)
-            self._acked.append(mid)
+        if cmd == "PUBACK" and len(packet) >= 2 and self._stored_acked(mid):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         if cmd != "PUBACK" or len(packet) != 2:
             return super()._handle_pubackcomp(cmd)
@@ -156,19 +153,25 @@ class Client(mqtt.Client):
         if self._in_packet["command"]:  # paho has read part of a packet: the rest of it is next
             return False
         buf, at, end = self._read, self._read_at, len(self._read)
-        awaiting, acked, start = self._awaiting, self._acked, at
+        start = at
         while at + 4 <= end and buf[at] == PUBACK and 2 <= buf[at + 1] < 128 and at + 2 + buf[at + 1] <= end:
-            mid = (buf[at + 2] << 8) | buf[at + 3]
-            if mid not in awaiting:
+            if not self._stored_acked((buf[at + 2] << 8) | buf[at + 3]):
                 break
-            awaiting.discard(mid)
-            acked.append(mid)
             at += 2 + buf[at + 1]
         if at == start:
             return False
         self._read_at = at
         with self._msgtime_mutex:  # the keepalive's clock, as paho sets it for each packet it reads
             self._last_bytes_received = mqtt.time_func()
+        return True
+
+    def _stored_acked(self, mid: int) -> bool:
+        """A PUBACK for ``mid``: if it is a stored message's, it is done, whatever the reason code (paho too completes
+        a message on any acknowledgement), and :meth:`take_acked` returns it; whether it was one."""
+        if mid not in self._awaiting:
+            return False
+        self._awaiting.discard(mid)
+        self._acked.append(mid)
         return True
 
     def _sock_close(self) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import signal
 import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -308,30 +310,29 @@ def test_acknowledgements_split_across_reads_or_malformed_are_left_to_paho() -> 
     cuts a packet at a chosen byte: a socket pair carries the bytes one would send."""
     acks = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in range(1, 6))
     for cut in range(1, len(acks)):
-        c = mqttc.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cut")
-        ours, broker_end = socket.socketpair()
-        ours.setblocking(False)
-        c._sock, c._state = ours, mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[assignment]
-        c._awaiting = set(range(1, 6))
-        try:
+        with _awaiting_on_a_socket_pair({1, 2, 3, 4, 5}) as (c, broker_end):
             broker_end.sendall(acks[:cut])
             assert c.loop_read() == 0
             broker_end.sendall(acks[cut:])
             assert c.loop_read() == 0
             assert c.take_acked() == [1, 2, 3, 4, 5], f"cut at byte {cut}"
-        finally:
-            ours.close()
-            broker_end.close()
-    c = mqttc.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bad")
-    ours, broker_end = socket.socketpair()
-    ours.setblocking(False)
-    c._sock, c._state = ours, mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[assignment]
-    c._awaiting = {1, 2}
-    try:
+    with _awaiting_on_a_socket_pair({1, 2}) as (c, broker_end):
         broker_end.sendall(b"\x40\x02\x00\x01" + b"\x40\x01\x00")  # the second too short for a packet id
         assert c.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL, "refused by paho"
         assert c.take_acked() == [1], "the whole one before it was taken"
         assert c.socket() is None, "paho closed the connection: the unacknowledged go again on the next"
+
+
+@contextlib.contextmanager
+def _awaiting_on_a_socket_pair(mids: set[int]) -> Iterator[tuple[mqttc.Client, socket.socket]]:
+    """A connected client awaiting the PUBACKs of stored messages ``mids``, and the broker's end of its socket."""
+    c = mqttc.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pair")
+    ours, broker_end = socket.socketpair()
+    ours.setblocking(False)
+    c._sock, c._state = ours, mqtt._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[assignment]
+    c._awaiting = set(mids)
+    try:
+        yield c, broker_end
     finally:
         ours.close()
         broker_end.close()
