@@ -17,7 +17,7 @@ import pytest
 
 from converter import synth
 from core import manifest as mf
-from core.classifier import Classifier, ModelMismatchError
+from core.classifier import Classifier, ModelMismatchError, p_of_levels
 from core.preprocess import Roi
 from core.runtime import RuntimeUnavailableError
 from edge.cli import main
@@ -116,6 +116,39 @@ def test_camera_and_classifier_must_agree_on_channel_order(models_dir: Path) -> 
 
     with pytest.raises(ValueError, match="classifier expects RGB frames, camera gives BGR"):
         Pipeline(Camera(Bgr([])), Classifier(models_dir / "tiny.json"), device_id="u1")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("positive", ["defective", "good"])
+@pytest.mark.parametrize(("scale", "zero_point"), [(1 / 256, 0), (1 / 256, -128), (0.0041, 7), (0.0037, -100)])
+def test_every_output_level_reads_as_float32_dequantization(dtype: str, positive: str, scale: float,
+                                                            zero_point: int) -> None:
+    """The table of levels the loop reads P(defective) from agrees with float32 dequantization on every byte an
+    output can hold, int8's negative ones included."""
+    out = mf.OutputSpec(dtype=dtype, positive=positive, scale=scale, zero_point=zero_point)  # type: ignore[arg-type]
+    levels = p_of_levels(out)
+    assert levels is not None and len(levels) == 256
+    for q in np.arange(256, dtype=np.uint8).view(dtype):
+        v = float((np.float32(q) - np.float32(zero_point)) * np.float32(scale))
+        assert levels[int(q) & 0xFF] == (1.0 - v if positive == "good" else v), (dtype, int(q))
+    assert p_of_levels(mf.OutputSpec()) is None  # a float output is read as it is
+
+
+def test_the_classifier_reads_p_as_its_runtime_dequantizes_it(models_dir: Path, parts: list[np.ndarray]) -> None:
+    """On the quantized and the float model, P(defective) is the output tensor's value, dequantized with the scale
+    and zero point the runtime reports (not the manifest's), on real frames."""
+    for name in ("tiny", "tiny_f32"):
+        clf = Classifier(models_dir / f"{name}.json", num_threads=1)
+        [details] = [d for d in clf.interpreter.get_output_details() if int(np.prod(d["shape"])) == 1]  # not features
+        scale, zero_point = details["quantization"]
+        seen = set()
+        for image in parts:
+            p = clf.classify(image).p_defect
+            raw = clf.interpreter.get_tensor(details["index"]).reshape(-1)[0]
+            want = float(raw) if not scale else float((np.float32(raw) - zero_point) * np.float32(scale))
+            assert p == want, (name, raw)
+            seen.add(float(raw))
+        assert len(seen) > 5, f"{name}: the frames gave too few distinct outputs ({sorted(seen)}) to prove much"
 
 
 class TestModelErrors:
