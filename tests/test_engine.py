@@ -18,6 +18,7 @@ import pytest
 from converter import synth
 from core import manifest as mf
 from core.classifier import Classifier, ModelMismatchError, p_of_levels
+from core.images import list_images, read_rgb
 from core.preprocess import Roi
 from core.runtime import RuntimeUnavailableError
 from edge.cli import main
@@ -134,21 +135,26 @@ def test_every_output_level_reads_as_float32_dequantization(dtype: str, positive
     assert p_of_levels(mf.OutputSpec()) is None  # a float output is read as it is
 
 
-def test_the_classifier_reads_p_as_its_runtime_dequantizes_it(models_dir: Path, parts: list[np.ndarray]) -> None:
-    """On the quantized and the float model, P(defective) is the output tensor's value, dequantized with the scale
-    and zero point the runtime reports (not the manifest's), on real frames."""
-    for name in ("tiny", "tiny_f32"):
-        clf = Classifier(models_dir / f"{name}.json", num_threads=1)
+def test_the_classifier_reads_p_as_its_runtime_dequantizes_it(models_dir: Path, parts: list[np.ndarray],
+                                                              casting_model: Path) -> None:
+    """P(defective) is the output tensor's value, dequantized with the scale and zero point the runtime reports: on
+    the quantized and the float tiny model with synthetic parts, and on the model trained on the casting photos with
+    held-out photos of the data set."""
+    test_split = casting_model.parent / "split" / "test"
+    photos = [read_rgb(path) for kind in ("good", "defect") for path in list_images(test_split / kind)[:12]]
+    for manifest, frames in ((models_dir / "tiny.json", parts), (models_dir / "tiny_f32.json", parts),
+                             (casting_model, photos)):
+        clf = Classifier(manifest, num_threads=1)
         [details] = [d for d in clf.interpreter.get_output_details() if int(np.prod(d["shape"])) == 1]  # not features
         scale, zero_point = details["quantization"]
         seen = set()
-        for image in parts:
+        for image in frames:
             p = clf.classify(image).p_defect
             raw = clf.interpreter.get_tensor(details["index"]).reshape(-1)[0]
             want = float(raw) if not scale else float((np.float32(raw) - zero_point) * np.float32(scale))
-            assert p == want, (name, raw)
+            assert p == want, (manifest.name, raw)
             seen.add(float(raw))
-        assert len(seen) > 5, f"{name}: the frames gave too few distinct outputs ({sorted(seen)}) to prove much"
+        assert len(seen) > 5, f"{manifest.name}: too few distinct outputs ({sorted(seen)}) to prove much"
 
 
 class TestModelErrors:
