@@ -119,6 +119,11 @@ def test_camera_and_classifier_must_agree_on_channel_order(models_dir: Path) -> 
         Pipeline(Camera(Bgr([])), Classifier(models_dir / "tiny.json"), device_id="u1")
 
 
+def _float32_dequantized(q: np.integer, scale: float, zero_point: int) -> float:
+    """The reference the tests hold P(defective) to, written out: ``(q - zero point) * scale`` in float32."""
+    return float((np.float32(q) - np.float32(zero_point)) * np.float32(scale))
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("positive", ["defective", "good"])
 @pytest.mark.parametrize(("scale", "zero_point"), [(1 / 256, 0), (1 / 256, -128), (0.0041, 7), (0.0037, -100)])
@@ -130,7 +135,7 @@ def test_every_output_level_reads_as_float32_dequantization(dtype: str, positive
     levels = p_of_levels(out)
     assert levels is not None and len(levels) == 256
     for q in np.arange(256, dtype=np.uint8).view(dtype):
-        v = float((np.float32(q) - np.float32(zero_point)) * np.float32(scale))
+        v = _float32_dequantized(q, scale, zero_point)
         assert levels[int(q) & 0xFF] == (1.0 - v if positive == "good" else v), (dtype, int(q))
     assert p_of_levels(mf.OutputSpec()) is None  # a float output is read as it is
 
@@ -151,7 +156,7 @@ def test_the_classifier_reads_p_as_its_runtime_dequantizes_it(models_dir: Path, 
         for image in frames:
             p = clf.classify(image).p_defect
             raw = clf.interpreter.get_tensor(details["index"]).reshape(-1)[0]
-            want = float(raw) if not scale else float((np.float32(raw) - zero_point) * np.float32(scale))
+            want = float(raw) if not scale else _float32_dequantized(raw, scale, zero_point)
             assert p == want, (manifest.name, raw)
             seen.add(float(raw))
         assert len(seen) > 5, f"{manifest.name}: too few distinct outputs ({sorted(seen)}) to prove much"
